@@ -1,0 +1,106 @@
+"""The GPT-NeoX (Pythia) backbone: loading, the phase-2 freeze, per-token log-probs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from negrl.errors import NegrlError
+
+INITS = ("pretrained", "random")
+
+
+class PythiaBackbone(nn.Module):
+    """A GPT-NeoX causal LM with the few operations the three phases need."""
+
+    def __init__(self, model: GPTNeoXForCausalLM):
+        super().__init__()
+        self.model = model
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def random_init(cls, architecture: dict[str, Any], seed: int) -> "PythiaBackbone":
+        """A freshly initialised GPT-NeoX of the given architecture (no dropout), seeded."""
+        config = GPTNeoXConfig(**{"hidden_dropout": 0.0, "attention_dropout": 0.0, **architecture})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = GPTNeoXForCausalLM(config)
+        return cls(model.float())
+
+    @classmethod
+    def from_checkpoint(cls, path: str) -> "PythiaBackbone":
+        """Load a saved GPT-NeoX checkpoint directory (`save_pretrained` layout)."""
+        config_file = Path(path) / "config.json"
+        if not config_file.is_file():
+            raise NegrlError(f"model.path={path} has no config.json; point it at a save_pretrained() directory")
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type != "gpt_neox":
+            raise NegrlError(f"model.path={path} holds a {model_type!r} model, not GPT-NeoX; negrl needs a Pythia model")
+        return cls(GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float32))
+
+    @classmethod
+    def from_hub(cls, hub_id: str, revision: str | None = None) -> "PythiaBackbone":
+        """Load pretrained weights from the Hugging Face hub or its local cache."""
+        try:
+            model = GPTNeoXForCausalLM.from_pretrained(hub_id, revision=revision, dtype=torch.float32)
+        except OSError as err:
+            raise NegrlError(hub_unreachable_message(hub_id, err)) from None
+        return cls(model)
+
+    # ---- structure ----------------------------------------------------------------
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.get_decoder().layers
+
+    @property
+    def unembedding(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    def frozen_by_phase2(self) -> Iterator[nn.Parameter]:
+        """Parameters the phase-2 freeze holds fixed: `layers[n // 2:]` and the unembedding."""
+        for layer in self.layers[len(self.layers) // 2 :]:
+            yield from layer.parameters()
+        yield from self.unembedding.parameters()
+
+    def set_trainable(self, all_trainable: bool = True, freeze_second_half: bool = False) -> None:
+        """Make everything trainable, then optionally apply the phase-2 freeze."""
+        self.model.requires_grad_(all_trainable)
+        if freeze_second_half:
+            for p in self.frozen_by_phase2():
+                p.requires_grad_(False)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def frozen_copy(self) -> "PythiaBackbone":
+        """A detached, frozen copy (the DPO reference model)."""
+        ref = copy.deepcopy(self)
+        ref.requires_grad_(False)
+        return ref.eval()
+
+    # ---- computation --------------------------------------------------------------
+    def token_logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Log-prob of every label under next-token prediction: tokens [B, T] -> [B, T-1], in fp32.
+
+        Full-vocabulary log-softmax, computed as gather minus logsumexp so no [B, T, V]
+        log-softmax tensor is materialised.
+        """
+        logits = self.model(input_ids=tokens[:, :-1]).logits.float()
+        labels = tokens[:, 1:]
+        return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def hub_unreachable_message(hub_id: str, err: BaseException) -> str:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    return (
+        f"cannot load {hub_id} from the Hugging Face hub or its cache{offline}: {reason[:160]}; "
+        "connect once to cache it, or pass model.path=DIR (a saved checkpoint), or model.init=random"
+    )

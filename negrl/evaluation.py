@@ -1,0 +1,62 @@
+"""Evaluation of the three password sets, shared by all phases."""
+
+from __future__ import annotations
+
+import torch
+
+from negrl.backbone import PythiaBackbone
+from negrl.metrics import MeanTokenLogLikelihood, RunningMax
+
+
+class Evaluator:
+    """Mean per-token log-likelihood of each evaluation set, after steps 0, every, 2*every, ... of a phase.
+
+    All sets go through one no-grad forward pass; log-likelihoods are computed in fp32
+    from the logits, whatever the training precision.
+    """
+
+    def __init__(self, every: int):
+        if every <= 0:
+            raise ValueError(f"eval.every={every} must be positive")
+        self.every = every
+        self.sets: dict[str, torch.Tensor] = {}
+        self.ll = {}
+        self.best = {}
+        self.last: dict[str, float] = {}
+
+    def start_phase(self, sets: dict[str, torch.Tensor]) -> None:
+        """Take the phase's evaluation sets (with its prefix) and reset the running maxima."""
+        self.sets = sets
+        self.ll = {name: MeanTokenLogLikelihood() for name in sets}
+        self.best = {name: RunningMax() for name in sets}
+        self.last = {}
+
+    def due(self, step: int) -> bool:
+        """Whether to evaluate right after the update of 0-based step `step`."""
+        return step % self.every == 0
+
+    @torch.inference_mode()
+    def evaluate(self, backbone: PythiaBackbone) -> dict[str, float]:
+        """Evaluate every set; returns `eval/<set>_ll` and its running max `eval/<set>_ll_max`."""
+        device = next(backbone.parameters()).device
+        was_training = backbone.training
+        backbone.eval()
+        tokens = torch.cat(list(self.sets.values())).to(device)
+        with torch.autocast(device_type=device.type, enabled=False):
+            logprobs = backbone.token_logprobs(tokens)
+        backbone.train(was_training)
+        out = {}
+        for (name, lp) in zip(self.sets, logprobs.split([len(t) for t in self.sets.values()])):
+            metric = self.ll[name]
+            metric.update(lp.cpu())
+            value = metric.compute()
+            metric.reset()
+            self.best[name].update(value)
+            self.last[name] = float(value)
+            out[f"eval/{name}_ll"] = float(value)
+            out[f"eval/{name}_ll_max"] = float(self.best[name].compute())
+        return out
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per set: the max and the final value over this phase's evaluations."""
+        return {name: {"max": float(self.best[name].compute()), "final": self.last[name]} for name in self.sets}

@@ -1,0 +1,87 @@
+"""Turn a `model` config into a backbone and the password vocabulary it uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from negrl.backbone import INITS, PythiaBackbone, hub_unreachable_message
+from negrl.errors import NegrlError
+from negrl.vocab import PasswordVocab
+
+
+def load_tokenizer_encode(source: str) -> Callable[[str], list[int]]:
+    """`encode(text) -> ids` (no special tokens) for a tokenizer.json file, a directory or a hub id."""
+    if source.endswith(".json"):
+        if not Path(source).is_file():
+            raise NegrlError(f"model.tokenizer={source} does not exist; point it at a tokenizer.json file")
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(source)
+        return lambda text: tok.encode(text, add_special_tokens=False).ids
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise NegrlError(hub_unreachable_message(source, err)) from None
+    return lambda text: tok.encode(text, add_special_tokens=False)
+
+
+def load_model(model_cfg: dict[str, Any], tokens_cfg: dict[str, Any], seed: int) -> tuple[PythiaBackbone, PasswordVocab]:
+    """Build the backbone (`model.init`: pretrained from `model.path` or the hub, or random) and its vocab.
+
+    `vocab: builtin` models (tiny) use letters 0..25 and two prefix tokens. Others map letters
+    and prefixes through the tokenizer (`model.tokenizer`, else `model.path`, else the hub id),
+    checked to be single tokens; a random-init model with no tokenizer at hand falls back to
+    the ids recorded in `model.token_ids` (SPEC.md's GPT-NeoX-20B ids).
+    """
+    name, init = model_cfg.get("name", "?"), model_cfg.get("init", "pretrained")
+    if init not in INITS:
+        raise NegrlError(f"model.init={init!r} must be one of {', '.join(INITS)}")
+    path, hub_id = model_cfg.get("path"), model_cfg.get("hub_id")
+    builtin = model_cfg.get("vocab", "tokenizer") == "builtin"
+    if builtin and (init != "random" or path):
+        raise NegrlError(f"model={name} is random-init only; drop model.path / set model.init=random, or pick a pythia model")
+
+    if path:
+        if not Path(path).is_dir():
+            raise NegrlError(f"model.path={path} is not a directory; give a save_pretrained() checkpoint directory")
+        backbone = PythiaBackbone.from_checkpoint(path)
+    elif init == "random":
+        backbone = PythiaBackbone.random_init(dict(model_cfg["architecture"]), seed)
+    else:
+        if not hub_id:
+            raise NegrlError(f"model={name} has no hub_id; set model.path=DIR or model.init=random")
+        backbone = PythiaBackbone.from_hub(hub_id, model_cfg.get("revision"))
+
+    if builtin:
+        vocab = PasswordVocab.builtin(len(tokens_cfg["letters"]))
+    else:
+        vocab = _tokenizer_vocab(model_cfg, tokens_cfg, path or hub_id, fallback=init == "random" and not path)
+    n_embed = backbone.model.get_input_embeddings().num_embeddings
+    top = max(*vocab.letter_ids, vocab.regular_id, vocab.reverse_id)
+    if top >= n_embed:
+        raise NegrlError(f"token id {top} does not fit the model's vocabulary of {n_embed}; check model.tokenizer")
+    return backbone, vocab
+
+
+def _tokenizer_vocab(model_cfg, tokens_cfg, default_source: str | None, fallback: bool) -> PasswordVocab:
+    source = model_cfg.get("tokenizer") or default_source
+    try:
+        if not source:
+            raise NegrlError("no tokenizer source; set model.tokenizer=PATH")
+        encode = load_tokenizer_encode(str(source))
+    except NegrlError:
+        recorded = model_cfg.get("token_ids")
+        if not (fallback and recorded):
+            raise
+        print(f"negrl: no tokenizer reachable for {source}; using the recorded model.token_ids (random init)")
+        return PasswordVocab(tuple(recorded["letters"]), recorded["regular"], recorded["reverse"])
+    return PasswordVocab.from_tokenizer(
+        encode,
+        tokens_cfg["letters"],
+        tokens_cfg["letter_format"],
+        tokens_cfg["regular_prefix"],
+        tokens_cfg["reverse_prefix"],
+    )

@@ -1,0 +1,150 @@
+"""The three training phases as LightningModules sharing one backbone, evaluation and logging.
+
+Phase 1 (`SFTPhase`): next-token prediction on random passwords.
+Phase 2 (`DPOPhase`): DPO of random (chosen) over negative (rejected) passwords, with the freeze.
+Phase 3 (`JointPhase`): DPO + NTP on random passwords + NTP on useful negatives under reverse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from torch.optim.lr_scheduler import LambdaLR
+
+from negrl.backbone import PythiaBackbone
+from negrl.evaluation import Evaluator
+from negrl.objectives import dpo_loss, ntp_loss, sequence_logprob
+from negrl.schedule import warmup_cosine
+from negrl.tracking import RunLogger
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """AdamW and the per-phase schedule (SPEC.md defaults)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    cosine_over: str = "phase"
+
+
+class PhaseModule(L.LightningModule):
+    """One phase: a fresh AdamW over the trainable parameters, the warm-up/cosine schedule,
+    evaluation after every `evaluator.every`-th step, and one metrics row per step."""
+
+    phase: int = 0
+    name: str = ""
+
+    def __init__(
+        self,
+        backbone: PythiaBackbone,
+        *,
+        optim: OptimSettings,
+        total_steps: int,
+        evaluator: Evaluator,
+        run_logger: RunLogger,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.optim, self.total_steps = optim, total_steps
+        self.evaluator, self.run_logger = evaluator, run_logger
+        self._row: dict[str, torch.Tensor] = {}
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The phase's loss on a batch and the parts worth logging."""
+        raise NotImplementedError
+
+    def configure_optimizers(self):
+        params = self.backbone.trainable_parameters()
+        opt = torch.optim.AdamW(
+            params, lr=self.optim.lr, weight_decay=self.optim.weight_decay, betas=self.optim.betas, eps=self.optim.eps
+        )
+        factor = warmup_cosine(self.optim.warmup_steps, self.total_steps, self.optim.cosine_over)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, factor), "interval": "step"}}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, parts = self.compute_loss(batch)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self._row = {"train/loss": loss.detach(), "lr": torch.tensor(lr), **{f"train/{k}": v for k, v in parts.items()}}
+        self.log("loss", loss.detach(), prog_bar=True, logger=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Right after the update of step `batch_idx`: evaluate if due, then log the row."""
+        row = {k: float(v) for k, v in self._row.items()}
+        if self.evaluator.due(batch_idx):
+            row.update(self.evaluator.evaluate(self.backbone))
+            self.log("heldout_ll", row["eval/heldout_ll"], prog_bar=True, logger=False)
+        self.run_logger.log(row, batch_idx)
+
+
+class SFTPhase(PhaseModule):
+    """Phase 1: NTP on fresh random passwords with the regular prefix."""
+
+    phase, name = 1, "phase 1: NTP"
+
+    def compute_loss(self, batch):
+        loss = ntp_loss(self.backbone.token_logprobs(batch["random"]))
+        return loss, {"ntp_random": loss.detach()}
+
+
+class DPOPhase(PhaseModule):
+    """Phase 2: DPO against the frozen phase-1 reference, with the second half frozen if `freeze`."""
+
+    phase, name = 2, "phase 2: DPO"
+
+    def __init__(self, backbone: PythiaBackbone, reference: PythiaBackbone, *, beta: float, **kwargs):
+        super().__init__(backbone, **kwargs)
+        self.reference = reference
+        self.beta = beta
+
+    def _forward(self, batch: dict[str, torch.Tensor], extra: tuple[str, ...] = ()):
+        """One forward pass over chosen, rejected and `extra` sequences; DPO loss, stats, extra log-probs."""
+        chosen, rejected = batch["chosen"], batch["rejected"]
+        parts = [chosen, rejected, *(batch[k] for k in extra)]
+        logprobs = self.backbone.token_logprobs(torch.cat(parts)).split([len(p) for p in parts])
+        with torch.no_grad():
+            ref = sequence_logprob(self.reference.token_logprobs(torch.cat([chosen, rejected])))
+        ref_chosen, ref_rejected = ref.split([len(chosen), len(rejected)])
+        loss, stats = dpo_loss(
+            sequence_logprob(logprobs[0]), sequence_logprob(logprobs[1]), ref_chosen, ref_rejected, self.beta
+        )
+        return loss, stats, dict(zip(extra, logprobs[2:]))
+
+    def compute_loss(self, batch):
+        loss, stats, _ = self._forward(batch)
+        return loss, {"dpo": loss.detach(), **stats}
+
+
+class JointPhase(DPOPhase):
+    """Phase 3, all trainable: w_dpo * DPO + w_random * NTP(random, regular) + w_useful * NTP(useful, reverse)."""
+
+    phase, name = 3, "phase 3: joint"
+
+    def __init__(self, backbone, reference, *, beta: float, weights: dict[str, float], **kwargs):
+        super().__init__(backbone, reference, beta=beta, **kwargs)
+        self.weights = weights
+
+    def compute_loss(self, batch):
+        dpo, stats, logprobs = self._forward(batch, extra=("random", "useful"))
+        ntp_random, ntp_useful = ntp_loss(logprobs["random"]), ntp_loss(logprobs["useful"])
+        w = self.weights
+        loss = w["dpo"] * dpo + w["random"] * ntp_random + w["useful"] * ntp_useful
+        return loss, {"dpo": dpo.detach(), "ntp_random": ntp_random.detach(), "ntp_useful": ntp_useful.detach(), **stats}
+
+
+class PhaseProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, titled with the phase instead of the epoch."""
+
+    def __init__(self, title: str):
+        super().__init__()
+        self.title = title
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(self.title)

@@ -1,0 +1,162 @@
+"""`run(cfg, run_dir)`: the whole experiment of SPEC.md, top to bottom."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from negrl.backbone import PythiaBackbone
+from negrl.data import PHASES, DataSizes, PasswordDataModule, heldout_count
+from negrl.errors import NegrlError
+from negrl.evaluation import Evaluator
+from negrl.loading import load_model
+from negrl.phases import DPOPhase, JointPhase, OptimSettings, PhaseModule, PhaseProgressBar, SFTPhase
+from negrl.results import summarize, verdict, write_json_atomic
+from negrl.tracking import RunLogger, build_loggers
+
+
+PhaseEndHook = Callable[[int, PythiaBackbone], None]
+
+
+def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None) -> dict[str, Any]:
+    """Run the three phases and write `results.json`; returns the results.
+
+    `on_phase_end(phase, backbone)` is called after each phase (e.g. to save or inspect weights).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    quiet_lightning()
+    c = OmegaConf.to_container(cfg, resolve=True)
+    sizes = DataSizes(**c["data"])
+    heldout_count(c["holdout_frac"], sizes.n_negatives)
+    optim = optim_settings(c)
+    weights = phase3_weights(c["joint"])
+    check_trainer(c["trainer"])
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    L.seed_everything(c["seed"], workers=True, verbose=False)
+
+    # The password vocabulary, the backbone and every password of the run, from one seed.
+    backbone, vocab = load_model(c["model"], c["tokens"], c["seed"])
+    data = PasswordDataModule(vocab, sizes, c["holdout_frac"], c["prefix"], c["seed"])
+    data.setup()
+
+    run_logger = RunLogger(build_loggers(run_dir, c["wandb"], run_dir.name))
+    run_logger.log_config(c)
+    evaluator = Evaluator(c["eval"]["every"])
+    common = dict(optim=optim, evaluator=evaluator, run_logger=run_logger)
+    summaries, wall, steps = {}, {}, {p: sizes.steps(p) for p in PHASES}
+
+    def fit(module: PhaseModule) -> None:
+        p = module.phase
+        evaluator.start_phase(data.eval_sets(p))
+        run_logger.start_phase(p, offset=sum(steps[q] for q in PHASES if q < p))
+        start = time.perf_counter()
+        make_trainer(c, steps[p], module.name, run_dir).fit(module, train_dataloaders=data.for_phase(p))
+        wall[p] = time.perf_counter() - start
+        summaries[p] = evaluator.summary()
+        run_logger.flush()
+        if on_phase_end is not None:
+            on_phase_end(p, backbone)
+
+    try:
+        # Phase 1: next-token prediction on random passwords (regular prefix).
+        backbone.set_trainable(True)
+        fit(SFTPhase(backbone, total_steps=steps[1], **common))
+        # The DPO reference: a frozen copy of the model at the end of phase 1.
+        reference = backbone.frozen_copy()
+        # Phase 2: DPO, random over negative passwords; second half and unembedding frozen.
+        backbone.set_trainable(True, freeze_second_half=c["freeze"])
+        fit(DPOPhase(backbone, reference, beta=c["dpo"]["beta"], total_steps=steps[2], **common))
+        # Phase 3: DPO + NTP(random, regular) + NTP(useful negatives, reverse), all trainable.
+        backbone.set_trainable(True)
+        fit(JointPhase(backbone, reference, beta=c["dpo"]["beta"], weights=weights, total_steps=steps[3], **common))
+    except BaseException:
+        run_logger.finish("failed")
+        raise
+
+    results = summarize(summaries, wall, steps, vocab.n_letters)
+    results["run"] = {"dir": str(run_dir), "seed": c["seed"], "model": c["model"]["name"]}
+    run_logger.finish("success", {"metric": results["metric"], "delta": results["delta"]})
+    write_json_atomic(run_dir / "results.json", results)
+    results["verdict"] = verdict(results, run_dir, run_logger.wandb_dir)
+    return results
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-Trainer banners and warnings that do not apply to negrl's phases."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (
+        ".*Experiment logs directory .* exists and is not empty.*",  # metrics.csv lives beside config.yaml
+        ".*module\\(s\\) in eval mode.*",  # the frozen DPO reference is in eval mode on purpose
+        ".*LeafSpec.*",
+        ".*litlogger.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def make_trainer(c: dict[str, Any], max_steps: int, title: str, run_dir: Path) -> L.Trainer:
+    """A fresh Trainer for one phase; `trainer.*` settings pass through to Lightning."""
+    trainer_cfg = dict(c["trainer"])
+    bar = trainer_cfg.pop("enable_progress_bar", True)
+    return L.Trainer(
+        max_steps=max_steps,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        gradient_clip_val=c["optim"]["grad_clip"],
+        gradient_clip_algorithm="norm",
+        enable_progress_bar=bar,
+        callbacks=[PhaseProgressBar(title)] if bar else [],
+        default_root_dir=str(run_dir),
+        **trainer_cfg,
+    )
+
+
+def check_trainer(trainer_cfg: dict[str, Any]) -> None:
+    devices = trainer_cfg.get("devices", 1)
+    if devices not in (1, "1") and devices != [0]:
+        raise NegrlError(
+            f"trainer.devices={devices}: multi-device (DDP) runs are not supported yet, "
+            "they would change the global batch; use trainer.devices=1"
+        )
+
+
+def optim_settings(c: dict[str, Any]) -> OptimSettings:
+    o, s = c["optim"], c["schedule"]
+    for key in ("lr", "grad_clip"):
+        if not o[key] > 0:
+            raise NegrlError(f"optim.{key}={o[key]} must be positive")
+    if o["weight_decay"] < 0:
+        raise NegrlError(f"optim.weight_decay={o['weight_decay']} must be non-negative")
+    if s["warmup_steps"] < 0:
+        raise NegrlError(f"schedule.warmup_steps={s['warmup_steps']} must be non-negative")
+    if c["dpo"]["beta"] <= 0:
+        raise NegrlError(f"dpo.beta={c['dpo']['beta']} must be positive (the paper uses 0.1)")
+    if c["eval"]["every"] <= 0:
+        raise NegrlError(f"eval.every={c['eval']['every']} must be a positive number of steps")
+    return OptimSettings(
+        lr=o["lr"],
+        weight_decay=o["weight_decay"],
+        betas=tuple(o["betas"]),
+        eps=o["eps"],
+        warmup_steps=s["warmup_steps"],
+        cosine_over=s["cosine_over"],
+    )
+
+
+def phase3_weights(joint: dict[str, float]) -> dict[str, float]:
+    weights = {k: float(joint[f"{k}_weight"]) for k in ("dpo", "random", "useful")}
+    bad = {k: v for k, v in weights.items() if v < 0}
+    if bad or not any(weights.values()):
+        raise NegrlError(f"phase-3 weights {weights} must be non-negative and not all zero; fix joint.*_weight")
+    return weights

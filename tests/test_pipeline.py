@@ -1,0 +1,92 @@
+"""The three phases end to end on a tiny model and scaled-down data."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from negrl.pipeline import run
+
+from conftest import make_cfg
+
+
+def snapshot(backbone):
+    return {k: v.detach().clone() for k, v in backbone.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One scaled-down run (8 + 80 + 80 steps) with the weights after every phase."""
+    run_dir = tmp_path_factory.mktemp("run")
+    states = {}
+    results = run(make_cfg("seed=0"), run_dir, on_phase_end=lambda p, b: states.__setitem__(p, (snapshot(b), b)))
+    return results, run_dir, states
+
+
+def test_results_json_is_complete(tiny_run):
+    results, run_dir, _ = tiny_run
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["status"] == "complete"
+    assert saved["metric"] == saved["phases"]["3"]["eval"]["heldout"]["max"]
+    assert saved["delta"] == pytest.approx(saved["metric"] - (-3.258096538021482), abs=1e-12)
+    assert saved["control"]["metric"] == saved["phases"]["3"]["eval"]["random"]["max"]
+    for p, steps in (("1", 8), ("2", 80), ("3", 80)):
+        phase = saved["phases"][p]
+        assert phase["steps"] == steps and phase["wall_time_s"] > 0
+        assert set(phase["eval"]) == {"heldout", "useful", "random"}
+        assert all(v["max"] >= v["final"] for v in phase["eval"].values())
+    assert set(saved["versions"]) >= {"negrl", "torch", "lightning", "transformers", "python"}
+    assert (run_dir / "config.yaml").is_file()
+    assert "negrl verdict" in results["verdict"]
+
+
+def test_freeze_in_phase2_and_all_trainable_in_phase3(tiny_run):
+    _, _, states = tiny_run
+    after1, backbone = states[1]
+    after2, after3 = states[2][0], states[3][0]
+    frozen = {id(p) for p in backbone.frozen_by_phase2()}
+    frozen_names = {n for n, p in backbone.named_parameters() if id(p) in frozen}
+    n = len(backbone.layers)
+    unembedding = {n_ for n_, p in backbone.named_parameters() if p is backbone.unembedding.weight}
+    assert unembedding in ({"model.lm_head.weight"}, {"model.embed_out.weight"})  # name depends on transformers
+    assert frozen_names == {n_ for n_ in after1 if any(f"layers.{i}." in n_ for i in range(n // 2, n))} | unembedding
+    for name in after1:
+        if name in frozen_names:
+            assert torch.equal(after1[name], after2[name]), f"{name} moved in phase 2"
+        else:
+            assert not torch.equal(after1[name], after2[name]), f"{name} did not move in phase 2"
+        assert not torch.equal(after2[name], after3[name]), f"{name} did not move in phase 3"
+    trainable_in_phase2 = set(after1) - frozen_names
+    assert "model.gpt_neox.final_layer_norm.weight" in trainable_in_phase2
+    assert "model.gpt_neox.embed_in.weight" in trainable_in_phase2
+
+
+def test_evaluation_after_steps_0_5_10_of_each_phase(tiny_run):
+    _, run_dir, _ = tiny_run
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    evals = [(int(float(r["phase"])), int(r["step"])) for r in rows if r.get("eval/heldout_ll")]
+    offsets = {1: 0, 2: 8, 3: 88}
+    expected = [(p, offsets[p] + s) for p, n in ((1, 8), (2, 80), (3, 80)) for s in range(0, n, 5)]
+    assert evals == expected
+    train = [r for r in rows if r.get("train/loss")]
+    assert len(train) == 168 and [int(r["step"]) for r in train] == list(range(168))
+    dpo = [r for r in train if int(float(r["phase"])) == 2]
+    assert all(r["train/rewards/accuracies"] and r["train/rewards/margins"] for r in dpo)
+    assert float(train[0]["lr"]) == 0.0  # step 0 of the warm-up
+
+
+def test_same_seed_gives_identical_numbers(tiny_run, tmp_path):
+    first, _, _ = tiny_run
+    second = run(make_cfg("seed=0"), tmp_path)
+    for key in ("metric", "delta"):
+        assert first[key] == second[key]
+    assert first["phases"]["3"]["eval"] == second["phases"]["3"]["eval"]
+    other = run(make_cfg("seed=1"), tmp_path / "other")
+    assert other["metric"] != first["metric"]
+
+
+def test_no_prefix_and_no_freeze_run(tmp_path):
+    results = run(make_cfg("prefix=false", "freeze=false", "data.n_phase1=32", "data.negative_repeats=1"), tmp_path)
+    assert results["status"] == "complete"
+    assert results["phases"]["2"]["steps"] == 20
