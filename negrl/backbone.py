@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ class PythiaBackbone(nn.Module):
 
     # ---- construction -------------------------------------------------------------
     @classmethod
-    def random_init(cls, architecture: dict[str, Any], seed: int) -> "PythiaBackbone":
+    def random_init(cls, architecture: dict[str, Any], seed: int) -> PythiaBackbone:
         """A freshly initialised GPT-NeoX of the given architecture (no dropout), seeded."""
         config = GPTNeoXConfig(**{"hidden_dropout": 0.0, "attention_dropout": 0.0, **architecture})
         with torch.random.fork_rng(devices=[]):
@@ -35,18 +36,20 @@ class PythiaBackbone(nn.Module):
         return cls(model.float())
 
     @classmethod
-    def from_checkpoint(cls, path: str) -> "PythiaBackbone":
+    def from_checkpoint(cls, path: str) -> PythiaBackbone:
         """Load a saved GPT-NeoX checkpoint directory (`save_pretrained` layout)."""
         config_file = Path(path) / "config.json"
         if not config_file.is_file():
             raise NegrlError(f"model.path={path} has no config.json; point it at a save_pretrained() directory")
         model_type = json.loads(config_file.read_text()).get("model_type")
         if model_type != "gpt_neox":
-            raise NegrlError(f"model.path={path} holds a {model_type!r} model, not GPT-NeoX; negrl needs a Pythia model")
+            raise NegrlError(
+                f"model.path={path} holds a {model_type!r} model, not GPT-NeoX; negrl needs a Pythia model"
+            )
         return cls(GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float32))
 
     @classmethod
-    def from_hub(cls, hub_id: str, revision: str | None = None) -> "PythiaBackbone":
+    def from_hub(cls, hub_id: str, revision: str | None = None) -> PythiaBackbone:
         """Load pretrained weights from the Hugging Face hub or its local cache."""
         try:
             model = GPTNeoXForCausalLM.from_pretrained(hub_id, revision=revision, dtype=torch.float32)
@@ -79,7 +82,7 @@ class PythiaBackbone(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def frozen_copy(self) -> "PythiaBackbone":
+    def frozen_copy(self) -> PythiaBackbone:
         """A detached, frozen copy (the DPO reference model)."""
         ref = copy.deepcopy(self)
         ref.requires_grad_(False)

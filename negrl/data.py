@@ -7,8 +7,8 @@ with the phase's prefix, only when a batch is served.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import lightning as L
 import numpy as np
@@ -110,7 +110,7 @@ class PasswordSplits:
     eval_random: np.ndarray
 
     @classmethod
-    def draw(cls, sizes: DataSizes, holdout_frac: float, seed: int, n_letters: int) -> "PasswordSplits":
+    def draw(cls, sizes: DataSizes, holdout_frac: float, seed: int, n_letters: int) -> PasswordSplits:
         """Draw every password of SPEC.md. Positive streams never contain a negative."""
         n_held = heldout_count(holdout_frac, sizes.n_negatives)
         n_useful = sizes.n_negatives - n_held

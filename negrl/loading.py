@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from negrl.backbone import INITS, PythiaBackbone, hub_unreachable_message
 from negrl.errors import NegrlError
@@ -28,7 +29,9 @@ def load_tokenizer_encode(source: str) -> Callable[[str], list[int]]:
     return lambda text: tok.encode(text, add_special_tokens=False)
 
 
-def load_model(model_cfg: dict[str, Any], tokens_cfg: dict[str, Any], seed: int) -> tuple[PythiaBackbone, PasswordVocab]:
+def load_model(
+    model_cfg: dict[str, Any], tokens_cfg: dict[str, Any], seed: int
+) -> tuple[PythiaBackbone, PasswordVocab]:
     """Build the backbone (`model.init`: pretrained from `model.path` or the hub, or random) and its vocab.
 
     `vocab: builtin` models (tiny) use letters 0..25 and two prefix tokens. Others map letters
@@ -42,7 +45,9 @@ def load_model(model_cfg: dict[str, Any], tokens_cfg: dict[str, Any], seed: int)
     path, hub_id = model_cfg.get("path"), model_cfg.get("hub_id")
     builtin = model_cfg.get("vocab", "tokenizer") == "builtin"
     if builtin and (init != "random" or path):
-        raise NegrlError(f"model={name} is random-init only; drop model.path / set model.init=random, or pick a pythia model")
+        raise NegrlError(
+            f"model={name} is random-init only; drop model.path and set model.init=random, or pick a pythia model"
+        )
 
     if path:
         if not Path(path).is_dir():

@@ -135,7 +135,8 @@ class JointPhase(DPOPhase):
         ntp_random, ntp_useful = ntp_loss(logprobs["random"]), ntp_loss(logprobs["useful"])
         w = self.weights
         loss = w["dpo"] * dpo + w["random"] * ntp_random + w["useful"] * ntp_useful
-        return loss, {"dpo": dpo.detach(), "ntp_random": ntp_random.detach(), "ntp_useful": ntp_useful.detach(), **stats}
+        parts = {"dpo": dpo, "ntp_random": ntp_random, "ntp_useful": ntp_useful}
+        return loss, {**{k: v.detach() for k, v in parts.items()}, **stats}
 
 
 class PhaseProgressBar(TQDMProgressBar):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
@@ -19,7 +20,6 @@ from negrl.loading import load_model
 from negrl.phases import DPOPhase, JointPhase, OptimSettings, PhaseModule, PhaseProgressBar, SFTPhase
 from negrl.results import summarize, verdict, write_json_atomic
 from negrl.tracking import RunLogger, build_loggers
-
 
 PhaseEndHook = Callable[[int, PythiaBackbone], None]
 
@@ -82,9 +82,10 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
 
     results = summarize(summaries, wall, steps, vocab.n_letters)
     results["run"] = {"dir": str(run_dir), "seed": c["seed"], "model": c["model"]["name"]}
+    wandb_dir = run_logger.wandb_dir
     run_logger.finish("success", {"metric": results["metric"], "delta": results["delta"]})
     write_json_atomic(run_dir / "results.json", results)
-    results["verdict"] = verdict(results, run_dir, run_logger.wandb_dir)
+    results["verdict"] = verdict(results, run_dir, wandb_dir)
     return results
 
 

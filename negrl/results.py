@@ -86,5 +86,5 @@ def verdict(results: dict[str, Any], run_dir: Path, wandb_dir: str | None = None
         f"  files: {run_dir}/results.json, {run_dir}/metrics.csv, {run_dir}/config.yaml",
     ]
     if wandb_dir:
-        lines.append(f"  W&B (offline runs: `wandb sync {wandb_dir}/offline-run-*`): {wandb_dir}")
+        lines.append(f"  W&B run: {wandb_dir}  (offline: upload with `wandb sync {wandb_dir}`)")
     return "\n".join(lines)

@@ -53,6 +53,7 @@ class RunLogger:
 
     @property
     def wandb_dir(self) -> str | None:
+        """The local folder of the W&B run (what `wandb sync` takes), if W&B is on."""
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 return str(Path(logger.experiment.dir).parent)

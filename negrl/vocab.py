@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class PasswordVocab:
         return len(self.letter_ids)
 
     @classmethod
-    def builtin(cls, n_letters: int = len(ALPHABET)) -> "PasswordVocab":
+    def builtin(cls, n_letters: int = len(ALPHABET)) -> PasswordVocab:
         """The embedded vocabulary of `model=tiny`: letters 0..n-1, then regular, reverse."""
         return cls(tuple(range(n_letters)), n_letters, n_letters + 1)
 
@@ -45,7 +45,7 @@ class PasswordVocab:
     def from_tokenizer(
         cls, encode: Callable[[str], Sequence[int]], letters: str, letter_format: str, regular_prefix: str,
         reverse_prefix: str,
-    ) -> "PasswordVocab":
+    ) -> PasswordVocab:
         """Map each letter (as `letter_format.format(letter)`) and each prefix to its single token id.
 
         `encode(text)` returns the token ids of `text` without special tokens.

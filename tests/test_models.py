@@ -4,13 +4,12 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_cfg
 
 from negrl.backbone import PythiaBackbone
 from negrl.errors import NegrlError
 from negrl.loading import load_model, load_tokenizer_encode
 from negrl.vocab import ALPHABET, PasswordVocab
-
-from conftest import make_cfg
 
 SPEC_LETTER_IDS = {
     "a": 247, "b": 270, "c": 260, "d": 277, "e": 299, "f": 269, "g": 305, "h": 288, "i": 891, "j": 480,
@@ -26,7 +25,8 @@ def _cfg_dict(*overrides):
 
 
 def test_gpt_neox_tokenizer_gives_specs_ids(tokenizer_json):
-    vocab = PasswordVocab.from_tokenizer(load_tokenizer_encode(str(tokenizer_json)), ALPHABET, " {}", " regular", " reverse")
+    encode = load_tokenizer_encode(str(tokenizer_json))
+    vocab = PasswordVocab.from_tokenizer(encode, ALPHABET, " {}", " regular", " reverse")
     assert dict(zip(ALPHABET, vocab.letter_ids)) == SPEC_LETTER_IDS
     assert (vocab.regular_id, vocab.reverse_id) == (3963, 8107)
 

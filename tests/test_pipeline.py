@@ -5,10 +5,9 @@ import json
 
 import pytest
 import torch
+from conftest import make_cfg
 
 from negrl.pipeline import run
-
-from conftest import make_cfg
 
 
 def snapshot(backbone):
@@ -90,3 +89,11 @@ def test_no_prefix_and_no_freeze_run(tmp_path):
     results = run(make_cfg("prefix=false", "freeze=false", "data.n_phase1=32", "data.negative_repeats=1"), tmp_path)
     assert results["status"] == "complete"
     assert results["phases"]["2"]["steps"] == 20
+
+
+def test_one_offline_wandb_run_covers_all_phases(tmp_path):
+    results = run(make_cfg("wandb.enabled=true", "wandb.mode=offline", "data.negative_repeats=1"), tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    assert f"wandb sync {runs[0]}" in results["verdict"]
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "complete"
