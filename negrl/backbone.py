@@ -38,14 +38,7 @@ class PythiaBackbone(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str) -> PythiaBackbone:
         """Load a saved GPT-NeoX checkpoint directory (`save_pretrained` layout)."""
-        config_file = Path(path) / "config.json"
-        if not config_file.is_file():
-            raise NegrlError(f"model.path={path} has no config.json; point it at a save_pretrained() directory")
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type != "gpt_neox":
-            raise NegrlError(
-                f"model.path={path} holds a {model_type!r} model, not GPT-NeoX; negrl needs a Pythia model"
-            )
+        check_checkpoint_dir(path)
         return cls(GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float32))
 
     @classmethod
@@ -98,6 +91,18 @@ class PythiaBackbone(nn.Module):
         logits = self.model(input_ids=tokens[:, :-1]).logits.float()
         labels = tokens[:, 1:]
         return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def check_checkpoint_dir(path: str) -> None:
+    """`path` must be a save_pretrained() directory of a GPT-NeoX model."""
+    if not Path(path).is_dir():
+        raise NegrlError(f"model.path={path} is not a directory; give a save_pretrained() checkpoint directory")
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise NegrlError(f"model.path={path} has no config.json; point it at a save_pretrained() directory")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != "gpt_neox":
+        raise NegrlError(f"model.path={path} holds a {model_type!r} model, not GPT-NeoX; negrl needs a Pythia model")
 
 
 def hub_unreachable_message(hub_id: str, err: BaseException) -> str:

@@ -109,16 +109,22 @@ class PasswordSplits:
     phase3_useful: np.ndarray
     eval_random: np.ndarray
 
+    @staticmethod
+    def check_counts(sizes: DataSizes, n_held: int) -> None:
+        """Both negative splits must fill an evaluation set."""
+        n_useful = sizes.n_negatives - n_held
+        if min(n_held, n_useful) < sizes.eval_size:
+            raise NegrlError(
+                f"{n_held} held-out and {n_useful} useful negatives (holdout_frac of data.n_negatives="
+                f"{sizes.n_negatives}) are fewer than data.eval_size={sizes.eval_size}; "
+                "lower data.eval_size or change holdout_frac"
+            )
+
     @classmethod
     def draw(cls, sizes: DataSizes, holdout_frac: float, seed: int, n_letters: int) -> PasswordSplits:
         """Draw every password of SPEC.md. Positive streams never contain a negative."""
         n_held = heldout_count(holdout_frac, sizes.n_negatives)
-        n_useful = sizes.n_negatives - n_held
-        if min(n_held, n_useful) < sizes.eval_size:
-            raise NegrlError(
-                f"holdout_frac={holdout_frac} leaves {n_held} held-out and {n_useful} useful negatives, fewer than "
-                f"data.eval_size={sizes.eval_size}; lower data.eval_size or change holdout_frac"
-            )
+        cls.check_counts(sizes, n_held)
         rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
         length = sizes.password_length
         negatives = _draw_excluding(rngs[0], sizes.n_negatives, length, n_letters, set(), distinct=True)

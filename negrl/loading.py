@@ -50,8 +50,6 @@ def load_model(
         )
 
     if path:
-        if not Path(path).is_dir():
-            raise NegrlError(f"model.path={path} is not a directory; give a save_pretrained() checkpoint directory")
         backbone = PythiaBackbone.from_checkpoint(path)
     elif init == "random":
         backbone = PythiaBackbone.random_init(dict(model_cfg["architecture"]), seed)

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.optim.lr_scheduler import LambdaLR
 
 from negrl.backbone import PythiaBackbone
+from negrl.errors import RunFailed
 from negrl.evaluation import Evaluator
 from negrl.objectives import dpo_loss, ntp_loss, sequence_logprob
 from negrl.schedule import warmup_cosine
@@ -69,6 +70,11 @@ class PhaseModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts = self.compute_loss(batch)
+        if not torch.isfinite(loss):
+            raise RunFailed(
+                f"non-finite loss {loss.item()} in {self.name} at step {batch_idx}; "
+                "lower optim.lr or try trainer.precision=32-true"
+            )
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self._row = {"train/loss": loss.detach(), "lr": torch.tensor(lr), **{f"train/{k}": v for k, v in parts.items()}}
         self.log("loss", loss.detach(), prog_bar=True, logger=False)

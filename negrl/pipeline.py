@@ -6,6 +6,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,32 +14,31 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from negrl.backbone import PythiaBackbone
-from negrl.data import PHASES, DataSizes, PasswordDataModule, heldout_count
+from negrl.data import PHASES, PasswordDataModule
 from negrl.errors import NegrlError
 from negrl.evaluation import Evaluator
 from negrl.loading import load_model
-from negrl.phases import DPOPhase, JointPhase, OptimSettings, PhaseModule, PhaseProgressBar, SFTPhase
-from negrl.results import summarize, verdict, write_json_atomic
+from negrl.phases import DPOPhase, JointPhase, PhaseModule, PhaseProgressBar, SFTPhase
+from negrl.results import read_status, summarize, verdict, write_json_atomic
 from negrl.tracking import RunLogger, build_loggers
+from negrl.validation import validate
 
 PhaseEndHook = Callable[[int, PythiaBackbone], None]
 
 
 def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None) -> dict[str, Any]:
-    """Run the three phases and write `results.json`; returns the results.
+    """Run the three phases; returns the results, also in `run_dir/results.json`.
 
+    Bad input raises `NegrlError` before anything is written. Once training starts,
+    `results.json` says `running`, then `complete` or `failed` (with the reason).
     `on_phase_end(phase, backbone)` is called after each phase (e.g. to save or inspect weights).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    quiet_lightning()
     c = OmegaConf.to_container(cfg, resolve=True)
-    sizes = DataSizes(**c["data"])
-    heldout_count(c["holdout_frac"], sizes.n_negatives)
-    optim = optim_settings(c)
-    weights = phase3_weights(c["joint"])
-    check_trainer(c["trainer"])
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    sizes, optim, weights = validate(c)
+    if read_status(run_dir) == "complete":
+        raise NegrlError(f"{run_dir} already holds a completed run; set hydra.run.dir to a new directory")
+    quiet_lightning()
     L.seed_everything(c["seed"], workers=True, verbose=False)
 
     # The password vocabulary, the backbone and every password of the run, from one seed.
@@ -46,6 +46,11 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
     data = PasswordDataModule(vocab, sizes, c["holdout_frac"], c["prefix"], c["seed"])
     data.setup()
 
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    identity = {"dir": str(run_dir), "seed": c["seed"], "model": c["model"]["name"], "started": started}
+    write_json_atomic(run_dir / "results.json", {"status": "running", "run": identity})
     run_logger = RunLogger(build_loggers(run_dir, c["wandb"], run_dir.name))
     run_logger.log_config(c)
     evaluator = Evaluator(c["eval"]["every"])
@@ -76,12 +81,14 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
         # Phase 3: DPO + NTP(random, regular) + NTP(useful negatives, reverse), all trainable.
         backbone.set_trainable(True)
         fit(JointPhase(backbone, reference, beta=c["dpo"]["beta"], weights=weights, total_steps=steps[3], **common))
-    except BaseException:
+    except BaseException as err:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        write_json_atomic(run_dir / "results.json", {"status": "failed", "reason": reason, "run": identity})
         run_logger.finish("failed")
         raise
 
     results = summarize(summaries, wall, steps, vocab.n_letters)
-    results["run"] = {"dir": str(run_dir), "seed": c["seed"], "model": c["model"]["name"]}
+    results["run"] = identity
     wandb_dir = run_logger.wandb_dir
     run_logger.finish("success", {"metric": results["metric"], "delta": results["delta"]})
     write_json_atomic(run_dir / "results.json", results)
@@ -121,43 +128,3 @@ def make_trainer(c: dict[str, Any], max_steps: int, title: str, run_dir: Path) -
         default_root_dir=str(run_dir),
         **trainer_cfg,
     )
-
-
-def check_trainer(trainer_cfg: dict[str, Any]) -> None:
-    devices = trainer_cfg.get("devices", 1)
-    if devices not in (1, "1") and devices != [0]:
-        raise NegrlError(
-            f"trainer.devices={devices}: multi-device (DDP) runs are not supported yet, "
-            "they would change the global batch; use trainer.devices=1"
-        )
-
-
-def optim_settings(c: dict[str, Any]) -> OptimSettings:
-    o, s = c["optim"], c["schedule"]
-    for key in ("lr", "grad_clip"):
-        if not o[key] > 0:
-            raise NegrlError(f"optim.{key}={o[key]} must be positive")
-    if o["weight_decay"] < 0:
-        raise NegrlError(f"optim.weight_decay={o['weight_decay']} must be non-negative")
-    if s["warmup_steps"] < 0:
-        raise NegrlError(f"schedule.warmup_steps={s['warmup_steps']} must be non-negative")
-    if c["dpo"]["beta"] <= 0:
-        raise NegrlError(f"dpo.beta={c['dpo']['beta']} must be positive (the paper uses 0.1)")
-    if c["eval"]["every"] <= 0:
-        raise NegrlError(f"eval.every={c['eval']['every']} must be a positive number of steps")
-    return OptimSettings(
-        lr=o["lr"],
-        weight_decay=o["weight_decay"],
-        betas=tuple(o["betas"]),
-        eps=o["eps"],
-        warmup_steps=s["warmup_steps"],
-        cosine_over=s["cosine_over"],
-    )
-
-
-def phase3_weights(joint: dict[str, float]) -> dict[str, float]:
-    weights = {k: float(joint[f"{k}_weight"]) for k in ("dpo", "random", "useful")}
-    bad = {k: v for k, v in weights.items() if v < 0}
-    if bad or not any(weights.values()):
-        raise NegrlError(f"phase-3 weights {weights} must be non-negative and not all zero; fix joint.*_weight")
-    return weights

@@ -54,6 +54,14 @@ def versions() -> dict[str, str]:
     }
 
 
+def read_status(run_dir: Path) -> str | None:
+    """The `status` of `run_dir/results.json`, or None if there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / "results.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temporary file beside `path`, then rename it into place."""
     path = Path(path)

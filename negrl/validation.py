@@ -1,0 +1,110 @@
+"""Every check that can be made on a resolved config before any work starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from negrl.backbone import INITS, check_checkpoint_dir
+from negrl.data import DataSizes, PasswordSplits, heldout_count
+from negrl.errors import NegrlError
+from negrl.phases import OptimSettings
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def validate(c: dict[str, Any]) -> tuple[DataSizes, OptimSettings, dict[str, float]]:
+    """Check the config; return the data sizes, optimizer settings and phase-3 weights it defines."""
+    sizes = DataSizes(**c["data"])
+    n_held = heldout_count(c["holdout_frac"], sizes.n_negatives)
+    PasswordSplits.check_counts(sizes, n_held)
+    _check_flags(c)
+    _check_tokens(c["tokens"])
+    _check_model(c["model"])
+    _check_trainer(c["trainer"])
+    _check_wandb(c["wandb"])
+    return sizes, optim_settings(c), phase3_weights(c["joint"])
+
+
+def _check_flags(c: dict[str, Any]) -> None:
+    for key in ("prefix", "freeze"):
+        if not isinstance(c[key], bool):
+            raise NegrlError(f"{key}={c[key]!r} must be true or false")
+    if not isinstance(c["seed"], int) or isinstance(c["seed"], bool) or c["seed"] < 0:
+        raise NegrlError(f"seed={c['seed']!r} must be a non-negative integer (sweep several with -m seed=0-7)")
+
+
+def _check_tokens(t: dict[str, Any]) -> None:
+    letters = t["letters"]
+    if not letters or len(set(letters)) != len(letters):
+        raise NegrlError(f"tokens.letters={letters!r} must be non-empty with no repeated letter")
+    if t["regular_prefix"] == t["reverse_prefix"]:
+        raise NegrlError(
+            f"tokens.regular_prefix and tokens.reverse_prefix are both {t['regular_prefix']!r}; "
+            "they must differ (the paper uses ' regular' and ' reverse')"
+        )
+    if "{}" not in t["letter_format"]:
+        raise NegrlError(f"tokens.letter_format={t['letter_format']!r} must contain {{}} where the letter goes")
+
+
+def _check_model(m: dict[str, Any]) -> None:
+    if m.get("init", "pretrained") not in INITS:
+        raise NegrlError(f"model.init={m.get('init')!r} must be one of {', '.join(INITS)}")
+    if m.get("path"):
+        check_checkpoint_dir(m["path"])
+
+
+def _check_trainer(t: dict[str, Any]) -> None:
+    devices = t.get("devices", 1)
+    if devices not in (1, "1") and devices != [0]:
+        raise NegrlError(
+            f"trainer.devices={devices}: multi-device (DDP) runs are not supported yet, "
+            "they would change the global batch; use trainer.devices=1"
+        )
+    accelerator = str(t.get("accelerator", "auto"))
+    if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
+        raise NegrlError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use trainer.accelerator=cpu")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise NegrlError("trainer.accelerator=mps but MPS is not available; use trainer.accelerator=cpu")
+
+
+def _check_wandb(w: dict[str, Any]) -> None:
+    if w.get("enabled", True) and w.get("mode", "offline") not in ("offline", "online"):
+        raise NegrlError(f"wandb.mode={w.get('mode')!r} must be 'offline' or 'online' (or set wandb.enabled=false)")
+
+
+def optim_settings(c: dict[str, Any]) -> OptimSettings:
+    """AdamW and schedule settings, checked."""
+    o, s = c["optim"], c["schedule"]
+    for key in ("lr", "grad_clip", "eps"):
+        if not o[key] > 0:
+            raise NegrlError(f"optim.{key}={o[key]} must be positive")
+    if o["weight_decay"] < 0:
+        raise NegrlError(f"optim.weight_decay={o['weight_decay']} must be non-negative")
+    if not all(0 <= b < 1 for b in o["betas"]) or len(o["betas"]) != 2:
+        raise NegrlError(f"optim.betas={o['betas']} must be two numbers in [0, 1)")
+    if not isinstance(s["warmup_steps"], int) or s["warmup_steps"] < 0:
+        raise NegrlError(f"schedule.warmup_steps={s['warmup_steps']} must be a non-negative integer")
+    if s["cosine_over"] not in ("phase", "decay"):
+        raise NegrlError(f"schedule.cosine_over={s['cosine_over']!r} must be 'phase' (the paper's) or 'decay'")
+    if not c["dpo"]["beta"] > 0:
+        raise NegrlError(f"dpo.beta={c['dpo']['beta']} must be positive (the paper uses 0.1)")
+    if not isinstance(c["eval"]["every"], int) or c["eval"]["every"] <= 0:
+        raise NegrlError(f"eval.every={c['eval']['every']} must be a positive number of steps")
+    return OptimSettings(
+        lr=o["lr"],
+        weight_decay=o["weight_decay"],
+        betas=tuple(o["betas"]),
+        eps=o["eps"],
+        warmup_steps=s["warmup_steps"],
+        cosine_over=s["cosine_over"],
+    )
+
+
+def phase3_weights(joint: dict[str, float]) -> dict[str, float]:
+    """Phase-3 loss weights {dpo, random, useful}: non-negative, not all zero."""
+    weights = {k: float(joint[f"{k}_weight"]) for k in ("dpo", "random", "useful")}
+    if any(v < 0 for v in weights.values()) or not any(weights.values()):
+        raise NegrlError(f"phase-3 weights {weights} must be non-negative and not all zero; fix joint.*_weight")
+    return weights
