@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from negrl.errors import NegrlError
 from negrl.vocab import PasswordVocab
@@ -219,9 +219,12 @@ class PasswordDataModule(L.LightningDataModule):
     def dataset(self, phase: int) -> ShuffledBatches:
         return ShuffledBatches(self.streams(phase), self.vocab, self.sizes.batch_size, self.seed, phase)
 
-    def for_phase(self, phase: int) -> DataLoader:
-        """The training loader of a phase: one item per step, batches pre-assembled."""
-        return DataLoader(self.dataset(phase), batch_size=None, shuffle=False)
+    def for_phase(self, phase: int, start: int = 0) -> DataLoader:
+        """The training loader of a phase from step `start` on: one item per step, batches pre-assembled."""
+        dataset = self.dataset(phase)
+        if start:
+            dataset = Subset(dataset, range(start, len(dataset)))
+        return DataLoader(dataset, batch_size=None, shuffle=False)
 
     def eval_sets(self, phase: int) -> dict[str, torch.Tensor]:
         """The three evaluation sets (token ids) with the phase's evaluation prefix."""

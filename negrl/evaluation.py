@@ -57,6 +57,15 @@ class Evaluator:
             out[f"eval/{name}_ll_max"] = float(self.best[name].compute())
         return out
 
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        """The running maxima and last values of the phase so far (for checkpoints)."""
+        return {"best": {n: float(m.compute()) for n, m in self.best.items() if m.update_called}, "last": self.last}
+
+    def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
+        for name, value in state["best"].items():
+            self.best[name].update(torch.tensor(value, dtype=torch.float64))
+        self.last = dict(state["last"])
+
     def summary(self) -> dict[str, dict[str, float]]:
         """Per set: the max and the final value over this phase's evaluations."""
         return {name: {"max": float(self.best[name].compute()), "final": self.last[name]} for name in self.sets}

@@ -7,7 +7,9 @@ Phase 3 (`JointPhase`): DPO + NTP on random passwords + NTP on useful negatives 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import torch
@@ -15,6 +17,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.optim.lr_scheduler import LambdaLR
 
 from negrl.backbone import PythiaBackbone
+from negrl.checkpoint import Checkpointer
 from negrl.errors import RunFailed
 from negrl.evaluation import Evaluator
 from negrl.objectives import dpo_loss, ntp_loss, sequence_logprob
@@ -49,12 +52,18 @@ class PhaseModule(L.LightningModule):
         total_steps: int,
         evaluator: Evaluator,
         run_logger: RunLogger,
+        checkpointer: Checkpointer | None = None,
+        resume: dict[str, Any] | None = None,
     ):
+        """`resume`: a checkpoint taken inside this phase; training continues after its step."""
         super().__init__()
         self.backbone = backbone
         self.optim, self.total_steps = optim, total_steps
-        self.evaluator, self.run_logger = evaluator, run_logger
+        self.evaluator, self.run_logger, self.checkpointer = evaluator, run_logger, checkpointer
+        self.resume = resume
+        self.start_step = 0 if resume is None else resume["step"] + 1
         self._row: dict[str, torch.Tensor] = {}
+        self._started = time.perf_counter() - (0.0 if resume is None else resume["elapsed"])
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The phase's loss on a batch and the parts worth logging."""
@@ -68,11 +77,18 @@ class PhaseModule(L.LightningModule):
         factor = warmup_cosine(self.optim.warmup_steps, self.total_steps, self.optim.cosine_over)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, factor), "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        """On resume: the optimizer and schedule as they were after the checkpoint's step."""
+        if self.resume is not None:
+            self.trainer.optimizers[0].load_state_dict(self.resume["optimizer"])
+            # Lightning steps the schedule before on_train_batch_end, so the saved one is already at the next step.
+            self.trainer.lr_scheduler_configs[0].scheduler.load_state_dict(self.resume["scheduler"])
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts = self.compute_loss(batch)
         if not torch.isfinite(loss):
             raise RunFailed(
-                f"non-finite loss {loss.item()} in {self.name} at step {batch_idx}; "
+                f"non-finite loss {loss.item()} in {self.name} at step {self.start_step + batch_idx}; "
                 "lower optim.lr or try trainer.precision=32-true"
             )
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
@@ -81,12 +97,20 @@ class PhaseModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        """Right after the update of step `batch_idx`: evaluate if due, then log the row."""
+        """Right after the update of a step: evaluate if due, log the row, checkpoint if due."""
+        step = self.start_step + batch_idx
         row = {k: float(v) for k, v in self._row.items()}
-        if self.evaluator.due(batch_idx):
+        if self.evaluator.due(step):
             row.update(self.evaluator.evaluate(self.backbone))
             self.log("heldout_ll", row["eval/heldout_ll"], prog_bar=True, logger=False)
-        self.run_logger.log(row, batch_idx)
+        self.run_logger.log(row, step)
+        if self.checkpointer is not None:
+            self.checkpointer.on_step(self, step)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds spent in this phase, including before a resume."""
+        return time.perf_counter() - self._started
 
 
 class SFTPhase(PhaseModule):

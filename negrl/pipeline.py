@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -13,6 +12,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from negrl import checkpoint
 from negrl.backbone import PythiaBackbone
 from negrl.data import PHASES, PasswordDataModule
 from negrl.errors import NegrlError
@@ -33,11 +33,12 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
     `results.json` says `running`, then `complete` or `failed` (with the reason).
     `on_phase_end(phase, backbone)` is called after each phase (e.g. to save or inspect weights).
     """
-    run_dir = Path(run_dir)
     c = OmegaConf.to_container(cfg, resolve=True)
     sizes, optim, weights = validate(c)
+    run_dir = checkpoint.resume_dir(c["resume"], run_dir, c) if c["resume"] else Path(run_dir)
     if read_status(run_dir) == "complete":
         raise NegrlError(f"{run_dir} already holds a completed run; set hydra.run.dir to a new directory")
+    saved = checkpoint.load(run_dir) if c["resume"] else None
     quiet_lightning()
     L.seed_everything(c["seed"], workers=True, verbose=False)
 
@@ -46,48 +47,79 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
     data = PasswordDataModule(vocab, sizes, c["holdout_frac"], c["prefix"], c["seed"])
     data.setup()
 
+    steps = {p: sizes.steps(p) for p in PHASES}
+    offsets = {p: sum(steps[q] for q in PHASES if q < p) for p in PHASES}
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     identity = {"dir": str(run_dir), "seed": c["seed"], "model": c["model"]["name"], "started": started}
     write_json_atomic(run_dir / "results.json", {"status": "running", "run": identity})
-    run_logger = RunLogger(build_loggers(run_dir, c["wandb"], run_dir.name))
+    resume_step = None if saved is None else offsets[saved["phase"]] + saved["step"]
+    loggers = build_loggers(run_dir, c["wandb"], run_dir.name, resume_step, saved and saved["wandb_id"])
+    run_logger = RunLogger(loggers)
     run_logger.log_config(c)
     evaluator = Evaluator(c["eval"]["every"])
-    common = dict(optim=optim, evaluator=evaluator, run_logger=run_logger)
-    summaries, wall, steps = {}, {}, {p: sizes.steps(p) for p in PHASES}
+    ckpt = checkpoint.Checkpointer(run_dir, c["checkpoint"]["every"], c, backbone, evaluator)
+    ckpt.wandb_id = run_logger.wandb_id
+    common = dict(optim=optim, evaluator=evaluator, run_logger=run_logger, checkpointer=ckpt)
+
+    # Where to start: phase 1 step 0, or right after the checkpoint of a resumed run.
+    first, inside = 1, None
+    if saved is not None:
+        print(f"negrl: resuming {run_dir} after phase {saved['phase']} step {saved['step']}")
+        backbone.load_state_dict(saved["backbone"])
+        checkpoint.set_rng_states(saved["rng"])
+        ckpt.summaries, ckpt.wall = saved["summaries"], saved["wall"]
+        first = saved["phase"] + 1 if saved["phase_done"] else saved["phase"]
+        inside = None if saved["phase_done"] else saved
 
     def fit(module: PhaseModule) -> None:
         p = module.phase
         evaluator.start_phase(data.eval_sets(p))
-        run_logger.start_phase(p, offset=sum(steps[q] for q in PHASES if q < p))
-        start = time.perf_counter()
-        make_trainer(c, steps[p], module.name, run_dir).fit(module, train_dataloaders=data.for_phase(p))
-        wall[p] = time.perf_counter() - start
-        summaries[p] = evaluator.summary()
+        if module.resume is not None:
+            evaluator.load_state_dict(module.resume["evaluator"])
+        run_logger.start_phase(p, offset=offsets[p])
+        trainer = make_trainer(c, steps[p] - module.start_step, module.name, run_dir)
+        trainer.fit(module, train_dataloaders=data.for_phase(p, start=module.start_step))
+        ckpt.wall[p], ckpt.summaries[p] = module.elapsed, evaluator.summary()
         run_logger.flush()
+        ckpt.save(p, steps[p] - 1, phase_done=True)
         if on_phase_end is not None:
             on_phase_end(p, backbone)
 
+    def resume_in(p: int) -> dict[str, Any] | None:
+        return inside if inside is not None and inside["phase"] == p else None
+
     try:
         # Phase 1: next-token prediction on random passwords (regular prefix).
-        backbone.set_trainable(True)
-        fit(SFTPhase(backbone, total_steps=steps[1], **common))
+        if first <= 1:
+            backbone.set_trainable(True)
+            fit(SFTPhase(backbone, total_steps=steps[1], resume=resume_in(1), **common))
         # The DPO reference: a frozen copy of the model at the end of phase 1.
-        reference = backbone.frozen_copy()
+        reference = ckpt.reference = backbone.frozen_copy()
+        if saved is not None and saved["reference"] is not None:
+            reference.load_state_dict(saved["reference"])
         # Phase 2: DPO, random over negative passwords; second half and unembedding frozen.
-        backbone.set_trainable(True, freeze_second_half=c["freeze"])
-        fit(DPOPhase(backbone, reference, beta=c["dpo"]["beta"], total_steps=steps[2], **common))
+        if first <= 2:
+            backbone.set_trainable(True, freeze_second_half=c["freeze"])
+            beta = c["dpo"]["beta"]
+            fit(DPOPhase(backbone, reference, beta=beta, total_steps=steps[2], resume=resume_in(2), **common))
         # Phase 3: DPO + NTP(random, regular) + NTP(useful negatives, reverse), all trainable.
-        backbone.set_trainable(True)
-        fit(JointPhase(backbone, reference, beta=c["dpo"]["beta"], weights=weights, total_steps=steps[3], **common))
+        if first <= 3:
+            backbone.set_trainable(True)
+            fit(
+                JointPhase(
+                    backbone, reference, beta=c["dpo"]["beta"], weights=weights,
+                    total_steps=steps[3], resume=resume_in(3), **common,
+                )
+            )  # fmt: skip
     except BaseException as err:
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         write_json_atomic(run_dir / "results.json", {"status": "failed", "reason": reason, "run": identity})
         run_logger.finish("failed")
         raise
 
-    results = summarize(summaries, wall, steps, vocab.n_letters)
+    results = summarize(ckpt.summaries, ckpt.wall, steps, vocab.n_letters)
     results["run"] = identity
     wandb_dir = run_logger.wandb_dir
     run_logger.finish("success", {"metric": results["metric"], "delta": results["delta"]})

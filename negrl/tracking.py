@@ -7,6 +7,7 @@ same rows to every logger.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,13 @@ class RunLogger:
             logger.finalize(status)
 
     @property
+    def wandb_id(self) -> str | None:
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                return logger.experiment.id
+        return None
+
+    @property
     def wandb_dir(self) -> str | None:
         """The local folder of the W&B run (what `wandb sync` takes), if W&B is on."""
         for logger in self.loggers:
@@ -60,9 +68,19 @@ class RunLogger:
         return None
 
 
-def build_loggers(run_dir: Path, wandb_cfg: dict[str, Any], run_name: str) -> list[Logger]:
-    """A CSVLogger writing `run_dir/metrics.csv`, plus a WandbLogger when `wandb.enabled`."""
-    loggers: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=100)]
+def build_loggers(
+    run_dir: Path, wandb_cfg: dict[str, Any], run_name: str, resume_step: int | None = None, wandb_id: str | None = None
+) -> list[Logger]:
+    """A CSVLogger writing `run_dir/metrics.csv`, plus a WandbLogger when `wandb.enabled`.
+
+    On resume, metrics.csv keeps its rows up to global step `resume_step` and the W&B run
+    `wandb_id` is continued.
+    """
+    kept = _csv_rows_up_to(run_dir / "metrics.csv", resume_step) if resume_step is not None else []
+    csv_logger = CSVLogger(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=100)
+    for step, row in kept:
+        csv_logger.log_metrics(row, step=step)
+    loggers: list[Logger] = [csv_logger]
     if wandb_cfg.get("enabled", True):
         mode = wandb_cfg.get("mode", "offline")
         if mode not in ("offline", "online"):
@@ -76,6 +94,16 @@ def build_loggers(run_dir: Path, wandb_cfg: dict[str, Any], run_name: str) -> li
                 group=wandb_cfg.get("group"),
                 tags=list(wandb_cfg.get("tags") or []),
                 offline=mode == "offline",
+                **({"id": wandb_id, "resume": "allow"} if wandb_id else {}),
             )
         )
     return loggers
+
+
+def _csv_rows_up_to(path: Path, last_step: int) -> list[tuple[int, dict[str, float]]]:
+    """The rows of a metrics.csv up to `last_step`, empty cells dropped."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [(int(r.pop("step")), {k: float(v) for k, v in r.items() if v != ""}) for r in csv.DictReader(f)]
+    return [(step, row) for step, row in rows if step <= last_step]

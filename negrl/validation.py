@@ -24,6 +24,9 @@ def validate(c: dict[str, Any]) -> tuple[DataSizes, OptimSettings, dict[str, flo
     _check_model(c["model"])
     _check_trainer(c["trainer"])
     _check_wandb(c["wandb"])
+    every = c["checkpoint"]["every"]
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise NegrlError(f"checkpoint.every={every!r} must be a non-negative number of steps (0: phase ends only)")
     return sizes, optim_settings(c), phase3_weights(c["joint"])
 
 

@@ -1,0 +1,108 @@
+"""A killed run resumed from its last checkpoint ends with the uninterrupted run's numbers."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_cfg
+
+from negrl import checkpoint
+from negrl.errors import NegrlError
+from negrl.phases import DPOPhase, JointPhase
+from negrl.pipeline import run
+
+ARGS = ("checkpoint.every=10",)  # data=small: 8 + 80 + 80 steps
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def kill_at(monkeypatch, phase_cls, step):
+    """Make `phase_cls` crash on its `step`-th update (0-based), like a pre-empted machine."""
+    original = phase_cls.compute_loss
+
+    def crashing(self, batch):
+        if type(self) is phase_cls and self.start_step + self.trainer.global_step == step:
+            raise Killed(f"killed in phase {self.phase} at step {step}")
+        return original(self, batch)
+
+    monkeypatch.setattr(phase_cls, "compute_loss", crashing)
+
+
+def numbers(results):
+    return {
+        "metric": results["metric"],
+        "control": results["control"]["metric"],
+        "phases": {p: v["eval"] for p, v in results["phases"].items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return run(make_cfg(*ARGS), tmp_path_factory.mktemp("full"))
+
+
+@pytest.mark.parametrize("phase_cls,step", [(DPOPhase, 37), (JointPhase, 52)])
+def test_resume_after_a_crash_gives_the_same_results(uninterrupted, tmp_path, monkeypatch, phase_cls, step):
+    with monkeypatch.context() as m:
+        kill_at(m, phase_cls, step)
+        with pytest.raises(Killed):
+            run(make_cfg(*ARGS), tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+    saved = checkpoint.load(tmp_path)
+    assert (saved["phase"], saved["step"], saved["phase_done"]) == (phase_cls.phase, step // 10 * 10 - 1, False)
+
+    resumed = run(make_cfg(*ARGS, f"resume={tmp_path}"), tmp_path / "ignored-new-dir")
+    got, want = numbers(resumed), numbers(uninterrupted)
+    assert got["metric"] == pytest.approx(want["metric"], abs=1e-6)
+    assert got["control"] == pytest.approx(want["control"], abs=1e-6)
+    for p in ("1", "2", "3"):
+        for name in ("heldout", "useful", "random"):
+            for k in ("max", "final"):
+                assert got["phases"][p][name][k] == pytest.approx(want["phases"][p][name][k], abs=1e-6)
+    saved_results = json.loads((tmp_path / "results.json").read_text())
+    assert saved_results["status"] == "complete" and saved_results["metric"] == resumed["metric"]
+    # metrics.csv holds each step exactly once.
+    import csv
+
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "metrics.csv")) if r.get("train/loss")]
+    assert steps == list(range(168))
+
+
+def test_resume_true_finds_the_newest_unfinished_run_of_the_same_config(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    with monkeypatch.context() as m:
+        kill_at(m, DPOPhase, 15)
+        with pytest.raises(Killed):
+            run(make_cfg(*ARGS), runs / "day" / "killed")
+    resumed = run(make_cfg(*ARGS, "resume=true"), runs / "day" / "new")
+    assert resumed["run"]["dir"] == str(runs / "day" / "killed")
+    with pytest.raises(NegrlError, match="resume=true: no checkpoint of a run with this config"):
+        run(make_cfg(*ARGS, "resume=true", "seed=9"), runs / "day" / "other")
+
+
+def test_resume_errors(tmp_path, monkeypatch):
+    with pytest.raises(NegrlError, match="resume=.*: no checkpoint at"):
+        run(make_cfg(*ARGS, f"resume={tmp_path / 'nothing'}"), tmp_path / "x")
+    with monkeypatch.context() as m:
+        kill_at(m, DPOPhase, 15)
+        with pytest.raises(Killed):
+            run(make_cfg(*ARGS), tmp_path / "killed")
+    with pytest.raises(NegrlError, match=r"config differs .* at dpo.beta \(0.1 -> 0.2\)"):
+        run(make_cfg(*ARGS, "dpo.beta=0.2", f"resume={tmp_path / 'killed'}"), tmp_path / "y")
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
+    checkpoint.save_atomic({"step": 1, "w": torch.ones(3)}, tmp_path)
+
+    def broken_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        checkpoint.save_atomic({"step": 2}, tmp_path)
+    assert checkpoint.load(tmp_path)["step"] == 1
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]
