@@ -114,7 +114,10 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
                 )
             )  # fmt: skip
     except BaseException as err:
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):  # Lightning turns Ctrl-C into SystemExit
+            reason = "interrupted; continue it with resume=true (same overrides) or resume=RUN_DIR"
+        else:
+            reason = f"{type(err).__name__}: {err}".splitlines()[0]
         write_json_atomic(run_dir / "results.json", {"status": "failed", "reason": reason, "run": identity})
         run_logger.finish("failed")
         raise

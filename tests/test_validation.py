@@ -8,6 +8,7 @@ import sys
 import pytest
 from conftest import ROOT, make_cfg
 
+from negrl import checkpoint
 from negrl.cli import check_group_choices
 from negrl.errors import NegrlError, RunFailed
 from negrl.pipeline import run
@@ -100,9 +101,11 @@ def test_non_finite_loss_stops_the_run_and_records_the_reason(tmp_path, monkeypa
 
     monkeypatch.setattr(DPOPhase, "compute_loss", poisoned)
     with pytest.raises(RunFailed, match="non-finite loss nan in phase 2: DPO at step 7"):
-        run(make_cfg("data.negative_repeats=1"), tmp_path)
+        run(make_cfg("data.negative_repeats=1", "checkpoint.every=5"), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "failed" and "phase 2: DPO at step 7" in saved["reason"]
+    last = checkpoint.load(tmp_path)  # the checkpoint before the failure stays
+    assert (last["phase"], last["step"], last["phase_done"]) == (2, 4, False)
 
 
 def test_multirun_records_a_failed_job_and_finishes_the_others(tmp_path):
