@@ -109,7 +109,7 @@ class Checkpointer:
     def __init__(self, run_dir: Path, every: int, config: dict[str, Any], backbone: torch.nn.Module, evaluator: Any):
         self.run_dir, self.every, self.config = Path(run_dir), every, config
         self.backbone, self.evaluator = backbone, evaluator
-        self.reference: torch.nn.Module | None = None
+        self.reference: Any = None  # the ReferenceLogprobs, from phase 2 on
         self.summaries: dict[int, Any] = {}
         self.wall: dict[int, float] = {}
         self.wandb_id: str | None = None
@@ -131,7 +131,9 @@ class Checkpointer:
             "phase_done": phase_done,
             "elapsed": elapsed,
             "backbone": self.backbone.state_dict(),
-            "reference": None if self.reference is None else self.reference.state_dict(),
+            "reference": None
+            if self.reference is None
+            else {"model": self.reference.reference.state_dict(), "cache": self.reference.state_dict()},
             "evaluator": self.evaluator.state_dict(),
             "summaries": self.summaries,
             "wall": self.wall,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 import numpy as np
@@ -105,6 +105,7 @@ class PasswordSplits:
     phase1: np.ndarray
     dpo_chosen: np.ndarray
     dpo_rejected: np.ndarray
+    dpo_rejected_id: np.ndarray  # index of each rejected sequence among the distinct negatives
     phase3_random: np.ndarray
     phase3_useful: np.ndarray
     eval_random: np.ndarray
@@ -129,10 +130,12 @@ class PasswordSplits:
         length = sizes.password_length
         negatives = _draw_excluding(rngs[0], sizes.n_negatives, length, n_letters, set(), distinct=True)
         heldout, useful = negatives[:n_held], negatives[n_held:]
-        # The DPO rejected list: every negative `negative_repeats` times (tiled).
-        rejected = np.concatenate(
-            [np.tile(useful, (sizes.negative_repeats, 1)), np.tile(heldout, (sizes.negative_repeats, 1))]
+        # The DPO rejected list: every negative `negative_repeats` times (tiled), useful ones first.
+        ids = np.arange(sizes.n_negatives)
+        rejected_id = np.concatenate(
+            [np.tile(ids[n_held:], sizes.negative_repeats), np.tile(ids[:n_held], sizes.negative_repeats)]
         )
+        rejected = negatives[rejected_id]
         never_positive = set(_keys(negatives))
         phase1 = _draw_excluding(rngs[1], sizes.n_phase1, length, n_letters, never_positive)
         chosen = _draw_excluding(rngs[2], sizes.dpo_size, length, n_letters, never_positive)
@@ -142,15 +145,20 @@ class PasswordSplits:
         phase3_useful = np.tile(useful_list, (math.ceil(sizes.dpo_size / len(useful_list)), 1))[: sizes.dpo_size]
         trained = never_positive | set(_keys(phase1)) | set(_keys(chosen)) | set(_keys(phase3_random))
         eval_random = _draw_excluding(rngs[4], sizes.eval_size, length, n_letters, trained, distinct=True)
-        return cls(heldout, useful, phase1, chosen, rejected, phase3_random, phase3_useful, eval_random)
+        return cls(heldout, useful, phase1, chosen, rejected, rejected_id, phase3_random, phase3_useful, eval_random)
 
 
 @dataclass(frozen=True)
 class Stream:
-    """Aligned arrays served together (e.g. chosen/rejected pairs) under one prefix."""
+    """Aligned arrays served together (e.g. chosen/rejected pairs) under one prefix.
+
+    `arrays` hold passwords (served as token ids); `ids` hold integer labels served as is
+    (e.g. which pair, which negative: the keys of the reference log-prob cache).
+    """
 
     arrays: dict[str, np.ndarray]
     prefix: str | None
+    ids: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
@@ -180,6 +188,8 @@ class ShuffledBatches(Dataset):
             prefix = None if stream.prefix is None else self.vocab.prefix_id(stream.prefix)
             for key, array in stream.arrays.items():
                 batch[key] = self.vocab.encode(array[idx], prefix)
+            for key, array in stream.ids.items():
+                batch[key] = torch.from_numpy(array[idx])
         return batch
 
 
@@ -203,7 +213,8 @@ class PasswordDataModule(L.LightningDataModule):
         """The training streams of a phase, keyed by name."""
         self.setup()
         s = self.splits
-        pairs = Stream({"chosen": s.dpo_chosen, "rejected": s.dpo_rejected}, self._prefix("regular"))
+        pair_ids = {"chosen_id": np.arange(len(s.dpo_chosen)), "rejected_id": s.dpo_rejected_id}
+        pairs = Stream({"chosen": s.dpo_chosen, "rejected": s.dpo_rejected}, self._prefix("regular"), pair_ids)
         if phase == 1:
             return {"random": Stream({"random": s.phase1}, self._prefix("regular"))}
         if phase == 2:

@@ -21,6 +21,7 @@ from negrl.checkpoint import Checkpointer
 from negrl.errors import RunFailed
 from negrl.evaluation import Evaluator
 from negrl.objectives import dpo_loss, ntp_loss, sequence_logprob
+from negrl.reference import ReferenceLogprobs
 from negrl.schedule import warmup_cosine
 from negrl.tracking import RunLogger
 
@@ -128,9 +129,10 @@ class DPOPhase(PhaseModule):
 
     phase, name = 2, "phase 2: DPO"
 
-    def __init__(self, backbone: PythiaBackbone, reference: PythiaBackbone, *, beta: float, **kwargs):
+    def __init__(self, backbone: PythiaBackbone, reference: ReferenceLogprobs, *, beta: float, **kwargs):
         super().__init__(backbone, **kwargs)
-        self.reference = reference
+        self.reference_logprobs = reference
+        self.reference = reference.reference  # a submodule, so Lightning moves it with the policy
         self.beta = beta
 
     def _forward(self, batch: dict[str, torch.Tensor], extra: tuple[str, ...] = ()):
@@ -138,9 +140,7 @@ class DPOPhase(PhaseModule):
         chosen, rejected = batch["chosen"], batch["rejected"]
         parts = [chosen, rejected, *(batch[k] for k in extra)]
         logprobs = self.backbone.token_logprobs(torch.cat(parts)).split([len(p) for p in parts])
-        with torch.no_grad():
-            ref = sequence_logprob(self.reference.token_logprobs(torch.cat([chosen, rejected])))
-        ref_chosen, ref_rejected = ref.split([len(chosen), len(rejected)])
+        ref_chosen, ref_rejected = self.reference_logprobs(batch)
         loss, stats = dpo_loss(
             sequence_logprob(logprobs[0]), sequence_logprob(logprobs[1]), ref_chosen, ref_rejected, self.beta
         )

@@ -19,6 +19,7 @@ from negrl.errors import NegrlError
 from negrl.evaluation import Evaluator
 from negrl.loading import load_model
 from negrl.phases import DPOPhase, JointPhase, PhaseModule, PhaseProgressBar, SFTPhase
+from negrl.reference import ReferenceLogprobs
 from negrl.results import read_status, summarize, verdict, write_json_atomic
 from negrl.tracking import RunLogger, build_loggers
 from negrl.validation import validate
@@ -95,10 +96,13 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
         if first <= 1:
             backbone.set_trainable(True)
             fit(SFTPhase(backbone, total_steps=steps[1], resume=resume_in(1), **common))
-        # The DPO reference: a frozen copy of the model at the end of phase 1.
-        reference = ckpt.reference = backbone.frozen_copy()
+        # The DPO reference: a frozen copy of the model at the end of phase 1 (log-probs cached).
+        reference = ckpt.reference = ReferenceLogprobs(
+            backbone.frozen_copy(), sizes.dpo_size, sizes.n_negatives, enabled=c["dpo"]["reference_cache"]
+        )
         if saved is not None and saved["reference"] is not None:
-            reference.load_state_dict(saved["reference"])
+            reference.reference.load_state_dict(saved["reference"]["model"])
+            reference.load_state_dict(saved["reference"]["cache"])
         # Phase 2: DPO, random over negative passwords; second half and unembedding frozen.
         if first <= 2:
             backbone.set_trainable(True, freeze_second_half=c["freeze"])
@@ -124,6 +128,7 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
 
     results = summarize(ckpt.summaries, ckpt.wall, steps, vocab.n_letters)
     results["run"] = identity
+    results["reference"] = {"cache": reference.enabled, "sequences_computed": reference.computed}
     wandb_dir = run_logger.wandb_dir
     run_logger.finish("success", {"metric": results["metric"], "delta": results["delta"]})
     write_json_atomic(run_dir / "results.json", results)

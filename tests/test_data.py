@@ -55,6 +55,17 @@ def test_each_negative_exactly_60_times_in_dpo_and_pairing_is_fixed(dm):
     assert not np.array_equal(dm.dataset(2)[0]["chosen"].numpy(), dm.dataset(3)[0]["chosen"].numpy())
 
 
+def test_pair_ids_name_the_pair_and_the_negative(dm):
+    """The keys of the reference cache: chosen_id is the pair, rejected_id the distinct negative."""
+    s = dm.splits
+    negatives = np.concatenate([s.heldout, s.useful])
+    for phase in (2, 3):
+        b = dm.dataset(phase)[5]
+        assert np.array_equal(b["rejected"][:, 1:].numpy(), negatives[b["rejected_id"].numpy()])
+        assert np.array_equal(b["chosen"][:, 1:].numpy(), s.dpo_chosen[b["chosen_id"].numpy()])
+    assert sorted(Counter(s.dpo_rejected_id.tolist()).values()) == [60] * 2560
+
+
 def test_phase3_useful_negative_repetition(dm):
     s = dm.splits
     counts = Counter(keys(s.phase3_useful))
@@ -72,7 +83,7 @@ def test_prefix_tokens_in_place(dm):
     for key in ("chosen", "rejected"):
         assert (b2[key][:, 0] == 26).all() and (b3[key][:, 0] == 26).all()
     assert (b3["random"][:, 0] == 26).all() and (b3["useful"][:, 0] == 27).all()
-    assert all((b[k][:, 1:] < 26).all() for b in (b1, b2, b3) for k in b)
+    assert all((b[k][:, 1:] < 26).all() for b in (b1, b2, b3) for k in b if not k.endswith("_id"))
     for phase, prefix in ((1, 26), (2, 26), (3, 27)):
         sets = dm.eval_sets(phase)
         assert list(sets) == ["heldout", "useful", "random"]
@@ -82,7 +93,7 @@ def test_prefix_tokens_in_place(dm):
 def test_no_prefix_means_no_token_prepended():
     dm = PasswordDataModule(VOCAB, SIZES, 0.05, prefix=False, seed=0)
     b = dm.dataset(3)[0]
-    assert all(t.shape == (128, 16) and (t < 26).all() for t in b.values())
+    assert all(t.shape == (128, 16) and (t < 26).all() for k, t in b.items() if not k.endswith("_id"))
     assert dm.eval_sets(3)["heldout"].shape == (128, 16)
 
 
@@ -97,6 +108,8 @@ def test_heldout_negatives_are_never_a_positive_target(dm):
         assert positive == {1: {"random"}, 2: {"chosen"}, 3: {"chosen", "random", "useful"}}[phase]
         for i in range(len(ds)):
             for key, tokens in ds[i].items():
+                if key.endswith("_id"):
+                    continue
                 rows = keys(tokens[:, 1:].numpy())
                 if key == "rejected":
                     seen_rejected.update(r for r in rows if r in held)

@@ -97,3 +97,38 @@ def test_one_offline_wandb_run_covers_all_phases(tmp_path):
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
     assert f"wandb sync {runs[0]}" in results["verdict"]
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "complete"
+
+
+def test_reference_cache_computes_each_sequence_once_and_changes_nothing(tiny_run, tmp_path):
+    cached, _, _ = tiny_run
+    uncached = run(make_cfg("seed=0", "dpo.reference_cache=false"), tmp_path)
+    # data=small: 1280 pairs of 320 distinct negatives, 80 steps of 16 pairs per phase.
+    assert cached["reference"] == {"cache": True, "sequences_computed": 1280 + 320}
+    assert uncached["reference"] == {"cache": False, "sequences_computed": 2 * 80 * 32}
+    assert cached["metric"] == pytest.approx(uncached["metric"], abs=1e-5)
+    assert cached["control"]["metric"] == pytest.approx(uncached["control"]["metric"], abs=1e-5)
+    for p in ("2", "3"):
+        for name, v in cached["phases"][p]["eval"].items():
+            assert v["max"] == pytest.approx(uncached["phases"][p]["eval"][name]["max"], abs=1e-5)
+
+
+def test_bf16_mixed_runs_on_cpu_and_evaluates_in_fp32(tmp_path):
+    from negrl.data import DataSizes, PasswordDataModule
+    from negrl.vocab import PasswordVocab
+
+    cfg = make_cfg("trainer.precision=bf16-mixed", "data.negative_repeats=1", "eval.every=1")
+    final = {}
+    results = run(cfg, tmp_path, on_phase_end=lambda p, b: final.__setitem__(p, snapshot(b)) if p == 3 else None)
+    assert results["status"] == "complete"
+    # The logged phase-3 evaluation equals an fp32 evaluation of the final weights.
+    from omegaconf import OmegaConf
+
+    from negrl.backbone import PythiaBackbone
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    model = PythiaBackbone.random_init(c["model"]["architecture"], seed=0)
+    model.load_state_dict({k: v.float() for k, v in final[3].items()})
+    data = PasswordDataModule(PasswordVocab.builtin(), DataSizes(**c["data"]), 0.05, True, 0)
+    with torch.no_grad():
+        ll = model.token_logprobs(data.eval_sets(3)["heldout"]).double().mean(-1).mean().item()
+    assert results["phases"]["3"]["eval"]["heldout"]["final"] == pytest.approx(ll, abs=1e-6)
