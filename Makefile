@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow lint bench clean
 
 install: $(STAMP)
 
@@ -24,8 +24,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# Timing, not a test: BENCH_ARGS='--model pythia-70m --steps 3 --precision bf16-mixed'
+BENCH_ARGS ?= --model tiny --steps 5
+bench: $(STAMP)
+	$(PY) -m negrl.bench $(BENCH_ARGS) --json bench.json
+
 lint: $(STAMP)
 	$(PY) -m ruff check negrl tests train.py
 
 clean:
-	rm -rf runs multirun outputs wandb .pytest_cache
+	rm -rf runs multirun outputs wandb .pytest_cache bench.json

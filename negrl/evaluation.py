@@ -46,7 +46,7 @@ class Evaluator:
             logprobs = backbone.token_logprobs(tokens)
         backbone.train(was_training)
         out = {}
-        for (name, lp) in zip(self.sets, logprobs.split([len(t) for t in self.sets.values()])):
+        for name, lp in zip(self.sets, logprobs.split([len(t) for t in self.sets.values()])):
             metric = self.ll[name]
             metric.update(lp.cpu())
             value = metric.compute()

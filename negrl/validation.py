@@ -60,7 +60,7 @@ def _check_model(m: dict[str, Any]) -> None:
 
 def _check_trainer(t: dict[str, Any]) -> None:
     devices = t.get("devices", 1)
-    if devices not in (1, "1") and devices != [0]:
+    if devices not in (1, "1") and not (isinstance(devices, list) and len(devices) == 1):
         raise NegrlError(
             f"trainer.devices={devices}: multi-device (DDP) runs are not supported yet, "
             "they would change the global batch; use trainer.devices=1"
@@ -87,6 +87,15 @@ def optim_settings(c: dict[str, Any]) -> OptimSettings:
         raise NegrlError(f"optim.weight_decay={o['weight_decay']} must be non-negative")
     if not all(0 <= b < 1 for b in o["betas"]) or len(o["betas"]) != 2:
         raise NegrlError(f"optim.betas={o['betas']} must be two numbers in [0, 1)")
+    if o.get("fused", "auto") not in ("auto", True, False):
+        raise NegrlError(f"optim.fused={o['fused']!r} must be auto, true or false")
+    fused = o.get("fused", "auto")
+    if str(c["trainer"].get("precision")) in ("16-mixed", "16"):  # fp16 loss scaling: clipping needs unfused AdamW
+        if fused is True:
+            raise NegrlError(
+                "optim.fused=true cannot clip gradients under trainer.precision=16-mixed; use optim.fused=auto"
+            )
+        fused = False
     if not isinstance(s["warmup_steps"], int) or s["warmup_steps"] < 0:
         raise NegrlError(f"schedule.warmup_steps={s['warmup_steps']} must be a non-negative integer")
     if s["cosine_over"] not in ("phase", "decay"):
@@ -102,6 +111,7 @@ def optim_settings(c: dict[str, Any]) -> OptimSettings:
         eps=o["eps"],
         warmup_steps=s["warmup_steps"],
         cosine_over=s["cosine_over"],
+        fused=fused,
     )
 
 

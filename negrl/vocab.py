@@ -43,7 +43,11 @@ class PasswordVocab:
 
     @classmethod
     def from_tokenizer(
-        cls, encode: Callable[[str], Sequence[int]], letters: str, letter_format: str, regular_prefix: str,
+        cls,
+        encode: Callable[[str], Sequence[int]],
+        letters: str,
+        letter_format: str,
+        regular_prefix: str,
         reverse_prefix: str,
     ) -> PasswordVocab:
         """Map each letter (as `letter_format.format(letter)`) and each prefix to its single token id.

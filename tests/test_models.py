@@ -85,9 +85,9 @@ def test_token_logprobs_are_a_full_vocabulary_log_softmax():
     c = _cfg_dict()
     backbone, _ = load_model(c["model"], c["tokens"], seed=0)
     tokens = torch.randint(0, 26, (3, 17))
-    expected = torch.log_softmax(backbone.model(input_ids=tokens[:, :-1]).logits, -1).gather(
-        -1, tokens[:, 1:, None]
-    )[..., 0]
+    expected = torch.log_softmax(backbone.model(input_ids=tokens[:, :-1]).logits, -1).gather(-1, tokens[:, 1:, None])[
+        ..., 0
+    ]
     assert torch.allclose(backbone.token_logprobs(tokens), expected, atol=1e-6)
     assert backbone.token_logprobs(tokens).shape == (3, 16)
 

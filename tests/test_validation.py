@@ -26,6 +26,8 @@ CASES = [
     (["optim.lr=0"], "optim.lr=0 must be positive"),
     (["optim.lr=-1e-4"], "optim.lr=-0.0001 must be positive"),
     (["optim.weight_decay=-0.01"], "optim.weight_decay=-0.01 must be non-negative"),
+    (["optim.fused=sometimes"], "optim.fused='sometimes' must be auto, true or false"),
+    (["optim.fused=true", "trainer.precision=16-mixed"], "optim.fused=true cannot clip gradients under .*16-mixed"),
     (["dpo.beta=0"], "dpo.beta=0 must be positive"),
     (["joint.useful_weight=-0.2"], "phase-3 weights .*'useful': -0.2.* must be non-negative"),
     (["joint.dpo_weight=0", "joint.random_weight=0", "joint.useful_weight=0"], "not all zero; fix joint"),

@@ -1,0 +1,31 @@
+"""AdamW construction and gradient clipping shared by the three phases."""
+
+from __future__ import annotations
+
+import torch
+
+from negrl.backbone import PythiaBackbone
+from negrl.evaluation import Evaluator
+from negrl.phases import OptimSettings, SFTPhase
+
+TINY = {"vocab_size": 28, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
+
+
+def test_auto_fuses_adamw_on_cuda_only():
+    cpu_params = [torch.nn.Parameter(torch.zeros(3))]
+    assert not OptimSettings().adamw(cpu_params).defaults["fused"]
+    assert OptimSettings(fused=True).adamw(cpu_params).defaults["fused"]
+    opt = OptimSettings(lr=3e-4, weight_decay=0.5).adamw(cpu_params)
+    assert (opt.defaults["lr"], opt.defaults["weight_decay"]) == (3e-4, 0.5)
+
+
+def test_gradient_clipping_caps_the_global_norm_of_trainable_parameters():
+    backbone = PythiaBackbone.random_init(TINY, seed=0)
+    module = SFTPhase(backbone, optim=OptimSettings(), total_steps=10, evaluator=Evaluator(5), run_logger=None)
+    for p in backbone.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    module.configure_gradient_clipping(None, gradient_clip_val=1.0)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in backbone.parameters()]))
+    assert abs(norm.item() - 1.0) < 1e-5
+    for p in backbone.parameters():  # one common factor: directions unchanged
+        assert torch.allclose(p.grad, torch.full_like(p, p.grad.flatten()[0].item()))
