@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from negrl.cli import check_group_choices, run_from_hydra
+from negrl.cli import check_group_choices, expand_ranges, run_from_hydra
 from negrl.errors import NegrlError
 
 
@@ -18,6 +18,7 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     try:
+        sys.argv[1:] = expand_ranges(sys.argv[1:])
         check_group_choices(sys.argv[1:])
     except NegrlError as err:
         print(f"negrl: error: {err}", file=sys.stderr)

@@ -1,0 +1,204 @@
+"""The paper's figures from grouped runs (see `negrl.report`), drawn without pyplot's global state.
+
+Each `plot_*` function takes groups and an optional output path, saves a PNG there (Agg) and
+returns the `Figure` (a notebook displays it inline). `make_figures` draws those the data supports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from negrl.stats import CHANCE_LL, Summary
+
+if TYPE_CHECKING:
+    from negrl.report import Group
+
+COLORS = {"heldout": "tab:red", "useful": "tab:blue", "random": "tab:gray"}
+SET_LABELS = {"heldout": "held-out negatives (reverse)", "useful": "useful negatives (reverse)", "random": "random"}
+
+
+def _save(fig: Figure, path: Path | str | None) -> Figure:
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def _err(s: Summary) -> float:
+    return 0.0 if math.isnan(s.std) else s.std
+
+
+def _chance_line(ax: Axes, vertical: bool = False) -> None:
+    """log(1/26): at LL = -3.2581 on an LL axis, at 0 on a (vertical) delta axis."""
+    if vertical:
+        ax.axvline(0.0, color="black", lw=0.8, ls=":", label=f"chance: delta = 0, LL = log(1/26) = {CHANCE_LL:.4f}")
+    else:
+        ax.axhline(CHANCE_LL, color="black", lw=0.8, ls=":", label=f"chance log(1/26) = {CHANCE_LL:.4f}")
+
+
+def _rest_label(group: Group, knob: str) -> str:
+    from negrl.report import fmt_value
+
+    return " ".join(f"{k}={fmt_value(v)}" for k, v in group.knobs.items() if k != knob)
+
+
+def plot_sweep(
+    groups: Sequence[Group], knob: str, path: Path | str | None = None, order: Callable[[Any], Any] | None = None
+) -> Figure:
+    """Held-out and random max LL (mean ± std over seeds) against `knob`; one line pair per other-knob setting.
+
+    Numeric knobs are placed by value; others (e.g. model) categorically, sorted by `order`.
+    """
+    from negrl.report import _sort_value
+
+    values = sorted({g.knobs[knob] for g in groups}, key=order or _sort_value)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    position = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
+    series: dict[str, list[Group]] = {}
+    for g in groups:
+        series.setdefault(_rest_label(g, knob), []).append(g)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    shift = 0.0 if numeric else 0.06
+    for i, (rest, members) in enumerate(series.items()):
+        members = sorted(members, key=lambda g: position[g.knobs[knob]])
+        x = np.array([position[g.knobs[knob]] for g in members], dtype=float)
+        suffix = f" ({rest})" if rest else ""
+        color = f"C{i}"
+        for which, marker, ls, dx in (("metric", "o", "-", -shift), ("control_metric", "s", "--", shift)):
+            summaries = [getattr(g.stats, which) for g in members]
+            name = "held-out negatives" if which == "metric" else "random (control)"
+            ax.errorbar(
+                x + dx, [s.mean for s in summaries], yerr=[_err(s) for s in summaries], marker=marker, ls=ls,
+                color=color, alpha=1.0 if which == "metric" else 0.6, capsize=3, label=f"{name}{suffix}",
+            )  # fmt: skip
+    _chance_line(ax)
+    if not numeric:
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+    ax.set_xlabel(knob)
+    ax.set_ylabel("max phase-3 log-likelihood per token")
+    ax.set_title(f"Held-out vs random passwords against {knob} (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_holdout(groups: Sequence[Group], path: Path | str | None = None) -> Figure:
+    """fig_holdout: LL of held-out negatives and of random passwords vs the held-out fraction."""
+    return plot_sweep(groups, "holdout_frac", path)
+
+
+def plot_models(groups: Sequence[Group], path: Path | str | None = None) -> Figure:
+    """fig_models: the same vs model, ordered by size."""
+    from negrl.report import _sort_value
+
+    return plot_sweep(groups, "model", path, order=lambda v: _sort_value(v, "model"))
+
+
+def plot_ablations(groups: Sequence[Group], path: Path | str | None = None) -> Figure:
+    """fig_ablations: each group's delta and control delta as horizontal error bars around 0 = log(1/26)."""
+    fig = Figure(figsize=(7, 1.2 + 0.55 * len(groups)))
+    ax = fig.add_subplot()
+    y = np.arange(len(groups))[::-1].astype(float)
+    for which, marker, color, dy, name in (
+        ("delta", "o", COLORS["heldout"], 0.12, "held-out negatives"),
+        ("control_delta", "s", COLORS["random"], -0.12, "random (control)"),
+    ):
+        summaries = [getattr(g.stats, which) for g in groups]
+        ax.errorbar(
+            [s.mean for s in summaries], y + dy, xerr=[_err(s) for s in summaries], fmt=marker, color=color,
+            capsize=3, label=name,
+        )  # fmt: skip
+    _chance_line(ax, vertical=True)
+    ax.set_yticks(y, [f"{g.label} (n={g.stats.n})" for g in groups])
+    ax.set_ylim(-0.6, len(groups) - 0.4)
+    ax.set_xlabel("delta = max phase-3 LL − log(1/26)  (mean ± std over seeds)")
+    ax.set_title("Per group: held-out negatives vs random control around chance")
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def mean_curves(group: Group) -> tuple[np.ndarray, dict[str, np.ndarray], list[Any]]:
+    """Steps, the per-set mean LL over the group's seeds at each step (NaN-aware), and the runs with curves."""
+    runs = [r for r in group.runs if r.curves is not None]
+    steps = np.unique(np.concatenate([r.curves.step for r in runs])) if runs else np.array([], dtype=int)
+    means = {}
+    for s in ("heldout", "useful", "random"):
+        stack = np.full((len(runs), steps.size), np.nan)
+        for i, r in enumerate(runs):
+            stack[i, np.searchsorted(steps, r.curves.step)] = r.curves.ll[s]
+        with np.errstate(all="ignore"):
+            means[s] = np.nanmean(stack, axis=0) if runs else stack.mean(axis=0)
+    return steps, means, runs
+
+
+def plot_curves(group: Group, path: Path | str | None = None) -> Figure:
+    """fig_curves: the three eval LL curves over all phases vs global step; per-seed thin lines, mean thick."""
+    steps, means, runs = mean_curves(group)
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.add_subplot()
+    for s in ("heldout", "useful", "random"):
+        for r in runs:
+            ax.plot(r.curves.step, r.curves.ll[s], color=COLORS[s], lw=0.6, alpha=0.3)
+        ax.plot(steps, means[s], color=COLORS[s], lw=2, label=f"{SET_LABELS[s]}, mean of {len(runs)}")
+    bounds = runs[0].boundaries() if runs else []
+    for i, b in enumerate(bounds):
+        ax.axvline(b, color="black", lw=0.8, ls="--", label="phase boundary" if i == 0 else None)
+    edges = [int(steps.min()), *bounds, int(steps.max())] if steps.size else []
+    for p, (a, b) in enumerate(zip(edges[:-1], edges[1:]), start=1):
+        ax.text(
+            (a + b) / 2, 1.01, f"phase {p}", transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8
+        )
+    _chance_line(ax)
+    ax.set_xlabel("global step")
+    ax.set_ylabel("log-likelihood per token")
+    ax.set_title(f"Evaluation log-likelihood over all phases: {group.label}", pad=16)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+Drawer = Callable[[Path | str | None], Figure]
+
+
+def plan(groups: Sequence[Group]) -> tuple[list[tuple[str, Drawer]], list[tuple[str, str]]]:
+    """The figures the groups support, as (file name, draw(path) -> Figure), and (file name, why skipped)."""
+    from negrl.report import slug
+
+    todo: list[tuple[str, Drawer]] = []
+    skipped: list[tuple[str, str]] = []
+    if not groups:
+        return todo, [("all figures", "no complete run")]
+    knobs = set(groups[0].knobs)
+    for name, knob, plot in (
+        ("fig_holdout.png", "holdout_frac", plot_holdout),
+        ("fig_models.png", "model", plot_models),
+    ):
+        if knob in knobs:
+            todo.append((name, partial(plot, groups)))
+        else:
+            skipped.append((name, f"the groups do not differ in {knob}"))
+    if len(groups) > 1:
+        todo.append(("fig_ablations.png", partial(plot_ablations, groups)))
+    else:
+        skipped.append(("fig_ablations.png", "needs at least two groups"))
+    for g in groups:
+        name = "fig_curves.png" if len(groups) == 1 else f"fig_curves_{slug(g.label)}.png"
+        if any(r.curves is not None for r in g.runs):
+            todo.append((name, partial(plot_curves, g)))
+        else:
+            skipped.append((name, "no complete run of the group has a readable metrics.csv"))
+    return todo, skipped
+
+
+def make_figures(groups: Sequence[Group], out: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Draw every figure the groups support into `out`; returns (written paths, [(file name, why skipped)])."""
+    todo, skipped = plan(groups)
+    for name, draw in todo:
+        draw(out / name)
+    return [out / name for name, _ in todo], skipped

@@ -1,0 +1,695 @@
+"""`negrl-report DIR`: collect every run under DIR, group the seeds, write tables and figures.
+
+A run directory is any directory holding `config.yaml` or `results.json` (or Hydra's `.hydra/`),
+at any depth under DIR. Complete runs whose configs differ only in `seed` (and run-specific
+keys, see `IGNORED_KEYS`) form a group; each group gets SPEC.md's across-seed statistics.
+Runs that are missing, running or failed are listed in the report, never dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from negrl import stats
+
+CONFIG, RESULTS, METRICS = "config.yaml", "results.json", "metrics.csv"
+EVAL_SETS = ("heldout", "useful", "random")
+#: Config keys (dotted; a key covers its sub-keys) that do not define an experiment.
+IGNORED_KEYS = ("seed", "resume", "checkpoint", "trainer.enable_progress_bar", "wandb", "hydra")
+#: Directories never searched for runs (besides hidden ones such as `.hydra`).
+SKIPPED_DIRS = {"checkpoints", "wandb", "__pycache__"}
+#: Models by size, for ordering groups and the x axis of `fig_models.png`.
+MODEL_ORDER = ("tiny", "tiny-h128", "tiny-h256", "pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b")
+#: Knobs shown first in group labels, in this order; other varying keys follow alphabetically.
+KNOB_ORDER = ("model", "data", "holdout_frac", "prefix", "freeze")
+#: Config groups whose many sub-keys collapse into one knob named by the group's choice.
+CHOICE_GROUPS = ("model", "data")
+
+
+class ReportError(Exception):
+    """Bad input to the report (exit code 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Curves:
+    """The evaluation rows of a run: global step, phase, and each set's mean per-token LL."""
+
+    step: np.ndarray
+    phase: np.ndarray
+    ll: dict[str, np.ndarray]
+
+    def boundaries(self) -> list[int]:
+        """The first global step of every phase after the first."""
+        return [int(self.step[self.phase == p].min()) for p in np.unique(self.phase)[1:]]
+
+
+@dataclass
+class Run:
+    """One run directory and what could be read from it; `status` is 'complete' or why it is not."""
+
+    path: Path
+    rel: str
+    status: str
+    reason: str = ""
+    config: dict[str, Any] | None = None
+    results: dict[str, Any] | None = None
+    curves: Curves | None = None
+    choices: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def seed(self) -> Any:
+        if self.config and "seed" in self.config:
+            return self.config["seed"]
+        return ((self.results or {}).get("run") or {}).get("seed")
+
+    @property
+    def metric(self) -> float:
+        return float(self.results["metric"])
+
+    @property
+    def delta(self) -> float:
+        return float(self.results.get("delta", self.metric - stats.CHANCE_LL))
+
+    @property
+    def control_metric(self) -> float:
+        return float(self.results["control"]["metric"])
+
+    @property
+    def control_delta(self) -> float:
+        return float(self.results["control"].get("delta", self.control_metric - stats.CHANCE_LL))
+
+    @property
+    def wall_time_s(self) -> float:
+        value = (self.results or {}).get("wall_time_s")
+        return float(value) if isinstance(value, (int, float)) else math.nan
+
+    def boundaries(self) -> list[int]:
+        """Global steps where phases 2 and 3 start: from results.json's step counts, else metrics.csv."""
+        phases = (self.results or {}).get("phases") or {}
+        try:
+            steps = [int(phases[p]["steps"]) for p in sorted(phases, key=int)]
+            return [int(s) for s in np.cumsum(steps)[:-1]]
+        except (KeyError, TypeError, ValueError):
+            return self.curves.boundaries() if self.curves is not None else []
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every run directory under `root` (itself included), without descending into a run directory."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if CONFIG in filenames or RESULTS in filenames or ".hydra" in dirnames:
+            found.append(here)
+            dirnames.clear()
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
+    return sorted(found)
+
+
+def load_run(path: Path, root: Path) -> Run:
+    """Read a run directory; never raises on a broken run (its status says what is wrong)."""
+    rel = path.relative_to(root).as_posix() if path != root else "."
+    config, config_error = _read_config(path)
+    run = Run(path=path, rel=rel, status="missing", config=config, choices=_read_choices(path, config))
+    results_path = path / RESULTS
+    if not results_path.is_file():
+        run.reason = "no results.json (crashed before writing it, or still starting)"
+        return run
+    try:
+        run.results = json.loads(results_path.read_text())
+        if not isinstance(run.results, dict):
+            raise ValueError(f"expected a JSON object, got {type(run.results).__name__}")
+    except (OSError, ValueError) as err:
+        run.status, run.reason, run.results = "unreadable", f"results.json: {err}", None
+        return run
+    run.status = str(run.results.get("status", "unknown"))
+    if run.status == "complete":
+        run.status, run.reason = _check_complete(run, config_error)
+    elif run.status == "running":
+        run.reason = "results.json says running (still training, or killed before it could record a failure)"
+    else:
+        res = run.results
+        run.reason = str(res.get("reason") or res.get("error") or res.get("message") or "no reason recorded")
+    if run.complete:
+        run.curves = read_curves(path / METRICS)
+    return run
+
+
+def _check_complete(run: Run, config_error: str) -> tuple[str, str]:
+    """('complete', '') if the run can be grouped, else ('invalid', why)."""
+    if run.config is None:
+        return "invalid", f"complete, but its config cannot be read ({config_error})"
+    try:
+        values = (run.metric, run.delta, run.control_metric, run.control_delta)
+    except (KeyError, TypeError, ValueError) as err:
+        return "invalid", f"complete, but results.json lacks the metric or its control ({type(err).__name__}: {err})"
+    if not all(math.isfinite(v) for v in values):
+        return "invalid", "complete, but its metric or control is not finite"
+    return "complete", ""
+
+
+def _read_config(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The run's resolved config.yaml (else Hydra's .hydra/config.yaml), and the error if neither reads."""
+    error = "no config.yaml"
+    for candidate in (path / CONFIG, path / ".hydra" / CONFIG):
+        if not candidate.is_file():
+            continue
+        try:
+            cfg = OmegaConf.to_container(OmegaConf.load(candidate), resolve=False)
+        except Exception as err:  # a truncated or hand-edited YAML file
+            error = f"{candidate.name}: {type(err).__name__}: {err}"
+            continue
+        if isinstance(cfg, dict):
+            return cfg, ""
+    return None, error
+
+
+def _read_choices(path: Path, config: dict[str, Any] | None) -> dict[str, str]:
+    """Hydra's config-group choices (e.g. data: small), from .hydra/hydra.yaml; `model` from model.name."""
+    choices: dict[str, str] = {}
+    hydra_yaml = path / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        try:
+            picked = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices")
+            if picked is not None:
+                choices = {k: str(v) for k, v in OmegaConf.to_container(picked).items() if k in CHOICE_GROUPS}
+        except Exception:  # the choices only shorten labels: without them, labels list the keys
+            pass
+    model = (config or {}).get("model")
+    if isinstance(model, dict) and model.get("name"):
+        choices["model"] = str(model["name"])
+    return choices
+
+
+def read_curves(path: Path) -> Curves | None:
+    """The evaluation rows of a metrics.csv (None if there is no file or no evaluation row)."""
+    try:
+        with open(path, newline="") as f:
+            return curves_from_rows(csv.DictReader(f), step_key="step")
+    except (OSError, ValueError, csv.Error):
+        return None
+
+
+def curves_from_rows(rows: Iterable[Mapping[str, Any]], step_key: str = "step") -> Curves | None:
+    """Curves from metric rows (a CSV or a W&B history); a step logged twice keeps its last row."""
+    by_step: dict[int, tuple[int, dict[str, float]]] = {}
+    for row in rows:
+        values = {s: _number(row.get(f"eval/{s}_ll")) for s in EVAL_SETS}
+        step, phase = _number(row.get(step_key)), _number(row.get("phase"))
+        if math.isnan(step) or math.isnan(phase) or all(math.isnan(v) for v in values.values()):
+            continue
+        by_step[int(step)] = (int(phase), values)
+    if not by_step:
+        return None
+    steps = sorted(by_step)
+    return Curves(
+        step=np.array(steps, dtype=int),
+        phase=np.array([by_step[s][0] for s in steps], dtype=int),
+        ll={s: np.array([by_step[t][1][s] for t in steps], dtype=float) for s in EVAL_SETS},
+    )
+
+
+def _number(value: Any) -> float:
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def load_runs(root: Path | str) -> list[Run]:
+    """Every run under `root`; `ReportError` if `root` is not a directory or holds no run."""
+    root = Path(root)
+    if not root.exists():
+        raise ReportError(f"{root} does not exist; pass the directory of your runs (e.g. runs/ or multirun/)")
+    if not root.is_dir():
+        raise ReportError(f"{root} is not a directory; pass the directory of your runs (e.g. runs/ or multirun/)")
+    dirs = find_run_dirs(root)
+    if not dirs:
+        raise ReportError(
+            f"{root} holds no run directories (none has config.yaml or results.json); "
+            "pass the directory that `python train.py` wrote (hydra.run.dir or hydra.sweep.dir)"
+        )
+    return [load_run(d, root) for d in dirs]
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GroupStats:
+    """SPEC.md's across-seed statistics of one group."""
+
+    n: int
+    seeds: list[Any]
+    metric: stats.Summary
+    delta: stats.Summary
+    control_metric: stats.Summary
+    control_delta: stats.Summary
+    test: stats.TTest
+    geo_increase: float
+    diff: stats.PairedDifference
+
+
+@dataclass
+class Group:
+    """Complete runs of one config (all but the seed); `knobs` are the keys that vary across groups."""
+
+    flat: dict[str, Any]
+    runs: list[Run]
+    knobs: dict[str, Any] = field(default_factory=dict)
+    label: str = "all"
+
+    @cached_property
+    def stats(self) -> GroupStats:
+        metric = [r.metric for r in self.runs]
+        control = [r.control_metric for r in self.runs]
+        return GroupStats(
+            n=len(self.runs),
+            seeds=[r.seed for r in self.runs],
+            metric=stats.summary(metric),
+            delta=stats.summary([r.delta for r in self.runs]),
+            control_metric=stats.summary(control),
+            control_delta=stats.summary([r.control_delta for r in self.runs]),
+            test=stats.ttest_probabilities(metric),
+            geo_increase=stats.geometric_increase([r.delta for r in self.runs]),
+            diff=stats.paired_difference(metric, control),
+        )
+
+    @property
+    def choices(self) -> dict[str, str]:
+        return self.runs[0].choices
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys; lists become JSON strings (hashable, comparable)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+    return flat
+
+
+def experiment_key(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flattened config without the seed and run-specific keys (`IGNORED_KEYS`)."""
+    return {k: v for k, v in flatten(config).items() if not any(k == i or k.startswith(f"{i}.") for i in IGNORED_KEYS)}
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """Complete runs grouped by config (all but the seed), labelled by their varying knobs and sorted."""
+    by_key: dict[str, Group] = {}
+    for run in runs:
+        if run.complete:
+            flat = experiment_key(run.config)
+            key = json.dumps(flat, sort_keys=True, default=str)
+            by_key.setdefault(key, Group(flat=flat, runs=[])).runs.append(run)
+    groups = list(by_key.values())
+    for g in groups:
+        g.runs.sort(key=lambda r: (_sort_value(r.seed), r.rel))
+    label_groups(groups)
+    groups.sort(key=lambda g: tuple(_sort_value(v, k) for k, v in g.knobs.items()))
+    return groups
+
+
+_MISSING = "(unset)"
+
+
+def varying_knobs(groups: Sequence[Group]) -> list[str]:
+    """Keys whose value differs across groups; sub-keys of `model`/`data` collapse into the group choice."""
+    keys = sorted({k for g in groups for k in g.flat})
+    varying = [k for k in keys if len({json.dumps(g.flat.get(k, _MISSING), default=str) for g in groups}) > 1]
+    for name in CHOICE_GROUPS:
+        sub = [k for k in varying if k.startswith(f"{name}.")]
+        if not sub or not all(name in g.choices for g in groups):
+            continue
+        # Keys that still differ between groups of the same choice stay visible.
+        keep = [
+            k
+            for k in sub
+            if any(
+                g.choices[name] == h.choices[name] and g.flat.get(k, _MISSING) != h.flat.get(k, _MISSING)
+                for g in groups
+                for h in groups
+            )
+        ]
+        varying = [k for k in varying if k not in sub or k in keep] + [name]
+    rank = {k: i for i, k in enumerate(KNOB_ORDER)}
+    return sorted(dict.fromkeys(varying), key=lambda k: (rank.get(k, len(rank)), k))
+
+
+def label_groups(groups: Sequence[Group]) -> None:
+    """Set each group's `knobs` and `label` (e.g. 'holdout_frac=0.1'); 'all' for a single group."""
+    knobs = varying_knobs(groups) if len(groups) > 1 else []
+    for g in groups:
+        g.knobs = {k: g.choices[k] if k in CHOICE_GROUPS else g.flat.get(k, _MISSING) for k in knobs}
+        g.label = " ".join(f"{k}={fmt_value(v)}" for k, v in g.knobs.items()) or "all"
+
+
+def fmt_value(value: Any) -> str:
+    """A config value as YAML would spell it: true/false/null, 0.05, text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _sort_value(value: Any, key: str = "") -> tuple[int, float, str]:
+    """Sort order of a knob value: models by size, true before false (the defaults), numbers, then text."""
+    if key == "model" and value in MODEL_ORDER:
+        return (0, MODEL_ORDER.index(value), "")
+    if isinstance(value, bool):
+        return (0, 0 if value else 1, "")
+    if isinstance(value, (int, float)):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+CSV_COLUMNS = (
+    "group", "n", "seeds",
+    "metric_mean", "metric_std", "delta_mean", "delta_std",
+    "control_metric_mean", "control_metric_std", "control_delta_mean", "control_delta_std",
+    "t", "p_two_sided", "p_greater", "geo_mean_increase",
+    "heldout_minus_random_mean", "heldout_minus_random_std", "heldout_minus_random_t",
+    "heldout_minus_random_p_two_sided", "heldout_minus_random_p_greater",
+)  # fmt: skip
+
+
+def group_row(group: Group) -> dict[str, Any]:
+    """One group's statistics as a flat row (knob columns first); NaN where undefined (n < 2)."""
+    s = group.stats
+    return {
+        "group": group.label,
+        **{k: fmt_value(v) for k, v in group.knobs.items()},
+        "n": s.n,
+        "seeds": " ".join(str(x) for x in s.seeds),
+        "metric_mean": s.metric.mean,
+        "metric_std": s.metric.std,
+        "delta_mean": s.delta.mean,
+        "delta_std": s.delta.std,
+        "control_metric_mean": s.control_metric.mean,
+        "control_metric_std": s.control_metric.std,
+        "control_delta_mean": s.control_delta.mean,
+        "control_delta_std": s.control_delta.std,
+        "t": s.test.t,
+        "p_two_sided": s.test.p_two_sided,
+        "p_greater": s.test.p_greater,
+        "geo_mean_increase": s.geo_increase,
+        "heldout_minus_random_mean": s.diff.mean,
+        "heldout_minus_random_std": s.diff.std,
+        "heldout_minus_random_t": s.diff.t,
+        "heldout_minus_random_p_two_sided": s.diff.p_two_sided,
+        "heldout_minus_random_p_greater": s.diff.p_greater,
+    }
+
+
+def write_csv(groups: Sequence[Group], path: Path) -> None:
+    """report.csv: one row per group; NaN (n = 1) is an empty cell."""
+    knobs = list(groups[0].knobs) if groups else []
+    columns = [CSV_COLUMNS[0], *knobs, *CSV_COLUMNS[1:]]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for g in groups:
+            row = group_row(g)
+            writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
+
+
+def _f(value: float, spec: str = ".4f", missing: str = "n/a") -> str:
+    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def _pm(summary: stats.Summary) -> str:
+    return f"{summary.mean:+.4f}" if summary.n < 2 else f"{summary.mean:+.4f} ± {summary.std:.4f}"
+
+
+def _p(value: float) -> str:
+    return _f(value, ".2g" if value < 1e-3 else ".4f")
+
+
+def group_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows of the group table (shared by report.md and stdout)."""
+    header = [
+        "group", "n", "seeds", "delta (mean ± std)", "control delta", "p two-sided", "p greater",
+        "geo-mean increase", "held − random", "paired p",
+    ]  # fmt: skip
+    rows = []
+    for g in groups:
+        s = g.stats
+        rows.append([
+            g.label, str(s.n), " ".join(str(x) for x in s.seeds), _pm(s.delta), _pm(s.control_delta),
+            _p(s.test.p_two_sided), _p(s.test.p_greater), f"{s.geo_increase:+.1%}",
+            _pm(stats.Summary(s.diff.n, s.diff.mean, s.diff.std)), _p(s.diff.p_two_sided),
+        ])  # fmt: skip
+    return header, rows
+
+
+def run_table(runs: Sequence[Run], groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-run table (complete runs, by group then seed)."""
+    header = ["run", "group", "seed", "metric", "delta", "control delta", "held − random", "wall time (s)"]
+    rows = [
+        [
+            r.rel, g.label, str(r.seed), f"{r.metric:.4f}", f"{r.delta:+.4f}", f"{r.control_delta:+.4f}",
+            f"{r.delta - r.control_delta:+.4f}", _f(r.wall_time_s, ".1f"),
+        ]
+        for g in groups
+        for r in g.runs
+    ]  # fmt: skip
+    return header, rows
+
+
+def failed_table(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the runs that are not complete, with status and reason."""
+    rows = [[r.rel, r.status, str(r.seed), r.reason] for r in runs if not r.complete]
+    return ["run", "status", "seed", "reason"], rows
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+COLUMN_NOTES = f"""\
+- **delta** = metric − log(1/26), where metric is the max over phase-3 evaluations of the mean per-token
+  log-likelihood of the held-out negatives under the `reverse` prefix; log(1/26) = {stats.CHANCE_LL:.4f}.
+  delta > 0: the model uses knowledge it only saw in negatively-reinforced examples. Mean ± std (ddof=1) over seeds.
+- **control delta**: the same max for the random passwords (the upward bias of taking a max).
+- **p two-sided**: one-sample t-test of the per-seed probabilities exp(metric) against 1/26 (H1: mean ≠ 1/26).
+  **p greater**: the same test, one-sided (H1: mean > 1/26), the direction of the paper's claim.
+- **geo-mean increase**: exp(mean delta) − 1, the relative increase of the geometric-mean probability over 1/26
+  (the paper: +13% over 8 seeds, Pythia-160M).
+- **held − random**: per-seed metric − control metric, mean ± std; **paired p**: two-sided paired t-test
+  (held-out vs random, same seeds). report.csv also has the one-sided p (held-out > random).
+- n/a: undefined with a single seed (std and p-values need n ≥ 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What `write_report` read and wrote."""
+
+    runs: list[Run]
+    groups: list[Group]
+    written: list[Path]
+    skipped: list[tuple[str, str]]
+
+    @property
+    def failed(self) -> list[Run]:
+        return [r for r in self.runs if not r.complete]
+
+
+def write_report(root: Path | str, out: Path | str | None = None) -> Report:
+    """Load the runs under `root`; write report.md, report.csv and the figures into `out` (default `root`)."""
+    from negrl import figures
+
+    root = Path(root)
+    runs = load_runs(root)
+    groups = group_runs(runs)
+    out = Path(out) if out is not None else root
+    out.mkdir(parents=True, exist_ok=True)
+    written, skipped = figures.make_figures(groups, out)
+    write_csv(groups, out / "report.csv")
+    report = Report(runs, groups, [out / "report.csv", out / "report.md", *written], skipped)
+    (out / "report.md").write_text(render_markdown(root, report, out))
+    return report
+
+
+def render_markdown(root: Path, report: Report, out: Path) -> str:
+    """report.md: groups, runs, failed runs and figures."""
+    n_ok = len(report.runs) - len(report.failed)
+    parts = [
+        "# negrl report",
+        f"Runs under `{root}`: {len(report.runs)} run directories, {n_ok} complete in {len(report.groups)} "
+        f"group(s), {len(report.failed)} failed or incomplete. Generated "
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}.",
+        "Groups are runs whose configs are identical except for `seed` (and `resume`, `checkpoint`, `wandb`, "
+        "`trainer.enable_progress_bar`); a group is labelled by the keys that differ across groups.",
+        "## Groups",
+        markdown_table(*group_table(report.groups)) if report.groups else "No complete run.",
+        COLUMN_NOTES,
+        "## Runs",
+        markdown_table(*run_table(report.runs, report.groups)) if report.groups else "No complete run.",
+        "## Failed or incomplete runs",
+        markdown_table(*failed_table(report.runs)) if report.failed else "None.",
+        "## Figures",
+    ]
+    for path in report.written[2:]:
+        parts.append(f"![{path.stem}]({os.path.relpath(path, out)})")
+    if report.skipped:
+        parts.append("Skipped:\n" + "\n".join(f"- `{name}`: {why}" for name, why in report.skipped))
+    return "\n\n".join(parts) + "\n"
+
+
+def print_summary(report: Report, stream: Any = None) -> None:
+    """The group table, the failed runs and the files written, in plain text."""
+    stream = stream or sys.stdout
+    if report.groups:
+        print(text_table(*group_table(report.groups)), file=stream)
+    else:
+        print("no complete run", file=stream)
+    if report.failed:
+        print(f"\n{len(report.failed)} failed or incomplete run(s):", file=stream)
+        print(text_table(*failed_table(report.runs)), file=stream)
+    for name, why in report.skipped:
+        print(f"skipped {name}: {why}", file=stream)
+    print("\nwrote:\n" + "\n".join(f"  {p}" for p in report.written), file=stream)
+
+
+# ---------------------------------------------------------------------------------------------
+# W&B (optional, for the notebook)
+# ---------------------------------------------------------------------------------------------
+
+WANDB_STATES = {"finished": "complete", "running": "running", "pending": "running"}
+
+
+def run_from_wandb(wandb_run: Any) -> Run:
+    """A W&B run (from `wandb.Api().runs(...)`) as a `Run`: its config, eval history and phase-3 maxima."""
+    config = dict(wandb_run.config)
+    keys = [f"eval/{s}_ll" for s in EVAL_SETS]
+    rows = list(wandb_run.scan_history(keys=[*keys, "phase", "trainer/global_step"]))
+    curves = curves_from_rows(rows, step_key="trainer/global_step")
+    state = str(getattr(wandb_run, "state", "unknown"))
+    where = wandb_run.path if isinstance(wandb_run.path, str) else "/".join(map(str, wandb_run.path))
+    run = Run(path=Path(where), rel=str(wandb_run.name), status=WANDB_STATES.get(state, "failed"))
+    run.config = config or None
+    run.choices = _read_choices(Path("/nonexistent"), config)
+    run.curves = curves
+    if run.status != "complete":
+        run.reason = f"W&B state: {state}"
+        return run
+    run.results = results_from_curves(curves) if curves is not None else None
+    runtime = dict(wandb_run.summary).get("_runtime") if wandb_run.summary is not None else None
+    if run.results is not None and isinstance(runtime, (int, float)):
+        run.results["wall_time_s"] = float(runtime)
+    run.status, run.reason = _check_complete(run, "no config in W&B") if run.results else ("invalid", "no phase 3")
+    return run
+
+
+def results_from_curves(curves: Curves) -> dict[str, Any] | None:
+    """results.json's metric and control recomputed from the curves: maxima over phase-3 evaluations."""
+    last = curves.phase == 3
+    if not last.any():
+        return None
+    metric, control = float(np.nanmax(curves.ll["heldout"][last])), float(np.nanmax(curves.ll["random"][last]))
+    return {
+        "status": "complete",
+        "metric": metric,
+        "delta": metric - stats.CHANCE_LL,
+        "baseline": stats.CHANCE_LL,
+        "control": {"metric": control, "delta": control - stats.CHANCE_LL},
+        "heldout_minus_random": metric - control,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def slug(label: str) -> str:
+    """A file-name-safe form of a group label ('holdout_frac=0.1' -> 'holdout_frac-0.1')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label.replace("=", "-")).strip("_") or "group"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="negrl-report",
+        description="Group the runs under DIR by config (seeds pooled), write report.md, report.csv and figures.",
+    )
+    parser.add_argument("dir", metavar="DIR", type=Path, help="directory searched recursively for run directories")
+    parser.add_argument("--out", metavar="OUTDIR", type=Path, help="where to write the report (default: DIR)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit code 0 on success, 1 if no run is complete (the report still lists them), 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    try:
+        report = write_report(args.dir, args.out)
+    except ReportError as err:
+        print(f"negrl-report: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"negrl-report: error: cannot write the report: {err}; pass a writable --out OUTDIR", file=sys.stderr)
+        return 2
+    print_summary(report)
+    if not report.groups:
+        print("negrl-report: no complete run; see 'Failed or incomplete runs' in report.md", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

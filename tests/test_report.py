@@ -1,0 +1,349 @@
+"""`negrl-report`: statistics, grouping, figures, failed runs, the CLI and the notebook, on synthetic runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from scipy import stats as sps
+
+from negrl import figures, report, stats
+from negrl.report import main
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STEPS = {1: 8, 2: 20, 3: 20}  # a short three-phase run: phase 2 starts at step 8, phase 3 at step 28
+ARCH = {"tiny": 64, "pythia-70m": 512, "pythia-160m": 768}
+
+
+def make_config(seed: int, holdout_frac: float = 0.05, model: str = "tiny", **top: Any) -> dict[str, Any]:
+    """A resolved config like `train.py` saves, with the keys the report reads or ignores."""
+    return {
+        "model": {"name": model, "init": "random", "path": None, "architecture": {"hidden_size": ARCH[model]}},
+        "data": {"password_length": 16, "n_negatives": 320, "batch_size": 16},
+        "seed": seed,
+        "holdout_frac": holdout_frac,
+        "prefix": True,
+        "freeze": True,
+        "optim": {"lr": 1e-4, "betas": [0.9, 0.999]},
+        "schedule": {"warmup_steps": 100, "cosine_over": "phase"},
+        "dpo": {"beta": 0.1},
+        "joint": {"dpo_weight": 1.0},
+        "eval": {"every": 5},
+        "checkpoint": {"every": 100},
+        "resume": False,
+        "trainer": {"accelerator": "auto", "enable_progress_bar": False},
+        "wandb": {"enabled": False, "name": f"run-{seed}", "group": None, "tags": [f"seed{seed}"]},
+        **top,
+    }
+
+
+def complete_results(metric: float, control: float) -> dict[str, Any]:
+    base = stats.CHANCE_LL
+    ev = {s: {"max": metric, "final": metric} for s in ("heldout", "useful", "random")}
+    return {
+        "status": "complete",
+        "metric": metric,
+        "delta": metric - base,
+        "baseline": base,
+        "control": {"metric": control, "delta": control - base},
+        "heldout_minus_random": metric - control,
+        "phases": {str(p): {"steps": n, "wall_time_s": 1.0, "eval": ev} for p, n in STEPS.items()},
+        "wall_time_s": 3.0,
+    }
+
+
+def write_metrics(path: Path, metric: float, control: float) -> None:
+    """metrics.csv with eval rows every 5th step of each phase; phase 3 climbs to `metric` / `control`."""
+    cols = ["eval/heldout_ll", "eval/random_ll", "eval/useful_ll", "lr", "phase", "step", "train/loss"]
+    rows, offset = [], 0
+    for phase, n in STEPS.items():
+        for s in range(n):
+            row = {"lr": 1e-4, "phase": phase, "step": offset + s, "train/loss": 3.3}
+            if s % 5 == 0 or s == n - 1:
+                frac = (s + 1) / n if phase == 3 else 0.0
+                row["eval/heldout_ll"] = -3.4 + frac * (metric + 3.4)
+                row["eval/random_ll"] = -3.4 + frac * (control + 3.4)
+                row["eval/useful_ll"] = -3.35
+            rows.append(row)
+        offset += n
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def make_run(
+    root: Path,
+    name: str,
+    seed: int = 0,
+    metric: float = -3.2,
+    control: float = -3.25,
+    results: dict[str, Any] | str | None = "complete",
+    metrics: bool = True,
+    **config: Any,
+) -> Path:
+    """A run directory: config.yaml, results.json ('complete', a dict, raw text, or None: none) and metrics.csv."""
+    run_dir = root / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(make_config(seed, **config)), run_dir / "config.yaml")
+    if results == "complete":
+        results = complete_results(metric, control)
+        if metrics:
+            write_metrics(run_dir / "metrics.csv", metric, control)
+    if isinstance(results, dict):
+        (run_dir / "results.json").write_text(json.dumps(results))
+    elif isinstance(results, str):
+        (run_dir / "results.json").write_text(results)
+    return run_dir
+
+
+@pytest.fixture
+def grid(tmp_path: Path) -> Path:
+    """2 held-out fractions x 2 models x 2 seeds (nested like a multirun), plus four broken runs."""
+    root = tmp_path / "runs"
+    grid = [(f, m, s) for f in (0.05, 0.1) for m in ("pythia-70m", "tiny") for s in (0, 1)]
+    for i, (frac, model, seed) in enumerate(grid):
+        metric = -3.25 + 0.02 * seed - frac
+        make_run(root / f"sweep-{model}", f"{i}-s{seed}", seed, metric, metric - 0.01, holdout_frac=frac, model=model)
+    make_run(root, "broken/failed", 7, results={"status": "failed", "reason": "RuntimeError: CUDA out of memory"})
+    make_run(root, "broken/running", 8, results={"status": "running", "run": {"seed": 8}})
+    make_run(root, "broken/no-results", 9, results=None)
+    make_run(root, "broken/garbled", 10, results='{"status": "compl')
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def test_stats_hand_computed():
+    s = stats.summary([0.1, 0.2, 0.3])
+    assert (s.n, s.mean, s.std) == (3, pytest.approx(0.2), pytest.approx(0.1))
+    assert stats.geometric_increase([0.1, 0.2, 0.3]) == pytest.approx(math.exp(0.2) - 1)
+    assert stats.CHANCE_LL == pytest.approx(-3.2581, abs=1e-4)
+    d = stats.paired_difference([1.0, 2.0, 4.0], [0.0, 1.0, 2.0])  # differences 1, 1, 2
+    assert (d.n, d.mean, d.std) == (3, pytest.approx(4 / 3), pytest.approx(math.sqrt(1 / 3)))
+
+
+def test_stats_match_scipy():
+    rng = np.random.default_rng(0)
+    metrics = stats.CHANCE_LL + rng.normal(0.05, 0.04, size=8)
+    control = stats.CHANCE_LL + rng.normal(0.01, 0.04, size=8)
+    t = stats.ttest_probabilities(metrics)
+    two = sps.ttest_1samp(np.exp(metrics), 1 / 26)
+    greater = sps.ttest_1samp(np.exp(metrics), 1 / 26, alternative="greater")
+    assert (t.t, t.p_two_sided, t.p_greater) == pytest.approx((two.statistic, two.pvalue, greater.pvalue))
+    assert t.p_greater == pytest.approx(t.p_two_sided / 2)  # t > 0 here
+    d = stats.paired_difference(metrics, control)
+    rel = sps.ttest_rel(metrics, control)
+    assert (d.t, d.p_two_sided) == pytest.approx((rel.statistic, rel.pvalue))
+    assert d.p_greater == pytest.approx(sps.ttest_rel(metrics, control, alternative="greater").pvalue)
+    assert stats.summary(metrics).std == pytest.approx(np.std(metrics, ddof=1))
+
+
+def test_stats_single_seed_is_nan_not_an_error():
+    assert math.isnan(stats.summary([0.3]).std) and stats.summary([0.3]).mean == 0.3
+    assert all(math.isnan(x) for x in (stats.ttest_probabilities([-3.2]).p_two_sided, stats.ttest_1samp([1], 0).t))
+    d = stats.paired_difference([1.0], [0.5])
+    assert d.mean == 0.5 and math.isnan(d.std) and math.isnan(d.p_two_sided)
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery and grouping
+# ---------------------------------------------------------------------------------------------
+
+
+def test_groups_pool_seeds_by_holdout_frac(tmp_path: Path):
+    for frac in (0.05, 0.1):
+        for seed, delta in zip((0, 1, 2), (0.1, 0.2, 0.3)):
+            make_run(tmp_path, f"h{frac}/s{seed}", seed, stats.CHANCE_LL + delta, resume=seed == 1, holdout_frac=frac)
+    (tmp_path / "h0.1/s2/wandb/offline-run-x/files").mkdir(parents=True)  # W&B's own config.yaml: not a run
+    OmegaConf.save(OmegaConf.create({"seed": {"value": 2}}), tmp_path / "h0.1/s2/wandb/offline-run-x/files/config.yaml")
+    runs = report.load_runs(tmp_path)
+    assert len(runs) == 6 and all(r.complete for r in runs)
+    groups = report.group_runs(runs)
+    assert [g.label for g in groups] == ["holdout_frac=0.05", "holdout_frac=0.1"]
+    s = groups[0].stats
+    assert (s.n, s.seeds) == (3, [0, 1, 2])
+    assert (s.delta.mean, s.delta.std, s.geo_increase) == pytest.approx((0.2, 0.1, math.exp(0.2) - 1))
+    assert groups[0].runs[0].boundaries() == [8, 28]
+
+
+def test_labels_name_models_and_ablations(tmp_path: Path):
+    for model in ("pythia-160m", "tiny", "pythia-70m"):
+        make_run(tmp_path / "models", model, model=model)
+    assert [g.label for g in report.group_runs(report.load_runs(tmp_path / "models"))] == [
+        "model=tiny",
+        "model=pythia-70m",
+        "model=pythia-160m",
+    ]
+    make_run(tmp_path / "abl", "base")
+    make_run(tmp_path / "abl", "noprefix", prefix=False)
+    make_run(tmp_path / "abl", "nofreeze", freeze=False)
+    labels = [g.label for g in report.group_runs(report.load_runs(tmp_path / "abl"))]
+    assert labels == ["prefix=true freeze=true", "prefix=true freeze=false", "prefix=false freeze=true"]
+    make_run(tmp_path / "one", "a", 0)
+    make_run(tmp_path / "one", "b", 1)
+    assert [g.label for g in report.group_runs(report.load_runs(tmp_path / "one"))] == ["all"]
+
+
+def test_broken_runs_are_classified(grid: Path):
+    broken = {r.rel: r for r in report.load_runs(grid) if not r.complete}
+    assert {k: v.status for k, v in broken.items()} == {
+        "broken/failed": "failed",
+        "broken/running": "running",
+        "broken/no-results": "missing",
+        "broken/garbled": "unreadable",
+    }
+    assert "CUDA out of memory" in broken["broken/failed"].reason
+    assert broken["broken/no-results"].seed == 9
+
+
+# ---------------------------------------------------------------------------------------------
+# the report: files, figures, CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def test_report_writes_tables_figures_and_lists_broken_runs(grid: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    assert main([str(grid), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    pngs = ["fig_holdout.png", "fig_models.png", "fig_ablations.png"]
+    pngs += [f"fig_curves_model-{m}_holdout_frac-{f}.png" for m in ("tiny", "pythia-70m") for f in (0.05, 0.1)]
+    for name in pngs:
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+        assert f"({name})" in (out / "report.md").read_text() and str(out / name) in printed
+    with open(out / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["group"] for r in rows] == [
+        "model=tiny holdout_frac=0.05",
+        "model=tiny holdout_frac=0.1",
+        "model=pythia-70m holdout_frac=0.05",
+        "model=pythia-70m holdout_frac=0.1",
+    ]
+    assert rows[0]["model"] == "tiny" and rows[0]["holdout_frac"] == "0.05" and rows[0]["seeds"] == "0 1"
+    assert float(rows[0]["delta_mean"]) == pytest.approx(-3.25 + 0.01 - 0.05 - stats.CHANCE_LL)
+    assert float(rows[0]["delta_std"]) == pytest.approx(0.02 / math.sqrt(2))
+    assert float(rows[0]["heldout_minus_random_mean"]) == pytest.approx(0.01)
+    md = (out / "report.md").read_text()
+    section = md.split("## Failed or incomplete runs")[1].split("## Figures")[0]
+    for rel, status in (("failed", "failed"), ("running", "running"), ("no-results", "missing"), ("garbled", "")):
+        assert f"broken/{rel} | {status}" in section and f"broken/{rel}" in printed
+    assert "CUDA out of memory" in section and "4 failed or incomplete" in md
+    assert not (grid / "report.md").exists()
+
+
+def test_single_seed_report_has_blanks_and_skips(tmp_path: Path, capsys):
+    make_run(tmp_path, "only", 3)
+    make_run(tmp_path, "nocsv", 4, holdout_frac=0.2, metrics=False)
+    assert main([str(tmp_path)]) == 0
+    with open(tmp_path / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["n"] for r in rows] == ["1", "1"] and rows[0]["delta_std"] == "" and rows[0]["p_two_sided"] == ""
+    md = (tmp_path / "report.md").read_text()
+    assert "n/a" in md and "`fig_models.png`: the groups do not differ in model" in md
+    assert "`fig_curves_holdout_frac-0.2.png`: no complete run of the group has a readable metrics.csv" in md
+    assert (tmp_path / "fig_curves_holdout_frac-0.05.png").read_bytes().startswith(PNG_MAGIC)
+    assert (tmp_path / "fig_holdout.png").is_file() and not (tmp_path / "fig_models.png").exists()
+
+
+def test_all_failed_still_writes_the_report(tmp_path: Path, capsys):
+    make_run(tmp_path, "a", 0, results={"status": "failed", "error": "NaN loss"})
+    make_run(tmp_path, "b", 1, results=None)
+    assert main([str(tmp_path)]) == 1
+    md = (tmp_path / "report.md").read_text()
+    assert "NaN loss" in md and "| b | missing |" in md
+    assert "NaN loss" in capsys.readouterr().out
+
+
+def test_cli_errors_name_the_directory(tmp_path: Path, capsys):
+    missing = tmp_path / "nope"
+    assert main([str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("negrl-report: error:") and str(missing) in err and "\n" not in err
+    assert main([str(tmp_path)]) == 2
+    assert "holds no run directories" in capsys.readouterr().err
+    proc = subprocess.run([sys.executable, "-m", "negrl.report", str(missing)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_mean_curves_average_the_seeds(tmp_path: Path):
+    make_run(tmp_path, "a", 0, metric=-3.0, control=-3.2)
+    make_run(tmp_path, "b", 1, metric=-3.2, control=-3.2)
+    (group,) = report.group_runs(report.load_runs(tmp_path))
+    steps, means, runs = figures.mean_curves(group)
+    assert len(runs) == 2 and steps[0] == 0 and steps[-1] == sum(STEPS.values()) - 1
+    assert means["heldout"][-1] == pytest.approx(-3.1) and means["useful"][0] == pytest.approx(-3.35)
+
+
+class FakeWandbRun:
+    """The parts of `wandb.apis.public.Run` that `run_from_wandb` reads."""
+
+    def __init__(self, seed: int, state: str = "finished"):
+        self.config, self.state, self.name, self.path = make_config(seed), state, f"run-{seed}", ["e", "p", str(seed)]
+        self.summary = {"_runtime": 12.5}
+
+    def scan_history(self, keys: list[str]):
+        for step, (phase, ll) in enumerate([(1, -3.3), (2, -3.31), (3, -3.2), (3, -3.22)]):
+            yield {"trainer/global_step": step, "phase": phase, "eval/heldout_ll": ll, "eval/useful_ll": ll,
+                   "eval/random_ll": ll - 0.05}  # fmt: skip
+
+
+def test_wandb_runs_become_runs():
+    run = report.run_from_wandb(FakeWandbRun(4))
+    assert run.complete and run.seed == 4 and run.choices == {"model": "tiny"}
+    assert (run.metric, run.control_metric, run.wall_time_s) == pytest.approx((-3.2, -3.25, 12.5))
+    assert run.delta == pytest.approx(-3.2 - stats.CHANCE_LL)
+    crashed = report.run_from_wandb(FakeWandbRun(5, state="crashed"))
+    assert crashed.status == "failed" and "crashed" in crashed.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# the notebook
+# ---------------------------------------------------------------------------------------------
+
+
+def test_notebook_executes(grid: Path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    nb = nbformat.read(ROOT / "notebooks" / "figures.ipynb", as_version=4)
+    (param,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert param.source.startswith("RUNS_DIR = ")
+    param.source = f"RUNS_DIR = {str(grid)!r}"
+    nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 7  # holdout, models, ablations, 4 curves
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "WANDB_PROJECT is not set" in text
+    assert Path(text.strip().splitlines()[-1]).resolve() == Path(sys.executable).resolve()
+
+
+# ---------------------------------------------------------------------------------------------
+# a real run
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_report_on_a_real_tiny_run(tmp_path: Path, capsys):
+    from conftest import make_cfg
+
+    from negrl.pipeline import run
+
+    run(make_cfg("seed=0"), tmp_path / "runs" / "seed0")
+    assert main([str(tmp_path / "runs")]) == 0
+    md = (tmp_path / "runs" / "report.md").read_text()
+    assert "| seed0 | all | 0 |" in md and (tmp_path / "runs" / "fig_curves.png").is_file()

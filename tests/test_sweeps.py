@@ -1,0 +1,124 @@
+"""Sweeps: `a-b` integer ranges, the paper's presets and their CPU twins, launchers, job failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from negrl.cli import expand_ranges, job_devices, sweep_wandb
+from negrl.errors import NegrlError
+
+
+def jobs(argv: list[str]) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper launches for `python train.py ARGV` (ranges expanded as train.py does)."""
+    argv = [a for a in expand_ranges(argv) if a not in ("-m", "--multirun")]
+    parser = OverridesParser.create()
+    fixed = [a for a, o in zip(argv, parser.parse_overrides(argv)) if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+    preset = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()] if cfg.hydra.sweeper.params else []
+    parsed = parser.parse_overrides(preset + argv)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def test_seed_range_times_a_list_is_sixteen_runs():
+    runs = jobs(["-m", "seed=0-7", "freeze=true,false"])
+    assert len(runs) == 16
+    assert {(j[0], j[1]) for j in runs} == {(f"seed={s}", f"freeze={f}") for s in range(8) for f in ("True", "False")}
+
+
+def test_ranges_mix_with_lists_range_and_glob():
+    assert expand_ranges(["-m", "seed=0-2,10"]) == ["-m", "seed=0,1,2,10"]
+    assert expand_ranges(["-m", "data.batch_size=8-9,16"]) == ["-m", "data.batch_size=8,9,16"]
+    assert expand_ranges(["-m", "seed=range(0,3)", "model=glob(pythia-*)"]) == [
+        "-m", "seed=range(0,3)", "model=glob(pythia-*)",
+    ]  # fmt: skip
+    assert len(jobs(["-m", "seed=0-1,5", "holdout_frac=0.05,0.1", "eval.every=range(5,7)"])) == 12
+    untouched = ["-m", "hydra.run.dir=runs/2026-11-25", "model=pythia-70m", "optim.lr=1e-4"]
+    assert expand_ranges(untouched) == untouched
+
+
+def test_a_range_in_a_single_run_is_a_clear_error():
+    with pytest.raises(NegrlError, match=r"seed=0-7 is a range of runs; sweep it with -m"):
+        expand_ranges(["seed=0-7"])
+    with pytest.raises(NegrlError, match=r"seed=7-0 is an empty range; write the smaller bound first \(seed=0-7\)"):
+        expand_ranges(["-m", "seed=7-0"])
+    proc = subprocess.run([sys.executable, "train.py", "seed=0-7"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "negrl: error: seed=0-7 is a range of runs; sweep it with -m (python train.py -m seed=0-7) or give one value"
+    )
+
+
+PRESETS = {
+    "paper-main": 8, "paper-holdout": 45, "paper-models": 20, "paper-ablations": 15,
+    "paper-main-cpu": 8, "paper-holdout-cpu": 45, "paper-models-cpu": 15, "paper-ablations-cpu": 15,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset,n", PRESETS.items())
+def test_each_preset_is_a_complete_sweep_of_valid_configs(preset, n):
+    from omegaconf import OmegaConf
+
+    from negrl.validation import validate
+
+    runs = jobs([f"experiment={preset}"])
+    assert len(runs) == n
+    models = set()
+    for job in runs:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"experiment={preset}", *job])
+        c = OmegaConf.to_container(cfg, resolve=True)
+        validate(c)  # every job passes validation
+        assert c["wandb"]["group"] == preset
+        models.add(c["model"]["name"])
+    assert ("pythia-160m" in models) == (preset in ("paper-main", "paper-holdout", "paper-ablations", "paper-models"))
+    if preset.endswith("-cpu"):
+        assert all(m.startswith("tiny") for m in models)
+
+
+def test_ablation_preset_runs_the_baseline_and_each_ablation():
+    runs = jobs(["experiment=paper-ablations-cpu"])
+    knobs = set()
+    for job in runs:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["experiment=paper-ablations-cpu", *job])
+        knobs.add((cfg.prefix, cfg.freeze))
+    assert knobs == {(True, True), (False, True), (True, False)}
+
+
+def test_joblib_sweep_runs_in_parallel_and_a_failing_job_does_not_stop_the_others(tmp_path):
+    """Two local processes; job 1 has an invalid lr and fails, jobs 0 and 2 complete."""
+    cmd = [
+        sys.executable, "train.py", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2",
+        "data=small", "wandb.enabled=false", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+        "checkpoint.every=0", "seed=0-1", "optim.lr=1e-4,-1", f"hydra.sweep.dir={tmp_path}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    statuses = sorted(json.loads(p.read_text())["status"] for p in tmp_path.glob("*/results.json"))
+    assert statuses == ["complete", "complete", "failed", "failed"]
+
+
+def test_sweep_jobs_share_a_wandb_group_and_are_tagged_with_their_knobs():
+    from omegaconf import OmegaConf
+
+    w = OmegaConf.create({"enabled": True, "group": None, "tags": ["mine"]})
+    out = sweep_wandb(w, "multirun/2026-11-25/12-00-00", ["seed=3", "freeze=false", "hydra.launcher.n_jobs=2"])
+    assert out.group == "12-00-00"
+    assert list(out.tags) == ["mine", "seed=3", "freeze=false"]
+    preset = sweep_wandb(OmegaConf.create({"group": "paper-main", "tags": []}), "x", ["experiment=paper-main"])
+    assert preset.group == "paper-main" and list(preset.tags) == []
+
+
+def test_gpu_per_job_spreads_jobs_over_the_gpus():
+    assert [job_devices(k, 4) for k in range(6)] == [[0], [1], [2], [3], [0], [1]]
+    with pytest.raises(NegrlError, match="gpu_per_job=true needs CUDA GPUs"):
+        job_devices(0, 0)
