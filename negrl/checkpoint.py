@@ -106,8 +106,17 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 class Checkpointer:
     """Saves the run's state every `every` steps inside a phase and at each phase end (every=0: ends only)."""
 
-    def __init__(self, run_dir: Path, every: int, config: dict[str, Any], backbone: torch.nn.Module, evaluator: Any):
-        self.run_dir, self.every, self.config = Path(run_dir), every, config
+    def __init__(
+        self,
+        run_dir: Path,
+        every: int,
+        config: dict[str, Any],
+        backbone: torch.nn.Module,
+        evaluator: Any,
+        write: bool = True,
+    ):
+        """`write=False`: keep the bookkeeping (wall times, summaries) but save nothing (DDP ranks > 0)."""
+        self.run_dir, self.every, self.config, self.write = Path(run_dir), every, config, write
         self.backbone, self.evaluator = backbone, evaluator
         self.reference: Any = None  # the ReferenceLogprobs, from phase 2 on
         self.summaries: dict[int, Any] = {}
@@ -125,6 +134,8 @@ class Checkpointer:
             )  # fmt: skip
 
     def save(self, phase: int, step: int, phase_done: bool, elapsed: float = 0.0, **optim_state: Any) -> None:
+        if not self.write:
+            return
         state = {
             "phase": phase,
             "step": step,

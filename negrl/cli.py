@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from negrl.distributed import is_rank_zero
 from negrl.errors import NegrlError, RunFailed
 from negrl.pipeline import run
 from negrl.results import write_json_atomic
@@ -106,7 +107,8 @@ def run_from_hydra(cfg: DictConfig) -> float:
             raise
         print(f"negrl: job {hydra_cfg.job.num} failed: {type(err).__name__}: {err}", file=sys.stderr)
         return math.nan
-    print(results["verdict"])
+    if is_rank_zero():
+        print(results["verdict"])
     return results["delta"]
 
 

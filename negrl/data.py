@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from negrl.distributed import RankShard
 from negrl.errors import NegrlError
 from negrl.vocab import PasswordVocab
 
@@ -232,7 +233,7 @@ class PasswordDataModule(L.LightningDataModule):
 
     def for_phase(self, phase: int, start: int = 0) -> DataLoader:
         """The training loader of a phase from step `start` on: one item per step, batches pre-assembled."""
-        dataset = self.dataset(phase)
+        dataset = RankShard(self.dataset(phase))  # under DDP: this process's share of each batch
         if start:
             dataset = Subset(dataset, range(start, len(dataset)))
         return DataLoader(dataset, batch_size=None, shuffle=False)

@@ -105,7 +105,10 @@ class PhaseModule(L.LightningModule):
                 "lower optim.lr or try trainer.precision=32-true"
             )
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self._row = {"train/loss": loss.detach(), "lr": torch.tensor(lr), **{f"train/{k}": v for k, v in parts.items()}}
+        row = {"train/loss": loss.detach(), **{f"train/{k}": v for k, v in parts.items()}}
+        # Under DDP each process saw 1/N of the batch: log the mean over processes (= the global batch's).
+        row = {k: self.trainer.strategy.reduce(v, reduce_op="mean") for k, v in row.items()}
+        self._row = {**row, "lr": torch.tensor(lr)}
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from negrl import checkpoint
 from negrl.backbone import PythiaBackbone
 from negrl.data import PHASES, PasswordDataModule
+from negrl.distributed import is_rank_zero, sum_over_ranks
 from negrl.errors import NegrlError
 from negrl.evaluation import Evaluator
 from negrl.loading import load_model
@@ -40,6 +41,7 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
     if read_status(run_dir) == "complete":
         raise NegrlError(f"{run_dir} already holds a completed run; set hydra.run.dir to a new directory")
     saved = checkpoint.load(run_dir) if c["resume"] else None
+    writer = is_rank_zero()  # under DDP only the first process writes, logs and checkpoints
     quiet_lightning()
     L.seed_everything(c["seed"], workers=True, verbose=False)
 
@@ -50,17 +52,18 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
 
     steps = {p: sizes.steps(p) for p in PHASES}
     offsets = {p: sum(steps[q] for q in PHASES if q < p) for p in PHASES}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     identity = {"dir": str(run_dir), "seed": c["seed"], "model": c["model"]["name"], "started": started}
-    write_json_atomic(run_dir / "results.json", {"status": "running", "run": identity})
     resume_step = None if saved is None else offsets[saved["phase"]] + saved["step"]
-    loggers = build_loggers(run_dir, c["wandb"], run_dir.name, resume_step, saved and saved["wandb_id"])
-    run_logger = RunLogger(loggers)
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        write_json_atomic(run_dir / "results.json", {"status": "running", "run": identity})
+    wandb_id = saved and saved["wandb_id"]
+    run_logger = RunLogger(build_loggers(run_dir, c["wandb"], run_dir.name, resume_step, wandb_id) if writer else [])
     run_logger.log_config(c)
     evaluator = Evaluator(c["eval"]["every"])
-    ckpt = checkpoint.Checkpointer(run_dir, c["checkpoint"]["every"], c, backbone, evaluator)
+    ckpt = checkpoint.Checkpointer(run_dir, c["checkpoint"]["every"], c, backbone, evaluator, write=writer)
     ckpt.wandb_id = run_logger.wandb_id
     common = dict(optim=optim, evaluator=evaluator, run_logger=run_logger, checkpointer=ckpt)
 
@@ -122,16 +125,18 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
             reason = "interrupted; continue it with resume=true (same overrides) or resume=RUN_DIR"
         else:
             reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        write_json_atomic(run_dir / "results.json", {"status": "failed", "reason": reason, "run": identity})
+        if writer:
+            write_json_atomic(run_dir / "results.json", {"status": "failed", "reason": reason, "run": identity})
         run_logger.finish("failed")
         raise
 
     results = summarize(ckpt.summaries, ckpt.wall, steps, vocab.n_letters)
     results["run"] = identity
-    results["reference"] = {"cache": reference.enabled, "sequences_computed": reference.computed}
+    results["reference"] = {"cache": reference.enabled, "sequences_computed": sum_over_ranks(reference.computed)}
     wandb_dir = run_logger.wandb_dir
     run_logger.finish("success", {"metric": results["metric"], "delta": results["delta"]})
-    write_json_atomic(run_dir / "results.json", results)
+    if writer:
+        write_json_atomic(run_dir / "results.json", results)
     results["verdict"] = verdict(results, run_dir, wandb_dir)
     return results
 
@@ -164,6 +169,7 @@ def make_trainer(c: dict[str, Any], max_steps: int, title: str, run_dir: Path) -
         gradient_clip_val=c["optim"]["grad_clip"],
         gradient_clip_algorithm="norm",
         enable_progress_bar=bar,
+        use_distributed_sampler=False,  # under DDP each process takes its share of every batch (RankShard)
         callbacks=[PhaseProgressBar(title)] if bar else [],
         default_root_dir=str(run_dir),
         **trainer_cfg,

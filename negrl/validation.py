@@ -22,7 +22,7 @@ def validate(c: dict[str, Any]) -> tuple[DataSizes, OptimSettings, dict[str, flo
     _check_flags(c)
     _check_tokens(c["tokens"])
     _check_model(c["model"])
-    _check_trainer(c["trainer"])
+    _check_trainer(c["trainer"], sizes.batch_size)
     _check_wandb(c["wandb"])
     every = c["checkpoint"]["every"]
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
@@ -58,12 +58,15 @@ def _check_model(m: dict[str, Any]) -> None:
         check_checkpoint_dir(m["path"])
 
 
-def _check_trainer(t: dict[str, Any]) -> None:
+def _check_trainer(t: dict[str, Any], batch_size: int) -> None:
     devices = t.get("devices", 1)
-    if devices not in (1, "1") and not (isinstance(devices, list) and len(devices) == 1):
+    n = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) else None
+    if n is None or n < 1:
+        raise NegrlError(f"trainer.devices={devices!r} must be a number of devices (1, 2, ...) or a list of device ids")
+    if batch_size % n:
         raise NegrlError(
-            f"trainer.devices={devices}: multi-device (DDP) runs are not supported yet, "
-            "they would change the global batch; use trainer.devices=1"
+            f"trainer.devices={devices} does not divide data.batch_size={batch_size}: each device takes "
+            f"batch_size / devices sequences; use a divisor of {batch_size}"
         )
     accelerator = str(t.get("accelerator", "auto"))
     if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():

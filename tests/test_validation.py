@@ -40,7 +40,8 @@ CASES = [
     (["model=pythia-70m", "model.init=scratch"], "model.init='scratch' must be one of pretrained, random"),
     (["model.init=pretrained"], "model=tiny is random-init only"),
     (["trainer.accelerator=gpu"], "trainer.accelerator=gpu but no CUDA GPU is visible; use trainer.accelerator=cpu"),
-    (["trainer.devices=2"], "trainer.devices=2: multi-device"),
+    (["trainer.devices=3"], r"trainer.devices=3 does not divide data.batch_size=16: .* use a divisor of 16"),
+    (["trainer.devices=0"], r"trainer.devices=0 must be a number of devices"),
     (["wandb.enabled=true", "wandb.mode=cloud"], "wandb.mode='cloud' must be 'offline' or 'online'"),
 ]
 
