@@ -314,7 +314,7 @@ def test_wandb_runs_become_runs():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_notebook_executes(grid: Path, monkeypatch):
+def test_notebook_executes(grid: Path, monkeypatch, tmp_path: Path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
@@ -323,7 +323,14 @@ def test_notebook_executes(grid: Path, monkeypatch):
     assert param.source.startswith("RUNS_DIR = ")
     param.source = f"RUNS_DIR = {str(grid)!r}"
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+    # A kernel of this interpreter, found first on JUPYTER_PATH whatever kernels the machine has installed.
+    spec = tmp_path / "kernels" / "negrl-test"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "negrl", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="negrl-test", resources={"metadata": {"path": ROOT}})
+    client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 7  # holdout, models, ablations, 4 curves
