@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from negrl.report import Group
 
 COLORS = {"heldout": "tab:red", "useful": "tab:blue", "random": "tab:gray"}
-SET_LABELS = {"heldout": "held-out negatives (reverse)", "useful": "useful negatives (reverse)", "random": "random"}
+SET_LABELS = {"heldout": "held-out negatives", "useful": "useful negatives", "random": "random passwords"}
 
 
 def _save(fig: Figure, path: Path | str | None) -> Figure:
@@ -158,7 +158,7 @@ def plot_curves(group: Group, path: Path | str | None = None) -> Figure:
     _chance_line(ax)
     ax.set_xlabel("global step")
     ax.set_ylabel("log-likelihood per token")
-    ax.set_title(f"Evaluation log-likelihood over all phases: {group.label}", pad=16)
+    ax.set_title(f"Eval log-likelihood, prefix regular (phases 1-2) then reverse (3): {group.label}", pad=16)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
