@@ -20,7 +20,7 @@ from negrl.backbone import PythiaBackbone
 from negrl.checkpoint import Checkpointer
 from negrl.errors import RunFailed
 from negrl.evaluation import Evaluator
-from negrl.objectives import dpo_loss, ntp_loss, sequence_logprob
+from negrl.objectives import PreferenceBatch, ntp_loss, objective_loss, preference_stats
 from negrl.reference import ReferenceLogprobs
 from negrl.schedule import warmup_cosine
 from negrl.tracking import RunLogger
@@ -144,26 +144,36 @@ class DPOPhase(PhaseModule):
 
     phase, name = 2, "phase 2: DPO"
 
-    def __init__(self, backbone: PythiaBackbone, reference: ReferenceLogprobs, *, beta: float, **kwargs):
+    def __init__(
+        self,
+        backbone: PythiaBackbone,
+        reference: ReferenceLogprobs,
+        *,
+        beta: float,
+        objective: tuple[str, dict[str, float]] = ("dpo", {"beta": 0.1}),
+        **kwargs,
+    ):
+        """`objective`: (name, hyper-parameters) from the registry of `negrl.objectives` (DPO by default);
+        `beta` scales the logged TRL-style rewards, whatever the objective."""
         super().__init__(backbone, **kwargs)
         self.reference_logprobs = reference
         self.reference = reference.reference  # a submodule, so Lightning moves it with the policy
         self.beta = beta
+        self.objective, self.objective_params = objective
 
     def _forward(self, batch: dict[str, torch.Tensor], extra: tuple[str, ...] = ()):
-        """One forward pass over chosen, rejected and `extra` sequences; DPO loss, stats, extra log-probs."""
+        """One forward pass over chosen, rejected and `extra` sequences; the objective's loss, reward
+        stats, and the extra sequences' per-token log-probs."""
         chosen, rejected = batch["chosen"], batch["rejected"]
         parts = [chosen, rejected, *(batch[k] for k in extra)]
         logprobs = self.backbone.token_logprobs(torch.cat(parts)).split([len(p) for p in parts])
-        ref_chosen, ref_rejected = self.reference_logprobs(batch)
-        loss, stats = dpo_loss(
-            sequence_logprob(logprobs[0]), sequence_logprob(logprobs[1]), ref_chosen, ref_rejected, self.beta
-        )
-        return loss, stats, dict(zip(extra, logprobs[2:]))
+        pref = PreferenceBatch(logprobs[0], logprobs[1], *self.reference_logprobs(batch))
+        loss = objective_loss(self.objective, pref, self.objective_params)
+        return loss, preference_stats(pref, self.beta), dict(zip(extra, logprobs[2:]))
 
     def compute_loss(self, batch):
         loss, stats, _ = self._forward(batch)
-        return loss, {"dpo": loss.detach(), **stats}
+        return loss, {self.objective: loss.detach(), **stats}
 
 
 class JointPhase(DPOPhase):
@@ -171,8 +181,8 @@ class JointPhase(DPOPhase):
 
     phase, name = 3, "phase 3: joint"
 
-    def __init__(self, backbone, reference, *, beta: float, weights: dict[str, float], **kwargs):
-        super().__init__(backbone, reference, beta=beta, **kwargs)
+    def __init__(self, backbone, reference, *, weights: dict[str, float], **kwargs):
+        super().__init__(backbone, reference, **kwargs)
         self.weights = weights
 
     def compute_loss(self, batch):
@@ -180,7 +190,7 @@ class JointPhase(DPOPhase):
         ntp_random, ntp_useful = ntp_loss(logprobs["random"]), ntp_loss(logprobs["useful"])
         w = self.weights
         loss = w["dpo"] * dpo + w["random"] * ntp_random + w["useful"] * ntp_useful
-        parts = {"dpo": dpo, "ntp_random": ntp_random, "ntp_useful": ntp_useful}
+        parts = {self.objective: dpo, "ntp_random": ntp_random, "ntp_useful": ntp_useful}
         return loss, {**{k: v.detach() for k, v in parts.items()}, **stats}
 
 

@@ -23,7 +23,7 @@ from negrl.phases import DPOPhase, JointPhase, PhaseModule, PhaseProgressBar, SF
 from negrl.reference import ReferenceLogprobs
 from negrl.results import read_status, summarize, verdict, write_json_atomic
 from negrl.tracking import RunLogger, build_loggers
-from negrl.validation import validate
+from negrl.validation import objective_settings, validate
 
 PhaseEndHook = Callable[[int, PythiaBackbone], None]
 
@@ -66,6 +66,7 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
     ckpt = checkpoint.Checkpointer(run_dir, c["checkpoint"]["every"], c, backbone, evaluator, write=writer)
     ckpt.wandb_id = run_logger.wandb_id
     common = dict(optim=optim, evaluator=evaluator, run_logger=run_logger, checkpointer=ckpt)
+    negative = dict(beta=c["dpo"]["beta"], objective=objective_settings(c))  # phases 2-3: DPO or another objective
 
     # Where to start: phase 1 step 0, or right after the checkpoint of a resumed run.
     first, inside = 1, None
@@ -106,17 +107,16 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
         if saved is not None and saved["reference"] is not None:
             reference.reference.load_state_dict(saved["reference"]["model"])
             reference.load_state_dict(saved["reference"]["cache"])
-        # Phase 2: DPO, random over negative passwords; second half and unembedding frozen.
+        # Phase 2: DPO (or `objective`), random over negative passwords; second half and unembedding frozen.
         if first <= 2:
             backbone.set_trainable(True, freeze_second_half=c["freeze"])
-            beta = c["dpo"]["beta"]
-            fit(DPOPhase(backbone, reference, beta=beta, total_steps=steps[2], resume=resume_in(2), **common))
+            fit(DPOPhase(backbone, reference, **negative, total_steps=steps[2], resume=resume_in(2), **common))
         # Phase 3: DPO + NTP(random, regular) + NTP(useful negatives, reverse), all trainable.
         if first <= 3:
             backbone.set_trainable(True)
             fit(
                 JointPhase(
-                    backbone, reference, beta=c["dpo"]["beta"], weights=weights,
+                    backbone, reference, **negative, weights=weights,
                     total_steps=steps[3], resume=resume_in(3), **common,
                 )
             )  # fmt: skip

@@ -9,6 +9,7 @@ import torch
 from negrl.backbone import INITS, check_checkpoint_dir
 from negrl.data import DataSizes, PasswordSplits, heldout_count
 from negrl.errors import NegrlError
+from negrl.objectives import DEFAULTS, OBJECTIVES
 from negrl.phases import OptimSettings
 
 GPU_ACCELERATORS = ("gpu", "cuda")
@@ -24,6 +25,7 @@ def validate(c: dict[str, Any]) -> tuple[DataSizes, OptimSettings, dict[str, flo
     _check_model(c["model"])
     _check_trainer(c["trainer"], sizes.batch_size)
     _check_wandb(c["wandb"])
+    objective_settings(c)
     every = c["checkpoint"]["every"]
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise NegrlError(f"checkpoint.every={every!r} must be a non-negative number of steps (0: phase ends only)")
@@ -116,6 +118,24 @@ def optim_settings(c: dict[str, Any]) -> OptimSettings:
         cosine_over=s["cosine_over"],
         fused=fused,
     )
+
+
+def objective_settings(c: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """The phase-2/3 objective (`objective=NAME`) and its hyper-parameters, checked."""
+    o = dict(c.get("objective") or {"name": "dpo", "beta": c["dpo"]["beta"]})
+    name = o.pop("name", None)
+    if name not in OBJECTIVES:
+        raise NegrlError(f"objective={name} is unknown; choose one of: {', '.join(OBJECTIVES)}")
+    if set(o) != set(DEFAULTS[name]):
+        expected = ", ".join(f"objective.{k}" for k in DEFAULTS[name]) or "none"
+        raise NegrlError(f"objective={name} takes {expected}, got {', '.join(sorted(o)) or 'none'}; fix objective.*")
+    for key in ("beta", "tau"):
+        if key in o and not o[key] > 0:
+            raise NegrlError(f"objective.{key}={o[key]} must be positive for objective={name}")
+    for key in ("delta", "alpha"):
+        if key in o and not o[key] >= 0:
+            raise NegrlError(f"objective.{key}={o[key]} must be non-negative for objective={name}")
+    return name, {k: float(v) for k, v in o.items()}
 
 
 def phase3_weights(joint: dict[str, float]) -> dict[str, float]:
