@@ -25,11 +25,12 @@ def validate(c: dict[str, Any]) -> tuple[DataSizes, OptimSettings, dict[str, flo
     _check_model(c["model"])
     _check_trainer(c["trainer"], sizes.batch_size)
     _check_wandb(c["wandb"])
-    objective_settings(c)
     every = c["checkpoint"]["every"]
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise NegrlError(f"checkpoint.every={every!r} must be a non-negative number of steps (0: phase ends only)")
-    return sizes, optim_settings(c), phase3_weights(c["joint"])
+    optim = optim_settings(c)  # checks dpo.beta, which objective=dpo's beta refers to
+    objective_settings(c)
+    return sizes, optim, phase3_weights(c["joint"])
 
 
 def _check_flags(c: dict[str, Any]) -> None:
