@@ -41,15 +41,19 @@ def dpo_loss(
     """
     chosen_reward = beta * (policy_chosen - ref_chosen)
     rejected_reward = beta * (policy_rejected - ref_rejected)
+    loss = -F.logsigmoid(chosen_reward - rejected_reward).mean()
+    return loss, reward_stats(chosen_reward, rejected_reward)
+
+
+def reward_stats(chosen_reward: torch.Tensor, rejected_reward: torch.Tensor) -> dict[str, torch.Tensor]:
+    """TRL-style means of the per-pair rewards [B], their margin and how often it is positive."""
     margin = chosen_reward - rejected_reward
-    loss = -F.logsigmoid(margin).mean()
-    stats = {
+    return {
         "rewards/chosen": chosen_reward.mean().detach(),
         "rewards/rejected": rejected_reward.mean().detach(),
         "rewards/margins": margin.mean().detach(),
         "rewards/accuracies": (margin > 0).float().mean().detach(),
     }
-    return loss, stats
 
 
 # ---- objectives of phases 2 and 3: one registry ------------------------------------------------
@@ -131,5 +135,7 @@ def objective_loss(name: str, batch: PreferenceBatch, params: dict[str, float]) 
 
 def preference_stats(batch: PreferenceBatch, beta: float) -> dict[str, torch.Tensor]:
     """TRL-style rewards (beta x log-ratio to the reference) for logging, whatever the objective."""
-    policy_c, policy_r = sequence_logprob(batch.chosen), sequence_logprob(batch.rejected)
-    return dpo_loss(policy_c, policy_r, batch.ref_chosen, batch.ref_rejected, beta)[1]
+    return reward_stats(
+        beta * (sequence_logprob(batch.chosen) - batch.ref_chosen),
+        beta * (sequence_logprob(batch.rejected) - batch.ref_rejected),
+    )

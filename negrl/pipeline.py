@@ -23,7 +23,7 @@ from negrl.phases import DPOPhase, JointPhase, PhaseModule, PhaseProgressBar, SF
 from negrl.reference import ReferenceLogprobs
 from negrl.results import read_status, summarize, verdict, write_json_atomic
 from negrl.tracking import RunLogger, build_loggers
-from negrl.validation import objective_settings, validate
+from negrl.validation import validate
 
 PhaseEndHook = Callable[[int, PythiaBackbone], None]
 
@@ -36,7 +36,7 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
     `on_phase_end(phase, backbone)` is called after each phase (e.g. to save or inspect weights).
     """
     c = OmegaConf.to_container(cfg, resolve=True)
-    sizes, optim, weights = validate(c)
+    sizes, optim, weights, objective = validate(c)
     run_dir = checkpoint.resume_dir(c["resume"], run_dir, c) if c["resume"] else Path(run_dir)
     if read_status(run_dir) == "complete":
         raise NegrlError(f"{run_dir} already holds a completed run; set hydra.run.dir to a new directory")
@@ -66,7 +66,7 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
     ckpt = checkpoint.Checkpointer(run_dir, c["checkpoint"]["every"], c, backbone, evaluator, write=writer)
     ckpt.wandb_id = run_logger.wandb_id
     common = dict(optim=optim, evaluator=evaluator, run_logger=run_logger, checkpointer=ckpt)
-    negative = dict(beta=c["dpo"]["beta"], objective=objective_settings(c))  # phases 2-3: DPO or another objective
+    negative = dict(beta=c["dpo"]["beta"], objective=objective)  # phases 2-3: DPO or another objective
 
     # Where to start: phase 1 step 0, or right after the checkpoint of a resumed run.
     first, inside = 1, None

@@ -15,8 +15,12 @@ from negrl.phases import OptimSettings
 GPU_ACCELERATORS = ("gpu", "cuda")
 
 
-def validate(c: dict[str, Any]) -> tuple[DataSizes, OptimSettings, dict[str, float]]:
-    """Check the config; return the data sizes, optimizer settings and phase-3 weights it defines."""
+Objective = tuple[str, dict[str, float]]
+
+
+def validate(c: dict[str, Any]) -> tuple[DataSizes, OptimSettings, dict[str, float], Objective]:
+    """Check the config; return the data sizes, optimizer settings, phase-3 weights and the
+    phase-2/3 objective it defines."""
     sizes = DataSizes(**c["data"])
     n_held = heldout_count(c["holdout_frac"], sizes.n_negatives)
     PasswordSplits.check_counts(sizes, n_held)
@@ -28,9 +32,8 @@ def validate(c: dict[str, Any]) -> tuple[DataSizes, OptimSettings, dict[str, flo
     every = c["checkpoint"]["every"]
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise NegrlError(f"checkpoint.every={every!r} must be a non-negative number of steps (0: phase ends only)")
-    optim = optim_settings(c)  # checks dpo.beta, which objective=dpo's beta refers to
-    objective_settings(c)
-    return sizes, optim, phase3_weights(c["joint"])
+    optim = optim_settings(c)  # checks dpo.beta first: objective=dpo's beta refers to it
+    return sizes, optim, phase3_weights(c["joint"]), objective_settings(c)
 
 
 def _check_flags(c: dict[str, Any]) -> None:
@@ -93,9 +96,9 @@ def optim_settings(c: dict[str, Any]) -> OptimSettings:
         raise NegrlError(f"optim.weight_decay={o['weight_decay']} must be non-negative")
     if not all(0 <= b < 1 for b in o["betas"]) or len(o["betas"]) != 2:
         raise NegrlError(f"optim.betas={o['betas']} must be two numbers in [0, 1)")
-    if o.get("fused", "auto") not in ("auto", True, False):
-        raise NegrlError(f"optim.fused={o['fused']!r} must be auto, true or false")
     fused = o.get("fused", "auto")
+    if fused not in ("auto", True, False):
+        raise NegrlError(f"optim.fused={fused!r} must be auto, true or false")
     if str(c["trainer"].get("precision")) in ("16-mixed", "16"):  # fp16 loss scaling: clipping needs unfused AdamW
         if fused is True:
             raise NegrlError(
@@ -121,9 +124,9 @@ def optim_settings(c: dict[str, Any]) -> OptimSettings:
     )
 
 
-def objective_settings(c: dict[str, Any]) -> tuple[str, dict[str, float]]:
+def objective_settings(c: dict[str, Any]) -> Objective:
     """The phase-2/3 objective (`objective=NAME`) and its hyper-parameters, checked."""
-    o = dict(c.get("objective") or {"name": "dpo", "beta": c["dpo"]["beta"]})
+    o = dict(c["objective"])
     name = o.pop("name", None)
     if name not in OBJECTIVES:
         raise NegrlError(f"objective={name} is unknown; choose one of: {', '.join(OBJECTIVES)}")
