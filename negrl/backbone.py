@@ -6,6 +6,7 @@ import copy
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,26 @@ class PythiaBackbone(nn.Module):
         logits = self.model(input_ids=tokens[:, :-1]).logits.float()
         labels = tokens[:, 1:]
         return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    def candidate_logprobs(self, tokens: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary log-prob of each candidate token (e.g. the 26 letters) at every label
+        position: tokens [B, T], candidate_ids [K] -> [B, T-1, K], in fp32."""
+        logits = self.model(input_ids=tokens[:, :-1]).logits.float()
+        return logits[..., candidate_ids.to(logits.device)] - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+
+@contextmanager
+def fp32_inference(backbone: nn.Module) -> Iterator[None]:
+    """No-grad inference in eval mode with autocast off (evaluation is fp32 whatever the training
+    precision); the training mode is restored afterwards."""
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        backbone.train(was_training)
 
 
 def check_checkpoint_dir(path: str) -> None:

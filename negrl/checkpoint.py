@@ -120,6 +120,7 @@ class Checkpointer:
         self.backbone, self.evaluator = backbone, evaluator
         self.reference: Any = None  # the ReferenceLogprobs, from phase 2 on
         self.summaries: dict[int, Any] = {}
+        self.extraction: dict[int, Any] = {}  # per phase: the extraction attacks on its final model
         self.wall: dict[int, float] = {}
         self.wandb_id: str | None = None
 
@@ -147,6 +148,7 @@ class Checkpointer:
             else {"model": self.reference.reference.state_dict(), "cache": self.reference.state_dict()},
             "evaluator": self.evaluator.state_dict(),
             "summaries": self.summaries,
+            "extraction": self.extraction,
             "wall": self.wall,
             "rng": rng_states(),
             "config": self.config,

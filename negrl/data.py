@@ -23,6 +23,8 @@ EVAL_SETS = ("heldout", "useful", "random")
 PHASES = (1, 2, 3)
 #: Prefix of each phase's evaluation (phases 1 and 2 regular, phase 3 reverse).
 EVAL_PREFIX = {1: "regular", 2: "regular", 3: "reverse"}
+#: Index of the extraction candidates' stream among the seed's spawned streams (0-4: `PasswordSplits.draw`).
+CANDIDATE_STREAM = 5
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,10 @@ class PasswordDataModule(L.LightningDataModule):
     def _prefix(self, name: str) -> str | None:
         return name if self.use_prefix else None
 
+    def _eval_prefix_id(self, phase: int) -> int | None:
+        """Token id of the phase's evaluation prefix (None without prefixes)."""
+        return self.vocab.prefix_id(EVAL_PREFIX[phase]) if self.use_prefix else None
+
     def streams(self, phase: int) -> dict[str, Stream]:
         """The training streams of a phase, keyed by name."""
         self.setup()
@@ -242,10 +248,18 @@ class PasswordDataModule(L.LightningDataModule):
         """The three evaluation sets (token ids) with the phase's evaluation prefix."""
         self.setup()
         s, n = self.splits, self.sizes.eval_size
-        prefix = self._prefix(EVAL_PREFIX[phase])
-        prefix_id = None if prefix is None else self.vocab.prefix_id(prefix)
         sets = {"heldout": s.heldout[:n], "useful": s.useful[:n], "random": s.eval_random}
-        return {name: self.vocab.encode(sets[name], prefix_id) for name in EVAL_SETS}
+        return {name: self.vocab.encode(sets[name], self._eval_prefix_id(phase)) for name in EVAL_SETS}
+
+    def candidates(self, phase: int, n: int) -> torch.Tensor:
+        """`n` distinct random passwords, none of them a negative or evaluated, with the phase's evaluation
+        prefix: exposure's candidates. Their own seeded stream, so drawing them changes no other password."""
+        self.setup()
+        s = self.splits
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed).spawn(CANDIDATE_STREAM + 1)[CANDIDATE_STREAM])
+        exclude = set(_keys(s.heldout)) | set(_keys(s.useful)) | set(_keys(s.eval_random))
+        drawn = _draw_excluding(rng, n, self.sizes.password_length, self.vocab.n_letters, exclude, distinct=True)
+        return self.vocab.encode(drawn, self._eval_prefix_id(phase))
 
     def positive_targets(self, phase: int) -> Iterable[str]:
         """Batch keys of a phase that are trained towards (everything but DPO's rejected)."""

@@ -119,9 +119,16 @@ class PhaseModule(L.LightningModule):
         if self.evaluator.due(step):
             row.update(self.evaluator.evaluate(self.backbone))
             self.log("heldout_ll", row["eval/heldout_ll"], prog_bar=True, logger=False)
+        if step == self.total_steps - 1:  # the phase's final model: extraction attacks, on its device
+            row.update(self.evaluator.extract(self.backbone, self.attack_reference))
         self.run_logger.log(row, step)
         if self.checkpointer is not None:
             self.checkpointer.on_step(self, step)
+
+    @property
+    def attack_reference(self) -> PythiaBackbone | None:
+        """The reference of the logit-difference attack after this phase (only phase 2 has one)."""
+        return None
 
     @property
     def elapsed(self) -> float:
@@ -174,6 +181,11 @@ class DPOPhase(PhaseModule):
     def compute_loss(self, batch):
         loss, stats, _ = self._forward(batch)
         return loss, {self.objective: loss.detach(), **stats}
+
+    @property
+    def attack_reference(self) -> PythiaBackbone | None:
+        """Phase 2's model against its reference (the phase-1 model): the paper's logit-difference attack."""
+        return self.reference if self.phase == 2 else None
 
 
 class JointPhase(DPOPhase):

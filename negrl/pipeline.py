@@ -18,6 +18,7 @@ from negrl.data import PHASES, PasswordDataModule
 from negrl.distributed import is_rank_zero, sum_over_ranks
 from negrl.errors import NegrlError
 from negrl.evaluation import Evaluator
+from negrl.extraction import Extraction
 from negrl.loading import load_model
 from negrl.phases import DPOPhase, JointPhase, PhaseModule, PhaseProgressBar, SFTPhase
 from negrl.reference import ReferenceLogprobs
@@ -36,7 +37,7 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
     `on_phase_end(phase, backbone)` is called after each phase (e.g. to save or inspect weights).
     """
     c = OmegaConf.to_container(cfg, resolve=True)
-    sizes, optim, weights, objective = validate(c)
+    sizes, optim, weights, objective, n_candidates = validate(c)
     run_dir = checkpoint.resume_dir(c["resume"], run_dir, c) if c["resume"] else Path(run_dir)
     if read_status(run_dir) == "complete":
         raise NegrlError(f"{run_dir} already holds a completed run; set hydra.run.dir to a new directory")
@@ -62,7 +63,7 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
     wandb_id = saved and saved["wandb_id"]
     run_logger = RunLogger(build_loggers(run_dir, c["wandb"], run_dir.name, resume_step, wandb_id) if writer else [])
     run_logger.log_config(c)
-    evaluator = Evaluator(c["eval"]["every"])
+    evaluator = Evaluator(c["eval"]["every"], Extraction(vocab.letter_ids) if n_candidates else None)
     ckpt = checkpoint.Checkpointer(run_dir, c["checkpoint"]["every"], c, backbone, evaluator, write=writer)
     ckpt.wandb_id = run_logger.wandb_id
     common = dict(optim=optim, evaluator=evaluator, run_logger=run_logger, checkpointer=ckpt)
@@ -75,18 +76,21 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
         backbone.load_state_dict(saved["backbone"])
         checkpoint.set_rng_states(saved["rng"])
         ckpt.summaries, ckpt.wall = saved["summaries"], saved["wall"]
+        ckpt.extraction = saved.get("extraction", {})
         first = saved["phase"] + 1 if saved["phase_done"] else saved["phase"]
         inside = None if saved["phase_done"] else saved
 
     def fit(module: PhaseModule) -> None:
         p = module.phase
-        evaluator.start_phase(data.eval_sets(p))
+        evaluator.start_phase(data.eval_sets(p), data.candidates(p, n_candidates) if n_candidates else None)
         if module.resume is not None:
             evaluator.load_state_dict(module.resume["evaluator"])
         run_logger.start_phase(p, offset=offsets[p])
         trainer = make_trainer(c, steps[p] - module.start_step, module.name, run_dir)
         trainer.fit(module, train_dataloaders=data.for_phase(p, start=module.start_step))
         ckpt.wall[p], ckpt.summaries[p] = module.elapsed, evaluator.summary()
+        if evaluator.extracted is not None:
+            ckpt.extraction[p] = evaluator.extracted
         run_logger.flush()
         ckpt.save(p, steps[p] - 1, phase_done=True)
         if on_phase_end is not None:
@@ -130,7 +134,7 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
         run_logger.finish("failed")
         raise
 
-    results = summarize(ckpt.summaries, ckpt.wall, steps, vocab.n_letters)
+    results = summarize(ckpt.summaries, ckpt.wall, steps, vocab.n_letters, ckpt.extraction)
     results["run"] = identity
     results["reference"] = {"cache": reference.enabled, "sequences_computed": sum_over_ranks(reference.computed)}
     wandb_dir = run_logger.wandb_dir

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from negrl.extraction import max_exposure, tied_exposure
+
 
 def chance_ll(n_letters: int = 26) -> float:
     """No-memorisation log-likelihood per token, log(1/26) = -3.2581 for the paper."""
@@ -17,13 +19,19 @@ def chance_ll(n_letters: int = 26) -> float:
 
 
 def summarize(
-    phases: dict[int, dict[str, dict[str, float]]], wall_time_s: dict[int, float], steps: dict[int, int], n_letters: int
+    phases: dict[int, dict[str, dict[str, float]]],
+    wall_time_s: dict[int, float],
+    steps: dict[int, int],
+    n_letters: int,
+    extraction: dict[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The final metric and its control from each phase's per-set max/final log-likelihoods."""
+    """The final metric and its control from each phase's per-set max/final log-likelihoods, and the
+    extraction attacks of each phase's final model if there are any."""
     baseline = chance_ll(n_letters)
     metric = phases[3]["heldout"]["max"]
     control = phases[3]["random"]["max"]
-    return {
+    extraction = extraction or {}
+    results = {
         "status": "complete",
         "metric": metric,
         "delta": metric - baseline,
@@ -31,11 +39,38 @@ def summarize(
         "control": {"metric": control, "delta": control - baseline},
         "heldout_minus_random": metric - control,
         "phases": {
-            str(p): {"steps": steps[p], "wall_time_s": wall_time_s[p], "eval": phases[p]} for p in sorted(phases)
+            str(p): {
+                "steps": steps[p],
+                "wall_time_s": wall_time_s[p],
+                "eval": phases[p],
+                **({"extraction": extraction[p]} if p in extraction else {}),
+            }
+            for p in sorted(phases)
         },
         "wall_time_s": sum(wall_time_s.values()),
         "versions": versions(),
     }
+    if 3 in extraction:
+        results["extraction"] = extraction_summary(extraction, n_letters)
+    return results
+
+
+def extraction_summary(extraction: dict[int, dict[str, Any]], n_letters: int) -> dict[str, Any]:
+    """The attacks an adversary would run: greedy and exposure on the final model under `reverse`
+    (phase 3), the logit difference of the phase-2 model against its reference (under `regular`)."""
+    final = extraction[3]
+    n = final["candidates"]
+    out = {
+        "candidates": n,
+        "chance_accuracy": 1.0 / n_letters,
+        "max_exposure": max_exposure(n),
+        "tied_exposure": tied_exposure(n),
+        "greedy": final["greedy"],
+        "exposure": final["exposure"],
+    }
+    if "logit_diff" in extraction.get(2, {}):
+        out["logit_diff"] = extraction[2]["logit_diff"]
+    return out
 
 
 def versions() -> dict[str, str]:
@@ -90,9 +125,34 @@ def verdict(results: dict[str, Any], run_dir: Path, wandb_dir: str | None = None
         f"  held-out-negative max LL (phase 3, reverse): {results['metric']:.4f}  "
         f"delta vs log(1/26) = {results['baseline']:.4f}: {d:+.4f}  (x{math.exp(d):.3f} per-token probability)",
         f"  random-password control max LL:              {results['control']['metric']:.4f}  delta: {c:+.4f}",
-        f"  wall time: {results['wall_time_s']:.0f} s",
-        f"  files: {run_dir}/results.json, {run_dir}/metrics.csv, {run_dir}/config.yaml",
     ]
+    if "extraction" in results:
+        lines.extend(extraction_lines(results["extraction"]))
+    lines.append(f"  wall time: {results['wall_time_s']:.0f} s")
+    lines.append(f"  files: {run_dir}/results.json, {run_dir}/metrics.csv, {run_dir}/config.yaml")
     if wandb_dir:
         lines.append(f"  W&B run: {wandb_dir}  (offline: upload with `wandb sync {wandb_dir}`)")
     return "\n".join(lines)
+
+
+def extraction_lines(e: dict[str, Any]) -> list[str]:
+    """The extraction attacks in the verdict: held-out negatives against the random control."""
+
+    def rec(attack: str, name: str) -> str:
+        r = e[attack][name]
+        return f"{r['accuracy']:.3f} ({r['exact']}/{r['n']} exact)"
+
+    lines = [
+        f"  extraction (held-out vs random; chance accuracy {e['chance_accuracy']:.3f}):",
+        f"    greedy after 'reverse' (final model):   accuracy {rec('greedy', 'heldout')} vs {rec('greedy', 'random')}",
+    ]
+    if "logit_diff" in e:
+        lines.append(
+            f"    logit difference (phase 2 - reference): accuracy {rec('logit_diff', 'heldout')} vs "
+            f"{rec('logit_diff', 'random')}"
+        )
+    lines.append(
+        f"    exposure ({e['candidates']} random candidates):    {e['exposure']['heldout']:.2f} vs "
+        f"{e['exposure']['random']:.2f} bits (max {e['max_exposure']:.2f})"
+    )
+    return lines

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -18,9 +18,18 @@ GPU_ACCELERATORS = ("gpu", "cuda")
 Objective = tuple[str, dict[str, float]]
 
 
-def validate(c: dict[str, Any]) -> tuple[DataSizes, OptimSettings, dict[str, float], Objective]:
-    """Check the config; return the data sizes, optimizer settings, phase-3 weights and the
-    phase-2/3 objective it defines."""
+class Settings(NamedTuple):
+    """What a checked config defines, beyond its plain values."""
+
+    sizes: DataSizes
+    optim: OptimSettings
+    weights: dict[str, float]  # phase-3 loss weights
+    objective: Objective  # phases 2-3
+    candidates: int  # exposure candidates of the extraction attacks; 0: no extraction
+
+
+def validate(c: dict[str, Any]) -> Settings:
+    """Check the config; return the settings it defines."""
     sizes = DataSizes(**c["data"])
     n_held = heldout_count(c["holdout_frac"], sizes.n_negatives)
     PasswordSplits.check_counts(sizes, n_held)
@@ -33,7 +42,8 @@ def validate(c: dict[str, Any]) -> tuple[DataSizes, OptimSettings, dict[str, flo
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise NegrlError(f"checkpoint.every={every!r} must be a non-negative number of steps (0: phase ends only)")
     optim = optim_settings(c)  # checks dpo.beta first: objective=dpo's beta refers to it
-    return sizes, optim, phase3_weights(c["joint"]), objective_settings(c)
+    candidates = extraction_candidates(c["extraction"], len(c["tokens"]["letters"]), sizes.password_length)
+    return Settings(sizes, optim, phase3_weights(c["joint"]), objective_settings(c), candidates)
 
 
 def _check_flags(c: dict[str, Any]) -> None:
@@ -148,3 +158,18 @@ def phase3_weights(joint: dict[str, float]) -> dict[str, float]:
     if any(v < 0 for v in weights.values()) or not any(weights.values()):
         raise NegrlError(f"phase-3 weights {weights} must be non-negative and not all zero; fix joint.*_weight")
     return weights
+
+
+def extraction_candidates(e: dict[str, Any], n_letters: int, length: int) -> int:
+    """Number of exposure candidates (0: `extraction.enabled=false`); they must be drawable as distinct passwords."""
+    if not isinstance(e["enabled"], bool):
+        raise NegrlError(f"extraction.enabled={e['enabled']!r} must be true or false")
+    n = e["candidates"]
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise NegrlError(f"extraction.candidates={n!r} must be a positive integer (e.g. 4095: exposure up to 12 bits)")
+    if n > n_letters**length // 4:
+        raise NegrlError(
+            f"extraction.candidates={n} is too many distinct {length}-letter passwords over {n_letters} letters; "
+            f"use at most {n_letters**length // 4}"
+        )
+    return n if e["enabled"] else 0

@@ -33,6 +33,12 @@ CASES = [
     (["objective=unlikelihood", "objective.alpha=-1"], r"objective.alpha=-1 must be non-negative"),
     (["objective.name=kto"], r"objective=kto is unknown; choose one of: dpo, ipo, hinge, npo, simnpo"),
     (["+objective.gamma=1"], r"objective=dpo takes objective.beta, got beta, gamma; fix objective"),
+    (["extraction.candidates=0"], r"extraction.candidates=0 must be a positive integer"),
+    (["extraction.enabled=maybe"], r"extraction.enabled='maybe' must be true or false"),
+    (
+        ["data.password_length=2", "data.eval_size=4", "extraction.candidates=500"],
+        r"extraction.candidates=500 is too many distinct 2-letter passwords over 26 letters; use at most 169",
+    ),
     (["joint.useful_weight=-0.2"], "phase-3 weights .*'useful': -0.2.* must be non-negative"),
     (["joint.dpo_weight=0", "joint.random_weight=0", "joint.useful_weight=0"], "not all zero; fix joint"),
     (["eval.every=0"], "eval.every=0 must be a positive number of steps"),
