@@ -36,9 +36,9 @@ SKIPPED_DIRS = {"checkpoints", "wandb", "__pycache__"}
 #: Models by size, for ordering groups and the x axis of `fig_models.png`.
 MODEL_ORDER = ("tiny", "tiny-h128", "tiny-h256", "pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b")
 #: Knobs shown first in group labels, in this order; other varying keys follow alphabetically.
-KNOB_ORDER = ("model", "data", "holdout_frac", "prefix", "freeze")
+KNOB_ORDER = ("model", "data", "objective", "holdout_frac", "prefix", "freeze")
 #: Config groups whose many sub-keys collapse into one knob named by the group's choice.
-CHOICE_GROUPS = ("model", "data")
+CHOICE_GROUPS = ("model", "data", "objective")
 
 
 class ReportError(Exception):
@@ -101,6 +101,12 @@ class Run:
     @property
     def control_delta(self) -> float:
         return float(self.results["control"].get("delta", self.control_metric - stats.CHANCE_LL))
+
+    @property
+    def extraction(self) -> dict[str, Any] | None:
+        """results.json's extraction attacks (runs made before them, or with them off, have none)."""
+        value = (self.results or {}).get("extraction")
+        return value if isinstance(value, dict) else None
 
     @property
     def wall_time_s(self) -> float:
@@ -199,9 +205,10 @@ def _read_choices(path: Path, config: dict[str, Any] | None) -> dict[str, str]:
                 choices = {k: str(v) for k, v in OmegaConf.to_container(picked).items() if k in CHOICE_GROUPS}
         except Exception:  # the choices only shorten labels: without them, labels list the keys
             pass
-    model = (config or {}).get("model")
-    if isinstance(model, dict) and model.get("name"):
-        choices["model"] = str(model["name"])
+    for group in ("model", "objective"):  # both configs carry their own name
+        value = (config or {}).get(group)
+        if isinstance(value, dict) and value.get("name"):
+            choices[group] = str(value["name"])
     return choices
 
 
@@ -278,6 +285,27 @@ class GroupStats:
     diff: stats.PairedDifference
 
 
+#: Extraction figures of a run, by column name: where each sits in results.json's `extraction`.
+EXTRACTION_VALUES = {
+    "greedy_acc_heldout": ("greedy", "heldout", "accuracy"),
+    "greedy_acc_random": ("greedy", "random", "accuracy"),
+    "greedy_exact_heldout": ("greedy", "heldout", "exact"),
+    "exposure_heldout": ("exposure", "heldout"),
+    "exposure_random": ("exposure", "random"),
+    "logit_diff_acc_heldout": ("logit_diff", "heldout", "accuracy"),
+    "logit_diff_acc_random": ("logit_diff", "random", "accuracy"),
+    "logit_diff_exact_heldout": ("logit_diff", "heldout", "exact"),
+}
+
+
+def extraction_value(run: Run, where: Sequence[str]) -> float:
+    """One extraction figure of a run, NaN if the run has none."""
+    value: Any = run.extraction
+    for key in where:
+        value = value.get(key) if isinstance(value, dict) else None
+    return _number(value)
+
+
 @dataclass
 class Group:
     """Complete runs of one config (all but the seed); `knobs` are the keys that vary across groups."""
@@ -306,6 +334,15 @@ class Group:
     @property
     def choices(self) -> dict[str, str]:
         return self.runs[0].choices
+
+    @cached_property
+    def extraction(self) -> dict[str, stats.Summary]:
+        """Each extraction figure over the group's runs that have it (n = 0: none has)."""
+        out = {}
+        for name, where in EXTRACTION_VALUES.items():
+            values = [extraction_value(r, where) for r in self.runs]
+            out[name] = stats.summary([v for v in values if not math.isnan(v)])
+        return out
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -408,6 +445,7 @@ CSV_COLUMNS = (
     "t", "p_two_sided", "p_greater", "geo_mean_increase",
     "heldout_minus_random_mean", "heldout_minus_random_std", "heldout_minus_random_t",
     "heldout_minus_random_p_two_sided", "heldout_minus_random_p_greater",
+    *(f"{name}_{m}" for name in EXTRACTION_VALUES for m in ("mean", "std")),
 )  # fmt: skip
 
 
@@ -436,6 +474,7 @@ def group_row(group: Group) -> dict[str, Any]:
         "heldout_minus_random_t": s.diff.t,
         "heldout_minus_random_p_two_sided": s.diff.p_two_sided,
         "heldout_minus_random_p_greater": s.diff.p_greater,
+        **{f"{name}_{m}": getattr(v, m) for name, v in group.extraction.items() for m in ("mean", "std")},
     }
 
 
@@ -459,6 +498,11 @@ def _pm(summary: stats.Summary) -> str:
     return f"{summary.mean:+.4f}" if summary.n < 2 else f"{summary.mean:+.4f} ± {summary.std:.4f}"
 
 
+def _pm_diff(s: GroupStats) -> str:
+    """Held-out minus random, mean ± std."""
+    return _pm(stats.Summary(s.diff.n, s.diff.mean, s.diff.std))
+
+
 def _p(value: float) -> str:
     return _f(value, ".2g" if value < 1e-3 else ".4f")
 
@@ -475,7 +519,52 @@ def group_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
         rows.append([
             g.label, str(s.n), " ".join(str(x) for x in s.seeds), _pm(s.delta), _pm(s.control_delta),
             _p(s.test.p_two_sided), _p(s.test.p_greater), f"{s.geo_increase:+.1%}",
-            _pm(stats.Summary(s.diff.n, s.diff.mean, s.diff.std)), _p(s.diff.p_two_sided),
+            _pm_diff(s), _p(s.diff.p_two_sided),
+        ])  # fmt: skip
+    return header, rows
+
+
+def _pm3(summary: stats.Summary, spec: str = ".3f") -> str:
+    if summary.n == 0:
+        return "n/a"
+    return format(summary.mean, spec) if summary.n < 2 else f"{summary.mean:{spec}} ± {summary.std:{spec}}"
+
+
+def _pair(group: Group, a: str, b: str, spec: str = ".3f") -> list[str]:
+    return [_pm3(group.extraction[a], spec), _pm3(group.extraction[b], spec)]
+
+
+def extraction_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the extraction attacks per group (mean ± std over the runs that have them)."""
+    header = [
+        "group", "n", "greedy acc held-out", "greedy acc random", "exact held-out", "exposure held-out (bits)",
+        "exposure random (bits)", "logit-diff acc held-out", "logit-diff acc random", "logit-diff exact held-out",
+    ]  # fmt: skip
+    rows = []
+    for g in groups:
+        e = g.extraction
+        rows.append([
+            g.label, str(e["greedy_acc_heldout"].n), *_pair(g, "greedy_acc_heldout", "greedy_acc_random"),
+            _pm3(e["greedy_exact_heldout"], ".1f"), *_pair(g, "exposure_heldout", "exposure_random", ".2f"),
+            *_pair(g, "logit_diff_acc_heldout", "logit_diff_acc_random"), _pm3(e["logit_diff_exact_heldout"], ".1f"),
+        ])  # fmt: skip
+    return header, rows
+
+
+def objectives_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows comparing negative-reinforcement objectives: the paper's metric and the attacks."""
+    header = [
+        "group", "n", "delta (mean ± std)", "p greater", "held − random", "greedy acc held-out / random",
+        "exposure held-out / random", "logit-diff acc held-out / random",
+    ]  # fmt: skip
+    rows = []
+    for g in groups:
+        s = g.stats
+        rows.append([
+            g.label, str(s.n), _pm(s.delta), _p(s.test.p_greater), _pm_diff(s),
+            " / ".join(_pair(g, "greedy_acc_heldout", "greedy_acc_random")),
+            " / ".join(_pair(g, "exposure_heldout", "exposure_random", ".2f")),
+            " / ".join(_pair(g, "logit_diff_acc_heldout", "logit_diff_acc_random")),
         ])  # fmt: skip
     return header, rows
 
@@ -527,6 +616,13 @@ COLUMN_NOTES = f"""\
   (held-out vs random, same seeds). report.csv also has the one-sided p (held-out > random).
 - n/a: undefined with a single seed (std and p-values need n ≥ 2)."""
 
+EXTRACTION_NOTES = """\
+Attacks on the final models (see README, "Extraction"): **greedy acc** is the per-token accuracy of the phase-3
+model's most likely letter after `reverse` given the true letters before it (chance 1/26 = 0.038); **exact**
+the passwords of the 128-password set it recovers whole (what greedy decoding outputs). **exposure**: log2(C + 1) −
+log2(rank) among C random candidate passwords (results.json has C), the random set being the control.
+**logit-diff**: the phase-2 model against its reference, under `regular`: the letter whose log-prob dropped most."""
+
 
 # ---------------------------------------------------------------------------------------------
 # The report
@@ -576,6 +672,12 @@ def render_markdown(root: Path, report: Report, out: Path) -> str:
         "## Groups",
         markdown_table(*group_table(report.groups)) if report.groups else "No complete run.",
         COLUMN_NOTES,
+    ]
+    if any(g.extraction["greedy_acc_heldout"].n for g in report.groups):
+        if "objective" in (report.groups[0].knobs if report.groups else {}):
+            parts += ["## Objectives compared", markdown_table(*objectives_table(report.groups))]
+        parts += ["## Extraction", markdown_table(*extraction_table(report.groups)), EXTRACTION_NOTES]
+    parts += [
         "## Runs",
         markdown_table(*run_table(report.runs, report.groups)) if report.groups else "No complete run.",
         "## Failed or incomplete runs",
@@ -592,7 +694,9 @@ def render_markdown(root: Path, report: Report, out: Path) -> str:
 def print_summary(report: Report, stream: Any = None) -> None:
     """The group table, the failed runs and the files written, in plain text."""
     stream = stream or sys.stdout
-    if report.groups:
+    if report.groups and "objective" in report.groups[0].knobs:
+        print(text_table(*objectives_table(report.groups)), file=stream)
+    elif report.groups:
         print(text_table(*group_table(report.groups)), file=stream)
     else:
         print("no complete run", file=stream)

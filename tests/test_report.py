@@ -197,6 +197,42 @@ def test_labels_name_models_and_ablations(tmp_path: Path):
     assert [g.label for g in report.group_runs(report.load_runs(tmp_path / "one"))] == ["all"]
 
 
+def with_extraction(results: dict[str, Any], held_acc: float, exposure_bits: float) -> dict[str, Any]:
+    """results.json with an `extraction` block: held-out greedy accuracy and exposure as given, random at chance."""
+    rec = {"heldout": {"accuracy": held_acc, "exact": 1, "n": 128}, "random": {"accuracy": 0.04, "exact": 0, "n": 128}}
+    results["extraction"] = {
+        "candidates": 4095, "greedy": rec, "logit_diff": rec,
+        "exposure": {"heldout": exposure_bits, "useful": 1.0, "random": 1.5},
+    }  # fmt: skip
+    return results
+
+
+def test_objectives_are_compared_with_their_extraction_figures(tmp_path: Path, capsys):
+    params = {"dpo": {"beta": 0.1}, "ipo": {"tau": 0.1}, "npo": {"beta": 0.1}}
+    for name, beta_or_tau in params.items():
+        for seed, (acc, bits) in enumerate(((0.1, 2.0), (0.2, 4.0))):
+            results = with_extraction(complete_results(stats.CHANCE_LL + 0.01 * (seed + 1), -3.26), acc, bits)
+            make_run(tmp_path, f"{name}/s{seed}", seed, results=results, objective={"name": name, **beta_or_tau})
+    make_run(tmp_path, "npo/old", 2, results=complete_results(stats.CHANCE_LL + 0.03, -3.26), objective={
+        "name": "npo", "beta": 0.1})  # fmt: skip  # a run from before the extraction attacks
+    groups = report.group_runs(report.load_runs(tmp_path))
+    assert [g.label for g in groups] == ["objective=dpo", "objective=ipo", "objective=npo"]
+    npo = groups[2]
+    assert npo.stats.n == 3 and npo.extraction["greedy_acc_heldout"].n == 2
+    e = npo.extraction
+    assert (e["greedy_acc_heldout"].mean, e["greedy_acc_heldout"].std) == pytest.approx((0.15, math.sqrt(0.005)))
+    assert (e["exposure_heldout"].mean, e["exposure_random"].mean) == pytest.approx((3.0, 1.5))
+    assert main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "## Objectives compared" in md and "## Extraction" in md
+    assert "| objective=npo | 3 | +0.0200 ± 0.0100 |" in md
+    assert "0.150 ± 0.071 / 0.040 ± 0.000" in md and "3.00 ± 1.41 / 1.50 ± 0.00" in md
+    rows = {r["group"]: r for r in csv.DictReader(open(tmp_path / "report.csv"))}
+    assert float(rows["objective=dpo"]["exposure_heldout_mean"]) == pytest.approx(3.0)
+    assert rows["objective=npo"]["objective"] == "npo"
+    assert "objective=ipo" in capsys.readouterr().out
+
+
 def test_broken_runs_are_classified(grid: Path):
     broken = {r.rel: r for r in report.load_runs(grid) if not r.complete}
     assert {k: v.status for k, v in broken.items()} == {

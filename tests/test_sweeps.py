@@ -60,7 +60,9 @@ def test_a_range_in_a_single_run_is_a_clear_error():
 PRESETS = {
     "paper-main": 8, "paper-holdout": 45, "paper-models": 20, "paper-ablations": 15,
     "paper-main-cpu": 8, "paper-holdout-cpu": 45, "paper-models-cpu": 15, "paper-ablations-cpu": 15,
+    "objectives": 56, "objectives-cpu": 56,
 }  # fmt: skip
+ON_PYTHIA_160M = ("paper-main", "paper-holdout", "paper-ablations", "paper-models", "objectives")
 
 
 @pytest.mark.parametrize("preset,n", PRESETS.items())
@@ -79,7 +81,7 @@ def test_each_preset_is_a_complete_sweep_of_valid_configs(preset, n):
         validate(c)  # every job passes validation
         assert c["wandb"]["group"] == preset
         models.add(c["model"]["name"])
-    assert ("pythia-160m" in models) == (preset in ("paper-main", "paper-holdout", "paper-ablations", "paper-models"))
+    assert ("pythia-160m" in models) == (preset in ON_PYTHIA_160M)
     if preset.endswith("-cpu"):
         assert all(m.startswith("tiny") for m in models)
 
@@ -92,6 +94,19 @@ def test_ablation_preset_runs_the_baseline_and_each_ablation():
             cfg = compose(config_name="config", overrides=["experiment=paper-ablations-cpu", *job])
         knobs.add((cfg.prefix, cfg.freeze))
     assert knobs == {(True, True), (False, True), (True, False)}
+
+
+def test_objectives_preset_runs_every_objective_of_the_registry_with_its_defaults():
+    from negrl.objectives import DEFAULTS, OBJECTIVES
+
+    seen = {}
+    for job in jobs(["experiment=objectives-cpu"]):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["experiment=objectives-cpu", *job])
+        params = {k: v for k, v in cfg.objective.items() if k != "name"}
+        seen.setdefault(cfg.objective.name, set()).add(cfg.seed)
+        assert params == pytest.approx(DEFAULTS[cfg.objective.name])
+    assert seen == {name: set(range(8)) for name in OBJECTIVES}
 
 
 def test_joblib_sweep_runs_in_parallel_and_a_failing_job_does_not_stop_the_others(tmp_path):
