@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from negrl.data import PHASES, DataSizes, PasswordDataModule
 from negrl.evaluation import Evaluator
+from negrl.extraction import Extraction
 from negrl.loading import load_model
 from negrl.phases import DPOPhase, JointPhase, OptimSettings, SFTPhase
 from negrl.reference import ReferenceLogprobs
@@ -133,12 +134,13 @@ def run_bench(model: str, steps: int, precision: str, device: str) -> dict[str, 
     configs = {"optimized": (True, autocast, "auto"), "baseline": (False, None, False)}
     out: dict[str, Any] = {"model": model, "device": device, "precision": precision, "steps": steps,
                            "params_non_embedding": n_params, "matmul_peak_flops": peaks, "phases": {}}  # fmt: skip
-    evaluator = Evaluator(5)
-    evaluator.start_phase(data.eval_sets(3))
+    evaluator = Evaluator(5, Extraction(vocab.letter_ids))
+    evaluator.start_phase(data.eval_sets(3), data.candidates(3, c["extraction"]["candidates"]))
     evaluator.evaluate(backbone)
-    t = time.perf_counter()
-    evaluator.evaluate(backbone)
-    eval_s = time.perf_counter() - t
+    eval_s = _timed(lambda: evaluator.evaluate(backbone), device)
+    # The extraction attacks after each phase; after phase 2 with the logit-difference attack too.
+    extract_s = _timed(lambda: evaluator.extract(backbone), device)
+    extract_ref_s = _timed(lambda: evaluator.extract(backbone, reference), device)
     for phase in PHASES:
         benches = {name: PhaseBench(phase, backbone, reference, data, sizes, setup, device)
                    for name, setup in configs.items()}  # fmt: skip
@@ -173,10 +175,22 @@ def run_bench(model: str, steps: int, precision: str, device: str) -> dict[str, 
     n_evals = sum((n + 4) // 5 for n in PAPER_STEPS.values())
     for name in configs:
         total = sum(PAPER_STEPS[p] * out["phases"][str(p)][name]["s_per_step"] for p in PHASES) + n_evals * eval_s
+        total += 2 * extract_s + extract_ref_s
         out[f"projected_full_run_s_{name}"] = total
     out["projected_speedup"] = out["projected_full_run_s_baseline"] / out["projected_full_run_s_optimized"]
     out["eval_s"] = eval_s
+    n_candidates = c["extraction"]["candidates"]
+    out["extraction"] = {"candidates": n_candidates, "s": extract_s, "s_with_logit_diff": extract_ref_s}
     return out
+
+
+def _timed(fn: Any, device: str) -> float:
+    """Seconds one call of `fn` takes (device work included)."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def format_table(r: dict[str, Any]) -> str:
@@ -195,8 +209,13 @@ def format_table(r: dict[str, Any]) -> str:
                 f"{100 * x['frac_of_peak']:>7.1f}%{x['peak_memory_mb']:>9.0f}"
             )
         lines.append(f"{p:<6}{'speedup':<11}{row['speedup']:>9.2f}x")
+    e = r["extraction"]
     lines.append(
-        f"projected full paper run (64 + 1200 + 1200 steps + evaluations): optimized "
+        f"evaluation: {r['eval_s']:.3f} s each; extraction at a phase end ({e['candidates']} candidates): "
+        f"{e['s']:.2f} s, with the logit-difference attack {e['s_with_logit_diff']:.2f} s"
+    )
+    lines.append(
+        f"projected full paper run (64 + 1200 + 1200 steps + evaluations + extraction): optimized "
         f"{r['projected_full_run_s_optimized'] / 3600:.2f} h, "
         f"baseline {r['projected_full_run_s_baseline'] / 3600:.2f} h, "
         f"speedup {r['projected_speedup']:.2f}x"

@@ -19,7 +19,9 @@ def test_bench_writes_every_figure_for_each_phase(tmp_path, capsys):
         assert row["speedup"] > 0
     assert r["projected_full_run_s_optimized"] > 0 and r["projected_speedup"] > 0
     assert set(r["matmul_peak_flops"]) == {"fp32", "bf16"}
-    assert "projected full paper run" in capsys.readouterr().out
+    assert r["extraction"]["candidates"] == 4095 and r["extraction"]["s_with_logit_diff"] > 0
+    out = capsys.readouterr().out
+    assert "projected full paper run" in out and "extraction at a phase end (4095 candidates)" in out
 
 
 def test_bench_rejects_zero_steps(tmp_path, capsys):
