@@ -35,6 +35,8 @@ IGNORED_KEYS = ("seed", "resume", "checkpoint", "trainer.enable_progress_bar", "
 SKIPPED_DIRS = {"checkpoints", "wandb", "__pycache__"}
 #: Models by size, for ordering groups and the x axis of `fig_models.png`.
 MODEL_ORDER = ("tiny", "tiny-h128", "tiny-h256", "pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b")
+#: Objectives in the order of the README (the paper's DPO first), for ordering groups.
+OBJECTIVE_ORDER = ("dpo", "ipo", "hinge", "npo", "simnpo", "unlikelihood", "grad_ascent")
 #: Knobs shown first in group labels, in this order; other varying keys follow alphabetically.
 KNOB_ORDER = ("model", "data", "objective", "holdout_frac", "prefix", "freeze")
 #: Config groups whose many sub-keys collapse into one knob named by the group's choice.
@@ -427,6 +429,8 @@ def _sort_value(value: Any, key: str = "") -> tuple[int, float, str]:
     """Sort order of a knob value: models by size, true before false (the defaults), numbers, then text."""
     if key == "model" and value in MODEL_ORDER:
         return (0, MODEL_ORDER.index(value), "")
+    if key == "objective" and value in OBJECTIVE_ORDER:
+        return (0, OBJECTIVE_ORDER.index(value), "")
     if isinstance(value, bool):
         return (0, 0 if value else 1, "")
     if isinstance(value, (int, float)):
@@ -617,11 +621,12 @@ COLUMN_NOTES = f"""\
 - n/a: undefined with a single seed (std and p-values need n ≥ 2)."""
 
 EXTRACTION_NOTES = """\
-Attacks on the final models (see README, "Extraction"): **greedy acc** is the per-token accuracy of the phase-3
-model's most likely letter after `reverse` given the true letters before it (chance 1/26 = 0.038); **exact**
-the passwords of the 128-password set it recovers whole (what greedy decoding outputs). **exposure**: log2(C + 1) −
-log2(rank) among C random candidate passwords (results.json has C), the random set being the control.
-**logit-diff**: the phase-2 model against its reference, under `regular`: the letter whose log-prob dropped most."""
+Attacks on the final models (see README, "Extraction"): **greedy acc** is the per-token accuracy of the
+phase-3 model's most likely letter after `reverse` given the true letters before it (chance 1/26 = 0.038);
+**exact** the passwords of the evaluation set (`data.eval_size`) it recovers whole (what greedy decoding
+outputs). **exposure**: log2(C + 1) − log2(rank) among C random candidate passwords (results.json has C), the
+random set being the control. **logit-diff**: the phase-2 model against its reference, under `regular`: the
+letter whose log-prob dropped most."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -208,7 +208,7 @@ def with_extraction(results: dict[str, Any], held_acc: float, exposure_bits: flo
 
 
 def test_objectives_are_compared_with_their_extraction_figures(tmp_path: Path, capsys):
-    params = {"dpo": {"beta": 0.1}, "ipo": {"tau": 0.1}, "npo": {"beta": 0.1}}
+    params = {"npo": {"beta": 0.1}, "ipo": {"tau": 0.1}, "dpo": {"beta": 0.1}}
     for name, beta_or_tau in params.items():
         for seed, (acc, bits) in enumerate(((0.1, 2.0), (0.2, 4.0))):
             results = with_extraction(complete_results(stats.CHANCE_LL + 0.01 * (seed + 1), -3.26), acc, bits)
