@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -764,9 +765,17 @@ def results_from_curves(curves: Curves) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------------
 
 
+#: Longest group slug in a file name; longer labels keep their start and a hash of the whole label.
+MAX_SLUG = 80
+
+
 def slug(label: str) -> str:
-    """A file-name-safe form of a group label ('holdout_frac=0.1' -> 'holdout_frac-0.1')."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label.replace("=", "-")).strip("_") or "group"
+    """A file-name-safe form of a group label ('holdout_frac=0.1' -> 'holdout_frac-0.1'), at most `MAX_SLUG`
+    characters: a label naming many knobs keeps its start plus a short hash, so names stay distinct."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "_", label.replace("=", "-")).strip("_") or "group"
+    if len(text) <= MAX_SLUG:
+        return text
+    return f"{text[: MAX_SLUG - 9]}-{hashlib.sha1(label.encode()).hexdigest()[:8]}"
 
 
 def build_parser() -> argparse.ArgumentParser:

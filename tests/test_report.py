@@ -233,6 +233,17 @@ def test_objectives_are_compared_with_their_extraction_figures(tmp_path: Path, c
     assert "objective=ipo" in capsys.readouterr().out
 
 
+def test_many_differing_knobs_give_short_distinct_figure_names(tmp_path: Path):
+    """Groups that differ in many keys: each fig_curves_<group>.png name stays short enough for the file system."""
+    for i in range(3):
+        knobs = {f"knob_with_a_long_name_{k}": i * 10 + k for k in range(12)}
+        make_run(tmp_path, f"g{i}", i, **knobs)
+    assert main([str(tmp_path)]) == 0
+    names = sorted(p.name for p in tmp_path.glob("fig_curves_*.png"))
+    assert len(names) == 3 and all(len(n) <= len("fig_curves_.png") + report.MAX_SLUG for n in names)
+    assert report.slug("holdout_frac=0.1") == "holdout_frac-0.1"
+
+
 def test_broken_runs_are_classified(grid: Path):
     broken = {r.rel: r for r in report.load_runs(grid) if not r.complete}
     assert {k: v.status for k, v in broken.items()} == {
