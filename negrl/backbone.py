@@ -89,15 +89,19 @@ class PythiaBackbone(nn.Module):
         Full-vocabulary log-softmax, computed as gather minus logsumexp so no [B, T, V]
         log-softmax tensor is materialised.
         """
-        logits = self.model(input_ids=tokens[:, :-1]).logits.float()
+        logits = self.next_token_logits(tokens)
         labels = tokens[:, 1:]
         return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
     def candidate_logprobs(self, tokens: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary log-prob of each candidate token (e.g. the 26 letters) at every label
         position: tokens [B, T], candidate_ids [K] -> [B, T-1, K], in fp32."""
-        logits = self.model(input_ids=tokens[:, :-1]).logits.float()
+        logits = self.next_token_logits(tokens)
         return logits[..., candidate_ids.to(logits.device)] - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+    def next_token_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T-1, V] in fp32 predicting tokens[:, 1:] from the tokens before each."""
+        return self.model(input_ids=tokens[:, :-1]).logits.float()
 
 
 @contextmanager

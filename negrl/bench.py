@@ -134,8 +134,9 @@ def run_bench(model: str, steps: int, precision: str, device: str) -> dict[str, 
     configs = {"optimized": (True, autocast, "auto"), "baseline": (False, None, False)}
     out: dict[str, Any] = {"model": model, "device": device, "precision": precision, "steps": steps,
                            "params_non_embedding": n_params, "matmul_peak_flops": peaks, "phases": {}}  # fmt: skip
+    n_candidates = c["extraction"]["candidates"]
     evaluator = Evaluator(5, Extraction(vocab.letter_ids))
-    evaluator.start_phase(data.eval_sets(3), data.candidates(3, c["extraction"]["candidates"]))
+    evaluator.start_phase(data.eval_sets(3), data.candidates(3, n_candidates))
     evaluator.evaluate(backbone)
     eval_s = _timed(lambda: evaluator.evaluate(backbone), device)
     # The extraction attacks after each phase; after phase 2 with the logit-difference attack too.
@@ -179,7 +180,6 @@ def run_bench(model: str, steps: int, precision: str, device: str) -> dict[str, 
         out[f"projected_full_run_s_{name}"] = total
     out["projected_speedup"] = out["projected_full_run_s_baseline"] / out["projected_full_run_s_optimized"]
     out["eval_s"] = eval_s
-    n_candidates = c["extraction"]["candidates"]
     out["extraction"] = {"candidates": n_candidates, "s": extract_s, "s_with_logit_diff": extract_ref_s}
     return out
 

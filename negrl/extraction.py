@@ -125,8 +125,8 @@ class Extraction:
             "exposure": {n: float(exposure(ll, candidate_ll).mean()) for n, ll in zip(names, set_ll)},
         }
         if reference is not None:
-            set_tokens = torch.cat([sets[n] for n in names])
-            drop = self.letter_logprobs(reference, set_tokens) - model_lp[: len(set_tokens)]
+            n_set = sum(sizes[:-1])  # the evaluation sets lead `tokens`; the candidates follow
+            drop = self.letter_logprobs(reference, tokens[:n_set]) - model_lp[:n_set]
             drops = dict(zip(names, drop.split(sizes[:-1])))
             out["logit_diff"] = {n: asdict(recovery(drops[n], labels_by_set[n])) for n in names}
         return out

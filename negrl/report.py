@@ -499,8 +499,12 @@ def _f(value: float, spec: str = ".4f", missing: str = "n/a") -> str:
     return missing if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def _pm(summary: stats.Summary) -> str:
-    return f"{summary.mean:+.4f}" if summary.n < 2 else f"{summary.mean:+.4f} ± {summary.std:.4f}"
+def _pm(summary: stats.Summary, spec: str = "+.4f") -> str:
+    """mean ± std in `spec` (the std unsigned); the mean alone for one value, n/a for none."""
+    if summary.n == 0:
+        return "n/a"
+    mean = format(summary.mean, spec)
+    return mean if summary.n < 2 else f"{mean} ± {summary.std:{spec.lstrip('+')}}"
 
 
 def _pm_diff(s: GroupStats) -> str:
@@ -529,14 +533,8 @@ def group_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _pm3(summary: stats.Summary, spec: str = ".3f") -> str:
-    if summary.n == 0:
-        return "n/a"
-    return format(summary.mean, spec) if summary.n < 2 else f"{summary.mean:{spec}} ± {summary.std:{spec}}"
-
-
 def _pair(group: Group, a: str, b: str, spec: str = ".3f") -> list[str]:
-    return [_pm3(group.extraction[a], spec), _pm3(group.extraction[b], spec)]
+    return [_pm(group.extraction[a], spec), _pm(group.extraction[b], spec)]
 
 
 def extraction_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
@@ -550,8 +548,8 @@ def extraction_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]
         e = g.extraction
         rows.append([
             g.label, str(e["greedy_acc_heldout"].n), *_pair(g, "greedy_acc_heldout", "greedy_acc_random"),
-            _pm3(e["greedy_exact_heldout"], ".1f"), *_pair(g, "exposure_heldout", "exposure_random", ".2f"),
-            *_pair(g, "logit_diff_acc_heldout", "logit_diff_acc_random"), _pm3(e["logit_diff_exact_heldout"], ".1f"),
+            _pm(e["greedy_exact_heldout"], ".1f"), *_pair(g, "exposure_heldout", "exposure_random", ".2f"),
+            *_pair(g, "logit_diff_acc_heldout", "logit_diff_acc_random"), _pm(e["logit_diff_exact_heldout"], ".1f"),
         ])  # fmt: skip
     return header, rows
 
