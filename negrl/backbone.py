@@ -15,8 +15,10 @@ from torch import nn
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from negrl.errors import NegrlError
+from negrl.label_logprobs import label_logprobs, logsumexp_rows
 
 INITS = ("pretrained", "random")
+ATTENTIONS = ("eager", "sdpa")  # Hugging Face attn_implementation values negrl accepts
 
 
 class PythiaBackbone(nn.Module):
@@ -25,6 +27,13 @@ class PythiaBackbone(nn.Module):
     def __init__(self, model: GPTNeoXForCausalLM):
         super().__init__()
         self.model = model
+        self.set_compute(fused_logprobs=True, attention="eager")
+
+    def set_compute(self, fused_logprobs: bool, attention: str) -> None:
+        """How the math is computed (`compute.*`): the chunked label log-probs or the plain autograd
+        ones, and the attention kernel. Results agree up to float rounding (fused: bit-identical)."""
+        self.fused_logprobs = fused_logprobs
+        self.model.set_attn_implementation(attention)
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -86,18 +95,22 @@ class PythiaBackbone(nn.Module):
     def token_logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Log-prob of every label under next-token prediction: tokens [B, T] -> [B, T-1], in fp32.
 
-        Full-vocabulary log-softmax, computed as gather minus logsumexp so no [B, T, V]
-        log-softmax tensor is materialised.
+        Full-vocabulary log-softmax in fp32 from the logits in whatever dtype the model produced them.
+        Fused (default): chunked over rows with a hand-written backward (`negrl.label_logprobs`), no
+        [B, T, V] fp32 tensor is kept; plain: gather minus logsumexp of the fp32 logits under autograd.
         """
-        logits = self.next_token_logits(tokens)
-        labels = tokens[:, 1:]
+        logits, labels = self.model(input_ids=tokens[:, :-1]).logits, tokens[:, 1:]
+        if self.fused_logprobs:
+            return label_logprobs(logits, labels)
+        logits = logits.float()
         return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
     def candidate_logprobs(self, tokens: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary log-prob of each candidate token (e.g. the 26 letters) at every label
         position: tokens [B, T], candidate_ids [K] -> [B, T-1, K], in fp32."""
         logits = self.next_token_logits(tokens)
-        return logits[..., candidate_ids.to(logits.device)] - torch.logsumexp(logits, dim=-1, keepdim=True)
+        lse = logsumexp_rows(logits) if self.fused_logprobs else torch.logsumexp(logits, dim=-1)
+        return logits[..., candidate_ids.to(logits.device)] - lse.unsqueeze(-1)
 
     def next_token_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits [B, T-1, V] in fp32 predicting tokens[:, 1:] from the tokens before each."""

@@ -48,6 +48,7 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
 
     # The password vocabulary, the backbone and every password of the run, from one seed.
     backbone, vocab = load_model(c["model"], c["tokens"], c["seed"])
+    backbone.set_compute(**c["compute"])
     data = PasswordDataModule(vocab, sizes, c["holdout_frac"], c["prefix"], c["seed"])
     data.setup()
 

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from negrl.backbone import INITS, check_checkpoint_dir
+from negrl.backbone import ATTENTIONS, INITS, check_checkpoint_dir
 from negrl.data import DataSizes, PasswordSplits, heldout_count
 from negrl.errors import NegrlError
 from negrl.objectives import DEFAULTS, OBJECTIVES
@@ -38,12 +38,20 @@ def validate(c: dict[str, Any]) -> Settings:
     _check_model(c["model"])
     _check_trainer(c["trainer"], sizes.batch_size)
     _check_wandb(c["wandb"])
+    _check_compute(c["compute"])
     every = c["checkpoint"]["every"]
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise NegrlError(f"checkpoint.every={every!r} must be a non-negative number of steps (0: phase ends only)")
     optim = optim_settings(c)  # checks dpo.beta first: objective=dpo's beta refers to it
     candidates = extraction_candidates(c["extraction"], len(c["tokens"]["letters"]), sizes.password_length)
     return Settings(sizes, optim, phase3_weights(c["joint"]), objective_settings(c), candidates)
+
+
+def _check_compute(compute: dict[str, Any]) -> None:
+    if not isinstance(compute["fused_logprobs"], bool):
+        raise NegrlError(f"compute.fused_logprobs={compute['fused_logprobs']!r} must be true or false")
+    if compute["attention"] not in ATTENTIONS:
+        raise NegrlError(f"compute.attention={compute['attention']!r} must be one of {', '.join(ATTENTIONS)}")
 
 
 def _check_flags(c: dict[str, Any]) -> None:

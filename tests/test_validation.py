@@ -27,6 +27,8 @@ CASES = [
     (["optim.lr=-1e-4"], "optim.lr=-0.0001 must be positive"),
     (["optim.weight_decay=-0.01"], "optim.weight_decay=-0.01 must be non-negative"),
     (["optim.fused=sometimes"], "optim.fused='sometimes' must be auto, true or false"),
+    (["compute.fused_logprobs=yes"], "compute.fused_logprobs='yes' must be true or false"),
+    (["compute.attention=flash"], "compute.attention='flash' must be one of eager, sdpa"),
     (["optim.fused=true", "trainer.precision=16-mixed"], "optim.fused=true cannot clip gradients under .*16-mixed"),
     (["dpo.beta=0"], "dpo.beta=0 must be positive"),
     (["objective=ipo", "objective.tau=0"], r"objective.tau=0 must be positive for objective=ipo"),

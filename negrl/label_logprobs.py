@@ -1,0 +1,57 @@
+"""Full-vocabulary log-prob of each label, computed in fp32 in row chunks, with a hand-written backward.
+
+`logits.float().gather(labels) - logits.float().logsumexp()` under autograd makes several passes over
+the [rows, vocab] tensor in main memory (the fp32 copy, the log-sum-exp, a zero-filled gather
+gradient, the softmax gradient, their sum, the cast back). Here every pass runs on a chunk of
+rows small enough to stay in cache, the fp32 copy is never kept, and the gradient is written once
+in the logits' dtype. The arithmetic is the same (same ops, same order per element).
+
+The backward writes the gradient into the logits' own storage: the logits are an intermediate
+nobody reads afterwards (a second backward through the same graph fails loudly, as autograd
+sees the saved tensor modified).
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ROWS = 16  # 16 x 50304 fp32 values = 3.2 MB: one chunk stays in a CPU's L2/L3 cache
+
+
+def logsumexp_rows(logits: torch.Tensor, chunk: int = CHUNK_ROWS) -> torch.Tensor:
+    """fp32 log-sum-exp over the last dimension, `chunk` rows at a time: logits [..., V] -> [...]."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    lse = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    for start in range(0, flat.shape[0], chunk):
+        lse[start : start + chunk] = torch.logsumexp(flat[start : start + chunk].float(), dim=-1)
+    return lse.view(logits.shape[:-1])
+
+
+class _LabelLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+        lse = logsumexp_rows(logits, chunk)
+        picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
+        ctx.save_for_backward(logits, labels, lse)
+        ctx.chunk = chunk
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, labels, lse = ctx.saved_tensors
+        grad = grad.float()
+        out = logits  # consumed: each chunk is read before its gradient overwrites it (no 0.4-0.8 GB allocation)
+        for start in range(0, logits.shape[0], ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            g = grad[rows].unsqueeze(-1)
+            # d(label logit - logsumexp)/d logits = onehot(label) - softmax
+            softmax = logits[rows].to(torch.float32, copy=True).sub_(lse[rows].unsqueeze(-1)).exp_()
+            part = softmax.mul_(g.neg()).scatter_add_(-1, labels[rows].unsqueeze(-1), g)
+            out[rows] = part
+        return out, None, None
+
+
+def label_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk: int = CHUNK_ROWS) -> torch.Tensor:
+    """log softmax(logits)[label] in fp32: logits [..., V] (any float dtype), labels [...] -> [...]."""
+    flat = _LabelLogprobs.apply(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), chunk)
+    return flat.view(labels.shape)
