@@ -34,7 +34,8 @@ def load_model(
 ) -> tuple[PythiaBackbone, PasswordVocab]:
     """Build the backbone (`model.init`: pretrained from `model.path` or the hub, or random) and its vocab.
 
-    `vocab: builtin` models (tiny) use letters 0..25 and two prefix tokens. Others map letters
+    `vocab: builtin` models (tiny) use letters 0..25 and two prefix tokens; their weights are random
+    or a `negrl-pretrain` checkpoint given as `model.path`. Others map letters
     and prefixes through the tokenizer (`model.tokenizer`, else `model.path`, else the hub id),
     checked to be single tokens; a random-init model with no tokenizer at hand falls back to
     the ids recorded in `model.token_ids` (SPEC.md's GPT-NeoX-20B ids).
@@ -44,9 +45,10 @@ def load_model(
         raise NegrlError(f"model.init={init!r} must be one of {', '.join(INITS)}")
     path, hub_id = model_cfg.get("path"), model_cfg.get("hub_id")
     builtin = model_cfg.get("vocab", "tokenizer") == "builtin"
-    if builtin and (init != "random" or path):
+    if builtin and init != "random" and not path:
         raise NegrlError(
-            f"model={name} is random-init only; drop model.path and set model.init=random, or pick a pythia model"
+            f"model={name} has no published weights; set model.init=random, or pretrain some with "
+            f"`negrl-pretrain --model {name} --out DIR` and pass model.path=DIR"
         )
 
     if path:

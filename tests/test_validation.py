@@ -50,7 +50,7 @@ CASES = [
     (["tokens.reverse_prefix=' regular'"], "regular_prefix and tokens.reverse_prefix are both ' regular'"),
     (["model=pythia-70m", "model.path=/no/such/dir"], "model.path=/no/such/dir is not a directory"),
     (["model=pythia-70m", "model.init=scratch"], "model.init='scratch' must be one of pretrained, random"),
-    (["model.init=pretrained"], "model=tiny is random-init only"),
+    (["model.init=pretrained"], "model=tiny has no published weights; .*negrl-pretrain --model tiny"),
     (["trainer.accelerator=gpu"], "trainer.accelerator=gpu but no CUDA GPU is visible; use trainer.accelerator=cpu"),
     (["trainer.devices=3"], r"trainer.devices=3 does not divide data.batch_size=16: .* use a divisor of 16"),
     (["trainer.devices=0"], r"trainer.devices=0 must be a number of devices"),
