@@ -40,6 +40,9 @@ class HandMadeLM(torch.nn.Module):
                 logits[same[:, i], i, pw[i + 1]] += self.boost
         return SimpleNamespace(logits=logits + self.anchor)
 
+    def set_attn_implementation(self, attention: str) -> None:
+        """No attention to choose (PythiaBackbone sets one on every model)."""
+
 
 def hand_made(password=None, boost=0.0) -> PythiaBackbone:
     return PythiaBackbone(HandMadeLM(password, boost))
