@@ -45,6 +45,11 @@ def load_model(
         raise NegrlError(f"model.init={init!r} must be one of {', '.join(INITS)}")
     path, hub_id = model_cfg.get("path"), model_cfg.get("hub_id")
     builtin = model_cfg.get("vocab", "tokenizer") == "builtin"
+    if path and init == "random":
+        raise NegrlError(
+            f"model.path={path} loads trained weights but model.init=random; "
+            "add model.init=pretrained, or drop model.path for a random init"
+        )
     if builtin and init != "random" and not path:
         raise NegrlError(
             f"model={name} has no published weights; set model.init=random, or pretrain some with "

@@ -1,7 +1,7 @@
 """`negrl-pretrain`: pretrain a built-in-vocabulary model on generated letter text, before the experiment.
 
     negrl-pretrain --model tiny-h128 --steps 2000 --out pretrained/tiny-h128
-    python train.py model=tiny-h128 model.path=pretrained/tiny-h128
+    python train.py model=tiny-h128 model.init=pretrained model.path=pretrained/tiny-h128
 
 Pretrained Pythia models arrive at phase 1 already able to memorise strings fast and to copy
 from context; a random-init `tiny` model cannot. This gives a tiny model those two skills on a

@@ -45,6 +45,8 @@ def test_pretraining_learns_a_small_pool_and_saves_a_loadable_checkpoint(tmp_pat
     w = lambda m: m.model.get_input_embeddings().weight  # noqa: E731
     assert not torch.equal(w(backbone), w(random))
     assert torch.equal(w(backbone), w(load_model(c["model"], c["tokens"], seed=6)[0]))  # the seed draws nothing
+    with pytest.raises(NegrlError, match="loads trained weights but model.init=random; add model.init=pretrained"):
+        load_model({**c["model"], "init": "random"}, c["tokens"], seed=5)
 
 
 @pytest.mark.parametrize(
