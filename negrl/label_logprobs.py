@@ -15,11 +15,18 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_ROWS = 16  # 16 x 50304 fp32 values = 3.2 MB: one chunk stays in a CPU's L2/L3 cache
+CHUNK_VALUES = 16 * 50304  # 3.2 MB of fp32 per chunk (16 rows of Pythia's vocabulary): stays in L2/L3 cache
 
 
-def logsumexp_rows(logits: torch.Tensor, chunk: int = CHUNK_ROWS) -> torch.Tensor:
-    """fp32 log-sum-exp over the last dimension, `chunk` rows at a time: logits [..., V] -> [...]."""
+def chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk for a vocabulary: 16 for Pythia's 50304, everything at once for tiny's 28."""
+    return max(1, CHUNK_VALUES // vocab_size)
+
+
+def logsumexp_rows(logits: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """fp32 log-sum-exp over the last dimension, `chunk` rows at a time (default: `chunk_rows`):
+    logits [..., V] -> [...]."""
+    chunk = chunk or chunk_rows(logits.shape[-1])
     flat = logits.reshape(-1, logits.shape[-1])
     lse = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
     for start in range(0, flat.shape[0], chunk):
@@ -51,7 +58,8 @@ class _LabelLogprobs(torch.autograd.Function):
         return out, None, None
 
 
-def label_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk: int = CHUNK_ROWS) -> torch.Tensor:
+def label_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """log softmax(logits)[label] in fp32: logits [..., V] (any float dtype), labels [...] -> [...]."""
+    chunk = chunk or chunk_rows(logits.shape[-1])
     flat = _LabelLogprobs.apply(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), chunk)
     return flat.view(labels.shape)

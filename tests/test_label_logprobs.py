@@ -7,7 +7,7 @@ import torch
 from conftest import make_cfg
 from omegaconf import OmegaConf
 
-from negrl.label_logprobs import label_logprobs, logsumexp_rows
+from negrl.label_logprobs import chunk_rows, label_logprobs, logsumexp_rows
 from negrl.loading import load_model
 
 
@@ -75,3 +75,7 @@ def test_a_second_backward_through_the_same_graph_fails_loudly():
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+def test_chunks_are_about_three_megabytes_of_fp32_whatever_the_vocabulary():
+    assert chunk_rows(50304) == 16 and chunk_rows(28) == 28745 and chunk_rows(10**7) == 1
