@@ -33,12 +33,13 @@ from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 from negrl.backbone import PythiaBackbone
+from negrl.cli import CONF_DIR
 from negrl.errors import NegrlError
 from negrl.objectives import ntp_loss
 from negrl.phases import OptimSettings
 from negrl.schedule import warmup_cosine
+from negrl.vocab import ALPHABET
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 BLOCK = 16  # letters per string: a password's length
 BLOCKS = 4  # strings per sequence
 
@@ -71,11 +72,11 @@ def load_architecture(model: str) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:
             cfg = compose(config_name="config", overrides=[f"model={model}"])
         except MissingConfigException:
-            names = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+            names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
             raise NegrlError(f"--model={model} is unknown; choose one of: {', '.join(names)}") from None
     m = OmegaConf.to_container(cfg.model, resolve=True)
     if m.get("vocab") != "builtin":
@@ -94,8 +95,7 @@ def letter_accuracy(backbone: PythiaBackbone, tokens: torch.Tensor, positions: l
 def pretrain(model: str, steps: int, out: Path, *, pool: int, seed: int, batch: int, lr: float) -> dict[str, Any]:
     """Train, save to `out`, return the record written to out/pretraining.json."""
     architecture = load_architecture(model)
-    n_letters = 26
-    torch.manual_seed(seed)
+    n_letters = len(ALPHABET)
     backbone = PythiaBackbone.random_init(architecture, seed)
     corpus = LetterCorpus(n_letters, pool, seed)
     optim = OptimSettings(lr=lr, warmup_steps=min(100, steps // 10))
