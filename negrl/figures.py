@@ -2,6 +2,7 @@
 
 Each `plot_*` function takes groups and an optional output path, saves a PNG there (Agg) and
 returns the `Figure` (a notebook displays it inline). `make_figures` draws those the data supports.
+Chance is drawn at each group's own log(1/K) (K letters), one line per K when groups differ.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from negrl.stats import CHANCE_LL, Summary
+from negrl import stats
+from negrl.stats import Summary
 
 if TYPE_CHECKING:
     from negrl.report import Group
 
 COLORS = {"heldout": "tab:red", "useful": "tab:blue", "random": "tab:gray"}
 SET_LABELS = {"heldout": "held-out negatives", "useful": "useful negatives", "random": "random passwords"}
+#: Line styles of the chance levels, one per K in a figure.
+CHANCE_STYLES = (":", "-.", (0, (1, 3)), (0, (5, 2)))
 
 
 def _save(fig: Figure, path: Path | str | None) -> Figure:
@@ -35,12 +39,42 @@ def _err(s: Summary) -> float:
     return 0.0 if math.isnan(s.std) else s.std
 
 
-def _chance_line(ax: Axes, vertical: bool = False) -> None:
-    """log(1/26): at LL = -3.2581 on an LL axis, at 0 on a (vertical) delta axis."""
+def _letters(groups: Sequence[Group]) -> list[int]:
+    """The distinct K (numbers of letters) of `groups`."""
+    return sorted({g.n_letters for g in groups})
+
+
+def _chance_symbol(groups: Sequence[Group]) -> str:
+    """'log(1/26)' when the groups share K, else 'log(1/K)' (each group's own K)."""
+    ks = _letters(groups)
+    return f"log(1/{ks[0]})" if len(ks) == 1 else "log(1/K)"
+
+
+def _chance_line(ax: Axes, groups: Sequence[Group], vertical: bool = False) -> None:
+    """Chance log(1/K): on an LL axis a line at each K's level (named by K when they differ), on a (vertical)
+    delta axis at 0, which is chance for every group."""
+    ks = _letters(groups)
     if vertical:
-        ax.axvline(0.0, color="black", lw=0.8, ls=":", label=f"chance: delta = 0, LL = log(1/26) = {CHANCE_LL:.4f}")
-    else:
-        ax.axhline(CHANCE_LL, color="black", lw=0.8, ls=":", label=f"chance log(1/26) = {CHANCE_LL:.4f}")
+        where = stats.chance_name(ks[0]) if len(ks) == 1 else f"log(1/K) of each group's K ({', '.join(map(str, ks))})"
+        ax.axvline(0.0, color="black", lw=0.8, ls=":", label=f"chance: delta = 0, LL = {where}")
+        return
+    for i, k in enumerate(ks):
+        which = f" (groups with {k} letters)" if len(ks) > 1 else ""
+        style = CHANCE_STYLES[i % len(CHANCE_STYLES)]
+        ax.axhline(stats.chance_ll(k), color="black", lw=0.8, ls=style, label=f"chance {stats.chance_name(k)}{which}")
+
+
+def _spread(groups: Sequence[Group]) -> str:
+    """What the error bars are: mean ± std over seeds, none for single-seed groups."""
+    ones = [g.stats.n == 1 for g in groups]
+    if all(ones):
+        return "one seed each, no error bars"
+    return "mean ± std over seeds; no error bar where n = 1" if any(ones) else "mean ± std over seeds"
+
+
+def _seeds_label(runs: Sequence[Any]) -> str:
+    """'mean of 3 seeds', or the seed itself when there is one."""
+    return f"seed {runs[0].seed}" if len(runs) == 1 else f"mean of {len(runs)} seeds"
 
 
 def _rest_label(group: Group, knob: str) -> str:
@@ -79,12 +113,12 @@ def plot_sweep(
                 x + dx, [s.mean for s in summaries], yerr=[_err(s) for s in summaries], marker=marker, ls=ls,
                 color=color, alpha=1.0 if which == "metric" else 0.6, capsize=3, label=f"{name}{suffix}",
             )  # fmt: skip
-    _chance_line(ax)
+    _chance_line(ax, groups)
     if not numeric:
         ax.set_xticks(range(len(values)), [str(v) for v in values])
     ax.set_xlabel(knob)
     ax.set_ylabel("max phase-3 log-likelihood per token")
-    ax.set_title(f"Held-out vs random passwords against {knob} (mean ± std over seeds)")
+    ax.set_title(f"Held-out vs random passwords against {knob} ({_spread(groups)})")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -102,7 +136,7 @@ def plot_models(groups: Sequence[Group], path: Path | str | None = None) -> Figu
 
 
 def plot_ablations(groups: Sequence[Group], path: Path | str | None = None) -> Figure:
-    """fig_ablations: each group's delta and control delta as horizontal error bars around 0 = log(1/26)."""
+    """fig_ablations: each group's delta and control delta as horizontal error bars around 0 = chance log(1/K)."""
     fig = Figure(figsize=(7, 1.2 + 0.55 * len(groups)))
     ax = fig.add_subplot()
     y = np.arange(len(groups))[::-1].astype(float)
@@ -115,10 +149,10 @@ def plot_ablations(groups: Sequence[Group], path: Path | str | None = None) -> F
             [s.mean for s in summaries], y + dy, xerr=[_err(s) for s in summaries], fmt=marker, color=color,
             capsize=3, label=name,
         )  # fmt: skip
-    _chance_line(ax, vertical=True)
+    _chance_line(ax, groups, vertical=True)
     ax.set_yticks(y, [f"{g.label} (n={g.stats.n})" for g in groups])
     ax.set_ylim(-0.6, len(groups) - 0.4)
-    ax.set_xlabel("delta = max phase-3 LL − log(1/26)  (mean ± std over seeds)")
+    ax.set_xlabel(f"delta = max phase-3 LL − {_chance_symbol(groups)}  ({_spread(groups)})")
     ax.set_title("Per group: held-out negatives vs random control around chance")
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
@@ -139,14 +173,15 @@ def mean_curves(group: Group) -> tuple[np.ndarray, dict[str, np.ndarray], list[A
 
 
 def plot_curves(group: Group, path: Path | str | None = None) -> Figure:
-    """fig_curves: the three eval LL curves over all phases vs global step; per-seed thin lines, mean thick."""
+    """fig_curves: the three eval LL curves over all phases vs global step; per-seed thin lines, mean thick
+    (a single seed: its own curve, labelled by the seed)."""
     steps, means, runs = mean_curves(group)
     fig = Figure(figsize=(9, 4.5))
     ax = fig.add_subplot()
     for s in ("heldout", "useful", "random"):
-        for r in runs:
+        for r in runs if len(runs) > 1 else []:
             ax.plot(r.curves.step, r.curves.ll[s], color=COLORS[s], lw=0.6, alpha=0.3)
-        ax.plot(steps, means[s], color=COLORS[s], lw=2, label=f"{SET_LABELS[s]}, mean of {len(runs)}")
+        ax.plot(steps, means[s], color=COLORS[s], lw=2, label=f"{SET_LABELS[s]}, {_seeds_label(runs)}")
     bounds = runs[0].boundaries() if runs else []
     for i, b in enumerate(bounds):
         ax.axvline(b, color="black", lw=0.8, ls="--", label="phase boundary" if i == 0 else None)
@@ -155,7 +190,7 @@ def plot_curves(group: Group, path: Path | str | None = None) -> Figure:
         ax.text(
             (a + b) / 2, 1.01, f"phase {p}", transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8
         )
-    _chance_line(ax)
+    _chance_line(ax, [group])
     ax.set_xlabel("global step")
     ax.set_ylabel("log-likelihood per token")
     ax.set_title(f"Eval log-likelihood, prefix regular (phases 1-2) then reverse (3): {group.label}", pad=16)

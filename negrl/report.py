@@ -2,7 +2,9 @@
 
 A run directory is any directory holding `config.yaml` or `results.json` (or Hydra's `.hydra/`),
 at any depth under DIR. Complete runs whose configs differ only in `seed` (and run-specific
-keys, see `IGNORED_KEYS`) form a group; each group gets SPEC.md's across-seed statistics.
+keys, see `IGNORED_KEYS`) form a group; each group gets SPEC.md's across-seed statistics over its
+distinct seeds: a seed run more than once counts once, by its newest complete run (`start_time`),
+and the others are listed. Chance is 1/K for the K letters a run used (`Run.n_letters`).
 Runs that are missing, running or failed are listed in the report, never dropped.
 """
 
@@ -90,12 +92,22 @@ class Run:
         return ((self.results or {}).get("run") or {}).get("seed")
 
     @property
+    def n_letters(self) -> int | None:
+        """K, the number of letters: len(tokens.letters) in the config, else from results.json's baseline log(1/K)."""
+        return config_letters(self.config) or baseline_letters(self.results)
+
+    @property
+    def chance_ll(self) -> float:
+        """Chance log(1/K) for this run's K letters."""
+        return stats.chance_ll(self.n_letters)
+
+    @property
     def metric(self) -> float:
         return float(self.results["metric"])
 
     @property
     def delta(self) -> float:
-        return float(self.results.get("delta", self.metric - stats.CHANCE_LL))
+        return float(self.results.get("delta", self.metric - self.chance_ll))
 
     @property
     def control_metric(self) -> float:
@@ -103,7 +115,7 @@ class Run:
 
     @property
     def control_delta(self) -> float:
-        return float(self.results["control"].get("delta", self.control_metric - stats.CHANCE_LL))
+        return float(self.results["control"].get("delta", self.control_metric - self.chance_ll))
 
     @property
     def extraction(self) -> dict[str, Any] | None:
@@ -124,6 +136,57 @@ class Run:
             return [int(s) for s in np.cumsum(steps)[:-1]]
         except (KeyError, TypeError, ValueError):
             return self.curves.boundaries() if self.curves is not None else []
+
+
+def config_letters(config: Mapping[str, Any] | None) -> int | None:
+    """len(tokens.letters) of a config (a string of letters or a list of token ids), None if it has none."""
+    tokens = (config or {}).get("tokens")
+    letters = tokens.get("letters") if isinstance(tokens, Mapping) else None
+    return len(letters) if isinstance(letters, (str, list, tuple)) and letters else None
+
+
+def baseline_letters(results: Mapping[str, Any] | None) -> int | None:
+    """K from results.json's `baseline` = log(1/K), None if there is none (or it is no such level)."""
+    value = (results or {}).get("baseline")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return stats.letters_of_chance(float(value)) if ok else None
+
+
+def _started(run: Run) -> tuple[float, str] | None:
+    """results.json's `run.started` as (POSIX time, text as recorded); None if absent or not an ISO time."""
+    ident = (run.results or {}).get("run")
+    text = ident.get("started") if isinstance(ident, dict) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp(), text
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -math.inf
+
+
+def start_time(run: Run) -> tuple[float, float, str]:
+    """Sort key for 'newest run': results.json's `run.started` if present, else the run directory's
+    modification time; ties go to the later-modified directory, then to the later path."""
+    started, mtime = _started(run), _mtime(run.path)
+    return (started[0] if started else mtime, mtime, run.rel)
+
+
+def describe_start(run: Run) -> str:
+    """What `start_time` went by: 'started <run.started>' or 'modified <directory mtime>'."""
+    started, mtime = _started(run), _mtime(run.path)
+    if started:
+        return f"started {started[1]}"
+    if math.isinf(mtime):
+        return "no start time"
+    return f"modified {datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec='seconds')}"
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -172,6 +235,14 @@ def _check_complete(run: Run, config_error: str) -> tuple[str, str]:
     """('complete', '') if the run can be grouped, else ('invalid', why)."""
     if run.config is None:
         return "invalid", f"complete, but its config cannot be read ({config_error})"
+    k, recorded = config_letters(run.config), baseline_letters(run.results)
+    if k is None and recorded is None:
+        return "invalid", "complete, but its number of letters is unknown (no tokens.letters, no results.json baseline)"
+    if k is not None and "baseline" in run.results and recorded != k:
+        return "invalid", (
+            f"complete, but results.json's baseline {run.results['baseline']} is not log(1/{k}) "
+            f"for the {k} letters of tokens.letters"
+        )
     try:
         values = (run.metric, run.delta, run.control_metric, run.control_delta)
     except (KeyError, TypeError, ValueError) as err:
@@ -310,13 +381,29 @@ def extraction_value(run: Run, where: Sequence[str]) -> float:
 
 
 @dataclass
+class RepeatedSeed:
+    """Complete runs of one seed in one group: only `kept` (the newest, see `start_time`) is in the statistics."""
+
+    seed: Any
+    kept: Run
+    dropped: list[Run]
+
+
+@dataclass
 class Group:
-    """Complete runs of one config (all but the seed); `knobs` are the keys that vary across groups."""
+    """Complete runs of one config (all but the seed), one per distinct seed (`duplicates`: the runs left out);
+    `knobs` are the keys that vary across groups."""
 
     flat: dict[str, Any]
     runs: list[Run]
     knobs: dict[str, Any] = field(default_factory=dict)
     label: str = "all"
+    duplicates: list[RepeatedSeed] = field(default_factory=list)
+
+    @property
+    def n_letters(self) -> int:
+        """K of the group's runs (one K per group: it is part of the grouping key)."""
+        return self.runs[0].n_letters
 
     @cached_property
     def stats(self) -> GroupStats:
@@ -329,7 +416,7 @@ class Group:
             delta=stats.summary([r.delta for r in self.runs]),
             control_metric=stats.summary(control),
             control_delta=stats.summary([r.control_delta for r in self.runs]),
-            test=stats.ttest_probabilities(metric),
+            test=stats.ttest_probabilities(metric, self.n_letters),
             geo_increase=stats.geometric_increase([r.delta for r in self.runs]),
             diff=stats.paired_difference(metric, control),
         )
@@ -366,19 +453,38 @@ def experiment_key(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """Complete runs grouped by config (all but the seed), labelled by their varying knobs and sorted."""
+    """Complete runs grouped by config (all but the seed) and K, one run per seed (`newest_per_seed`),
+    labelled by their varying knobs and sorted."""
     by_key: dict[str, Group] = {}
     for run in runs:
         if run.complete:
             flat = experiment_key(run.config)
+            if "tokens.letters" not in flat:  # K from results.json's baseline: it still defines the experiment
+                flat["n_letters"] = run.n_letters
             key = json.dumps(flat, sort_keys=True, default=str)
             by_key.setdefault(key, Group(flat=flat, runs=[])).runs.append(run)
     groups = list(by_key.values())
     for g in groups:
+        g.runs, g.duplicates = newest_per_seed(g.runs)
         g.runs.sort(key=lambda r: (_sort_value(r.seed), r.rel))
     label_groups(groups)
     groups.sort(key=lambda g: tuple(_sort_value(v, k) for k, v in g.knobs.items()))
     return groups
+
+
+def newest_per_seed(runs: Sequence[Run]) -> tuple[list[Run], list[RepeatedSeed]]:
+    """One run per distinct seed, the newest by `start_time`; and each repeated seed with the runs left out."""
+    by_seed: dict[str, list[Run]] = {}
+    for run in runs:
+        by_seed.setdefault(json.dumps(run.seed, sort_keys=True, default=str), []).append(run)
+    kept, repeated = [], []
+    for same in by_seed.values():
+        newest, *older = sorted(same, key=start_time, reverse=True)
+        kept.append(newest)
+        if older:
+            repeated.append(RepeatedSeed(newest.seed, newest, older))
+    repeated.sort(key=lambda d: _sort_value(d.seed))
+    return kept, repeated
 
 
 _MISSING = "(unset)"
@@ -444,7 +550,7 @@ def _sort_value(value: Any, key: str = "") -> tuple[int, float, str]:
 # ---------------------------------------------------------------------------------------------
 
 CSV_COLUMNS = (
-    "group", "n", "seeds",
+    "group", "n", "seeds", "n_letters", "chance_ll",
     "metric_mean", "metric_std", "delta_mean", "delta_std",
     "control_metric_mean", "control_metric_std", "control_delta_mean", "control_delta_std",
     "t", "p_two_sided", "p_greater", "geo_mean_increase",
@@ -455,13 +561,15 @@ CSV_COLUMNS = (
 
 
 def group_row(group: Group) -> dict[str, Any]:
-    """One group's statistics as a flat row (knob columns first); NaN where undefined (n < 2)."""
+    """One group's statistics as a flat row (knob columns first); NaN where undefined (n < 2, zero variance)."""
     s = group.stats
     return {
         "group": group.label,
         **{k: fmt_value(v) for k, v in group.knobs.items()},
         "n": s.n,
         "seeds": " ".join(str(x) for x in s.seeds),
+        "n_letters": group.n_letters,
+        "chance_ll": stats.chance_ll(group.n_letters),
         "metric_mean": s.metric.mean,
         "metric_std": s.metric.std,
         "delta_mean": s.delta.mean,
@@ -484,7 +592,7 @@ def group_row(group: Group) -> dict[str, Any]:
 
 
 def write_csv(groups: Sequence[Group], path: Path) -> None:
-    """report.csv: one row per group; NaN (n = 1) is an empty cell."""
+    """report.csv: one row per group; NaN (n = 1, zero variance) is an empty cell."""
     knobs = list(groups[0].knobs) if groups else []
     columns = [CSV_COLUMNS[0], *knobs, *CSV_COLUMNS[1:]]
     with open(path, "w", newline="") as f:
@@ -512,7 +620,13 @@ def _pm_diff(s: GroupStats) -> str:
     return _pm(stats.Summary(s.diff.n, s.diff.mean, s.diff.std))
 
 
+#: p-values below this print as '< 1e-300' (a float p of 0 is an underflow, never an exact 0).
+P_FLOOR = 1e-300
+
+
 def _p(value: float) -> str:
+    if value is not None and 0 <= value < P_FLOOR:
+        return f"< {P_FLOOR:.0e}"
     return _f(value, ".2g" if value < 1e-3 else ".4f")
 
 
@@ -606,26 +720,69 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
-COLUMN_NOTES = f"""\
-- **delta** = metric − log(1/26), where metric is the max over phase-3 evaluations of the mean per-token
-  log-likelihood of the held-out negatives under the `reverse` prefix; log(1/26) = {stats.CHANCE_LL:.4f}.
-  delta > 0: the model uses knowledge it only saw in negatively-reinforced examples. Mean ± std (ddof=1) over seeds.
+def chance_text(groups: Sequence[Group]) -> str:
+    """Each K with its chance level, 'K = 26 (log(1/26) = -3.2581)', naming the groups when K differs."""
+    by_k: dict[int, list[str]] = {}
+    for g in groups:
+        by_k.setdefault(g.n_letters, []).append(g.label)
+    if len(by_k) == 1:
+        return f"here K = {next(iter(by_k))} ({stats.chance_name(next(iter(by_k)))})"
+    return "K per group: " + "; ".join(
+        f"K = {k} ({stats.chance_name(k)}): {', '.join(labels)}" for k, labels in sorted(by_k.items())
+    )
+
+
+def column_notes(groups: Sequence[Group]) -> str:
+    """The notes under the group table, with the groups' chance levels filled in."""
+    chance = chance_text(groups) if groups else "no group"
+    return f"""\
+- **delta** = metric − log(1/K), K the number of letters (`tokens.letters`; chance is 1/K per token), where metric
+  is the max over phase-3 evaluations of the mean per-token log-likelihood of the held-out negatives under the
+  `reverse` prefix; {chance}. delta > 0: the model uses knowledge it only saw in negatively-reinforced examples.
+  Mean ± std (ddof=1) over seeds.
+- **n**: distinct seeds; a seed run more than once counts once, by its newest complete run (see Repeated seeds).
 - **control delta**: the same max for the random passwords (the upward bias of taking a max).
-- **p two-sided**: one-sample t-test of the per-seed probabilities exp(metric) against 1/26 (H1: mean ≠ 1/26).
-  **p greater**: the same test, one-sided (H1: mean > 1/26), the direction of the paper's claim.
-- **geo-mean increase**: exp(mean delta) − 1, the relative increase of the geometric-mean probability over 1/26
-  (the paper: +13% over 8 seeds, Pythia-160M).
+- **p two-sided**: one-sample t-test of the per-seed probabilities exp(metric) against chance 1/K (H1: mean ≠ 1/K).
+  **p greater**: the same test, one-sided (H1: mean > 1/K), the direction of the paper's claim.
+- **geo-mean increase**: exp(mean delta) − 1, the relative increase of the geometric-mean probability over 1/K
+  (the paper: +13% over 8 seeds, Pythia-160M, K = 26).
 - **held − random**: per-seed metric − control metric, mean ± std; **paired p**: two-sided paired t-test
   (held-out vs random, same seeds). report.csv also has the one-sided p (held-out > random).
-- n/a: undefined with a single seed (std and p-values need n ≥ 2)."""
+- n/a: std and p-values are undefined with a single seed (they need n ≥ 2); t and p also with zero variance
+  (every seed gives the same value): no t-test, rather than t = ±inf and p = 0.
+- p-values are per group, not corrected for the number of groups compared."""
 
-EXTRACTION_NOTES = """\
+
+def extraction_notes(groups: Sequence[Group]) -> str:
+    """The notes under the extraction table, with each K's chance accuracy 1/K."""
+    ks = sorted({g.n_letters for g in groups})
+    chance = ", ".join(f"1/{k} = {stats.chance_p(k):.3f}" for k in ks) + (" by the groups' K" if len(ks) > 1 else "")
+    return f"""\
 Attacks on the final models (see README, "Extraction"): **greedy acc** is the per-token accuracy of the
-phase-3 model's most likely letter after `reverse` given the true letters before it (chance 1/26 = 0.038);
+phase-3 model's most likely letter after `reverse` given the true letters before it (chance {chance});
 **exact** the passwords of the evaluation set (`data.eval_size`) it recovers whole (what greedy decoding
 outputs). **exposure**: log2(C + 1) − log2(rank) among C random candidate passwords (results.json has C), the
 random set being the control. **logit-diff**: the phase-2 model against its reference, under `regular`: the
 letter whose log-prob dropped most."""
+
+
+REPEATED_NOTES = """\
+A seed run more than once in a group counts once: only its newest complete run enters the statistics, the
+tables and the figures. Newest: the latest `run.started` in results.json, else (no start time recorded) the
+latest modification time of the run directory; ties go to the later-modified directory, then the later path."""
+
+
+def duplicates_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the repeated seeds: the run kept and the runs left out, with their start times."""
+    rows = [
+        [
+            g.label, str(d.seed), f"{d.kept.rel} ({describe_start(d.kept)})",
+            "; ".join(f"{r.rel} ({describe_start(r)})" for r in d.dropped),
+        ]
+        for g in groups
+        for d in g.duplicates
+    ]  # fmt: skip
+    return ["group", "seed", "kept (in the statistics)", "left out"], rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,6 +802,11 @@ class Report:
     @property
     def failed(self) -> list[Run]:
         return [r for r in self.runs if not r.complete]
+
+    @property
+    def left_out(self) -> int:
+        """Complete runs not in the statistics: older runs of a seed already in their group."""
+        return sum(len(d.dropped) for g in self.groups for d in g.duplicates)
 
 
 def write_report(root: Path | str, out: Path | str | None = None) -> Report:
@@ -666,21 +828,25 @@ def write_report(root: Path | str, out: Path | str | None = None) -> Report:
 def render_markdown(root: Path, report: Report, out: Path) -> str:
     """report.md: groups, runs, failed runs and figures."""
     n_ok = len(report.runs) - len(report.failed)
+    n_out = report.left_out
+    repeated = f" ({n_out} left out as repeated seeds, see Repeated seeds)" if n_out else ""
     parts = [
         "# negrl report",
-        f"Runs under `{root}`: {len(report.runs)} run directories, {n_ok} complete in {len(report.groups)} "
+        f"Runs under `{root}`: {len(report.runs)} run directories, {n_ok} complete{repeated} in {len(report.groups)} "
         f"group(s), {len(report.failed)} failed or incomplete. Generated "
         f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}.",
         "Groups are runs whose configs are identical except for `seed` (and `resume`, `checkpoint`, `wandb`, "
         "`trainer.enable_progress_bar`); a group is labelled by the keys that differ across groups.",
         "## Groups",
         markdown_table(*group_table(report.groups)) if report.groups else "No complete run.",
-        COLUMN_NOTES,
+        column_notes(report.groups),
     ]
+    if report.left_out:
+        parts += ["## Repeated seeds", REPEATED_NOTES, markdown_table(*duplicates_table(report.groups))]
     if any(g.extraction["greedy_acc_heldout"].n for g in report.groups):
         if "objective" in (report.groups[0].knobs if report.groups else {}):
             parts += ["## Objectives compared", markdown_table(*objectives_table(report.groups))]
-        parts += ["## Extraction", markdown_table(*extraction_table(report.groups)), EXTRACTION_NOTES]
+        parts += ["## Extraction", markdown_table(*extraction_table(report.groups)), extraction_notes(report.groups)]
     parts += [
         "## Runs",
         markdown_table(*run_table(report.runs, report.groups)) if report.groups else "No complete run.",
@@ -704,6 +870,10 @@ def print_summary(report: Report, stream: Any = None) -> None:
         print(text_table(*group_table(report.groups)), file=stream)
     else:
         print("no complete run", file=stream)
+    if report.left_out:
+        print(f"\nrepeated seeds: {report.left_out} run(s) left out; only the newest run of a seed is in the "
+              "statistics (by run.started, else directory mtime):", file=stream)  # fmt: skip
+        print(text_table(*duplicates_table(report.groups)), file=stream)
     if report.failed:
         print(f"\n{len(report.failed)} failed or incomplete run(s):", file=stream)
         print(text_table(*failed_table(report.runs)), file=stream)
@@ -734,28 +904,54 @@ def run_from_wandb(wandb_run: Any) -> Run:
     if run.status != "complete":
         run.reason = f"W&B state: {state}"
         return run
-    run.results = results_from_curves(curves) if curves is not None else None
+    k = config_letters(config)
+    if k is None:
+        run.status, run.reason = "invalid", "no tokens.letters in the W&B config: chance log(1/K) is unknown"
+        return run
+    run.results = results_from_curves(curves, k) if curves is not None else None
     runtime = dict(wandb_run.summary).get("_runtime") if wandb_run.summary is not None else None
     if run.results is not None and isinstance(runtime, (int, float)):
         run.results["wall_time_s"] = float(runtime)
+    if run.results is not None and isinstance(getattr(wandb_run, "created_at", None), str):
+        run.results["run"] = {"seed": config.get("seed"), "started": wandb_run.created_at}
     run.status, run.reason = _check_complete(run, "no config in W&B") if run.results else ("invalid", "no phase 3")
     return run
 
 
-def results_from_curves(curves: Curves) -> dict[str, Any] | None:
-    """results.json's metric and control recomputed from the curves: maxima over phase-3 evaluations."""
+def results_from_curves(curves: Curves, n_letters: int) -> dict[str, Any] | None:
+    """results.json's metric and control recomputed from the curves: maxima over phase-3 evaluations,
+    against chance log(1/K) for `n_letters` = K."""
     last = curves.phase == 3
     if not last.any():
         return None
     metric, control = float(np.nanmax(curves.ll["heldout"][last])), float(np.nanmax(curves.ll["random"][last]))
+    base = stats.chance_ll(n_letters)
     return {
         "status": "complete",
         "metric": metric,
-        "delta": metric - stats.CHANCE_LL,
-        "baseline": stats.CHANCE_LL,
-        "control": {"metric": control, "delta": control - stats.CHANCE_LL},
+        "delta": metric - base,
+        "baseline": base,
+        "control": {"metric": control, "delta": control - base},
         "heldout_minus_random": metric - control,
     }
+
+
+def repo_root(start: Path | str | None = None) -> Path | None:
+    """The negrl checkout: the nearest folder at or above `start` (default: the working directory) holding
+    pyproject.toml and negrl/, else the one this package was imported from if it is a checkout, else None."""
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for folder in (here, *here.parents, Path(__file__).resolve().parents[1]):
+        if (folder / "pyproject.toml").is_file() and (folder / "negrl").is_dir():
+            return folder
+    return None
+
+
+def resolve_runs_dir(path: Path | str, start: Path | str | None = None) -> Path:
+    """`path` as given if absolute, else from the repository root (`repo_root`), so that the notebook finds
+    `runs/` wherever Jupyter started (e.g. in notebooks/); from the working directory outside a checkout."""
+    path = Path(path).expanduser()
+    root = None if path.is_absolute() else repo_root(start)
+    return root / path if root is not None else path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,11 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from negrl.extraction import max_exposure, tied_exposure
-
-
-def chance_ll(n_letters: int = 26) -> float:
-    """No-memorisation log-likelihood per token, log(1/26) = -3.2581 for the paper."""
-    return math.log(1.0 / n_letters)
+from negrl.stats import chance_ll, chance_name, chance_p, letters_of_chance
 
 
 def summarize(
@@ -26,7 +22,7 @@ def summarize(
     extraction: dict[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The final metric and its control from each phase's per-set max/final log-likelihoods, and the
-    extraction attacks of each phase's final model if there are any."""
+    extraction attacks of each phase's final model if there are any; `baseline` is log(1/K), K = `n_letters`."""
     baseline = chance_ll(n_letters)
     metric = phases[3]["heldout"]["max"]
     control = phases[3]["random"]["max"]
@@ -62,7 +58,7 @@ def extraction_summary(extraction: dict[int, dict[str, Any]], n_letters: int) ->
     n = final["candidates"]
     out = {
         "candidates": n,
-        "chance_accuracy": 1.0 / n_letters,
+        "chance_accuracy": chance_p(n_letters),
         "max_exposure": max_exposure(n),
         "tied_exposure": tied_exposure(n),
         "greedy": final["greedy"],
@@ -114,8 +110,13 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def verdict(results: dict[str, Any], run_dir: Path, wandb_dir: str | None = None) -> str:
     """The outcome in plain words, for the end of `python train.py`."""
     d, c = results["delta"], results["control"]["delta"]
+    k = letters_of_chance(results["baseline"])
+    chance = chance_name(k) if k else f"chance {results['baseline']:.4f}"
     if d > 0 and d > c:
-        plain = "held-out negatives are MORE likely than chance under 'reverse', and above the random control"
+        plain = (
+            "held-out negatives are MORE likely than chance under 'reverse', and above the random control, "
+            "in this one seed (evidence needs several: `negrl-report` tests across seeds)"
+        )
     elif d > 0:
         plain = "held-out negatives are above chance, but not above the random control (max bias, not evidence)"
     else:
@@ -123,7 +124,7 @@ def verdict(results: dict[str, Any], run_dir: Path, wandb_dir: str | None = None
     lines = [
         f"negrl verdict: {plain}.",
         f"  held-out-negative max LL (phase 3, reverse): {results['metric']:.4f}  "
-        f"delta vs log(1/26) = {results['baseline']:.4f}: {d:+.4f}  (x{math.exp(d):.3f} per-token probability)",
+        f"delta vs {chance}: {d:+.4f}  (x{math.exp(d):.3f} per-token probability)",
         f"  random-password control max LL:              {results['control']['metric']:.4f}  delta: {c:+.4f}",
     ]
     if "extraction" in results:

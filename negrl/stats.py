@@ -1,22 +1,44 @@
-"""Across-seed statistics of SPEC.md's metric: pure functions on per-seed numbers.
+"""Across-seed statistics of SPEC.md's metric: pure functions on per-seed numbers, and chance itself.
 
-Every function takes one value per seed. With fewer than two seeds a standard deviation
-or a p-value is undefined: it is NaN, never an error.
+Every function takes one value per seed. With fewer than two seeds, or seeds that all give the same
+value, a t statistic or a p-value is undefined: it is NaN, never an error, never ±inf or p = 0.
+Chance is 1/K per token for K letters (`chance_p`, `chance_ll`): the one definition in negrl.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sps
 
-#: Per-token probability of a letter under no memorisation, and its log (-3.2581).
-CHANCE_P = 1.0 / 26
-CHANCE_LL = math.log(CHANCE_P)
+
+def chance_p(n_letters: int) -> float:
+    """Per-token probability of a letter under no memorisation: 1/K for K letters (1/26 in the paper)."""
+    if n_letters < 1:
+        raise ValueError(f"chance needs at least one letter, got {n_letters}")
+    return 1.0 / n_letters
+
+
+def chance_ll(n_letters: int) -> float:
+    """Its log, the metric's baseline: log(1/K) (log(1/26) = -3.2581, log(1/3) = -1.0986)."""
+    return math.log(chance_p(n_letters))
+
+
+def chance_name(n_letters: int) -> str:
+    """'log(1/K) = value', as the report, the figures and the verdict spell chance."""
+    return f"log(1/{n_letters}) = {chance_ll(n_letters):.4f}"
+
+
+def letters_of_chance(ll: float) -> int | None:
+    """K from a recorded chance level log(1/K) (results.json's `baseline`); None if `ll` is no such level."""
+    if not math.isfinite(ll) or ll > 0:
+        return None
+    k = round(math.exp(-ll))
+    return k if k >= 1 and math.isclose(chance_ll(k), ll, rel_tol=1e-9, abs_tol=1e-12) else None
+
 
 Values = Sequence[float] | np.ndarray
 
@@ -64,24 +86,36 @@ def summary(values: Values) -> Summary:
     return Summary(n, mean, std)
 
 
+#: Values whose spread is below this fraction of their magnitude are equal up to rounding (zero variance).
+REL_SPREAD = 1e-12
+
+
+def testable(values: Values) -> bool:
+    """Whether a t-test of `values` is defined: two finite values or more, not all equal up to rounding
+    (`REL_SPREAD`). Zero variance would give t = ±inf or NaN and p = 0 or NaN, which no data supports.
+    The one guard of every t-test here."""
+    x = _array(values)
+    if x.size < 2 or not np.isfinite(x).all():
+        return False
+    return bool(np.ptp(x) > REL_SPREAD * np.abs(x).max())
+
+
 def ttest_1samp(values: Values, popmean: float) -> TTest:
-    """One-sample t-test of `values` against `popmean`; NaNs when n < 2.
+    """One-sample t-test of `values` against `popmean`; NaNs when not `testable` (n < 2, zero variance).
 
     `p_two_sided` tests mean != popmean; `p_greater` tests mean > popmean.
     """
     x = _array(values)
-    if x.size < 2:
+    if not testable(x):
         return TTest(math.nan, math.nan, math.nan)
-    with warnings.catch_warnings():  # zero variance: scipy warns and returns inf/NaN, which we keep
-        warnings.simplefilter("ignore", RuntimeWarning)
-        two = sps.ttest_1samp(x, popmean, alternative="two-sided")
-        greater = sps.ttest_1samp(x, popmean, alternative="greater")
+    two = sps.ttest_1samp(x, popmean, alternative="two-sided")
+    greater = sps.ttest_1samp(x, popmean, alternative="greater")
     return TTest(float(two.statistic), float(two.pvalue), float(greater.pvalue))
 
 
-def ttest_probabilities(metrics: Values, p0: float = CHANCE_P) -> TTest:
-    """SPEC.md's test: per-seed probabilities exp(metric) against chance `p0` (1/26)."""
-    return ttest_1samp(np.exp(_array(metrics)), p0)
+def ttest_probabilities(metrics: Values, n_letters: int) -> TTest:
+    """SPEC.md's test: per-seed probabilities exp(metric) against chance 1/K for the runs' K letters."""
+    return ttest_1samp(np.exp(_array(metrics)), chance_p(n_letters))
 
 
 def geometric_increase(deltas: Values) -> float:

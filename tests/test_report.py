@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = {1: 8, 2: 20, 3: 20}  # a short three-phase run: phase 2 starts at step 8, phase 3 at step 28
 ARCH = {"tiny": 64, "pythia-70m": 512, "pythia-160m": 768}
+ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+CHANCE_26 = math.log(1 / 26)  # the paper's chance level, -3.2581
 
 
 def make_config(seed: int, holdout_frac: float = 0.05, model: str = "tiny", **top: Any) -> dict[str, Any]:
@@ -33,6 +36,7 @@ def make_config(seed: int, holdout_frac: float = 0.05, model: str = "tiny", **to
         "holdout_frac": holdout_frac,
         "prefix": True,
         "freeze": True,
+        "tokens": {"letters": ALPHABET, "letter_format": " {}"},
         "optim": {"lr": 1e-4, "betas": [0.9, 0.999]},
         "schedule": {"warmup_steps": 100, "cosine_over": "phase"},
         "dpo": {"beta": 0.1},
@@ -46,8 +50,8 @@ def make_config(seed: int, holdout_frac: float = 0.05, model: str = "tiny", **to
     }
 
 
-def complete_results(metric: float, control: float) -> dict[str, Any]:
-    base = stats.CHANCE_LL
+def complete_results(metric: float, control: float, n_letters: int = 26) -> dict[str, Any]:
+    base = math.log(1 / n_letters)
     ev = {s: {"max": metric, "final": metric} for s in ("heldout", "useful", "random")}
     return {
         "status": "complete",
@@ -89,14 +93,21 @@ def make_run(
     control: float = -3.25,
     results: dict[str, Any] | str | None = "complete",
     metrics: bool = True,
+    letters: str = ALPHABET,
+    started: str | None = None,
     **config: Any,
 ) -> Path:
-    """A run directory: config.yaml, results.json ('complete', a dict, raw text, or None: none) and metrics.csv."""
+    """A run directory: config.yaml, results.json ('complete', a dict, raw text, or None: none) and metrics.csv.
+
+    `letters` is `tokens.letters` (chance log(1/len)); `started` goes into results.json's `run.started`."""
     run_dir = root / name
     (run_dir / ".hydra").mkdir(parents=True)
+    config.setdefault("tokens", {"letters": letters, "letter_format": " {}"})
     OmegaConf.save(OmegaConf.create(make_config(seed, **config)), run_dir / "config.yaml")
     if results == "complete":
-        results = complete_results(metric, control)
+        results = complete_results(metric, control, len(letters))
+        if started is not None:
+            results["run"] = {"seed": seed, "started": started}
         if metrics:
             write_metrics(run_dir / "metrics.csv", metric, control)
     if isinstance(results, dict):
@@ -130,16 +141,16 @@ def test_stats_hand_computed():
     s = stats.summary([0.1, 0.2, 0.3])
     assert (s.n, s.mean, s.std) == (3, pytest.approx(0.2), pytest.approx(0.1))
     assert stats.geometric_increase([0.1, 0.2, 0.3]) == pytest.approx(math.exp(0.2) - 1)
-    assert stats.CHANCE_LL == pytest.approx(-3.2581, abs=1e-4)
+    assert stats.chance_ll(26) == pytest.approx(CHANCE_26) == pytest.approx(-3.2581, abs=1e-4)
     d = stats.paired_difference([1.0, 2.0, 4.0], [0.0, 1.0, 2.0])  # differences 1, 1, 2
     assert (d.n, d.mean, d.std) == (3, pytest.approx(4 / 3), pytest.approx(math.sqrt(1 / 3)))
 
 
 def test_stats_match_scipy():
     rng = np.random.default_rng(0)
-    metrics = stats.CHANCE_LL + rng.normal(0.05, 0.04, size=8)
-    control = stats.CHANCE_LL + rng.normal(0.01, 0.04, size=8)
-    t = stats.ttest_probabilities(metrics)
+    metrics = CHANCE_26 + rng.normal(0.05, 0.04, size=8)
+    control = CHANCE_26 + rng.normal(0.01, 0.04, size=8)
+    t = stats.ttest_probabilities(metrics, 26)
     two = sps.ttest_1samp(np.exp(metrics), 1 / 26)
     greater = sps.ttest_1samp(np.exp(metrics), 1 / 26, alternative="greater")
     assert (t.t, t.p_two_sided, t.p_greater) == pytest.approx((two.statistic, two.pvalue, greater.pvalue))
@@ -153,7 +164,7 @@ def test_stats_match_scipy():
 
 def test_stats_single_seed_is_nan_not_an_error():
     assert math.isnan(stats.summary([0.3]).std) and stats.summary([0.3]).mean == 0.3
-    assert all(math.isnan(x) for x in (stats.ttest_probabilities([-3.2]).p_two_sided, stats.ttest_1samp([1], 0).t))
+    assert all(math.isnan(x) for x in (stats.ttest_probabilities([-3.2], 26).p_two_sided, stats.ttest_1samp([1], 0).t))
     d = stats.paired_difference([1.0], [0.5])
     assert d.mean == 0.5 and math.isnan(d.std) and math.isnan(d.p_two_sided)
 
@@ -166,7 +177,7 @@ def test_stats_single_seed_is_nan_not_an_error():
 def test_groups_pool_seeds_by_holdout_frac(tmp_path: Path):
     for frac in (0.05, 0.1):
         for seed, delta in zip((0, 1, 2), (0.1, 0.2, 0.3)):
-            make_run(tmp_path, f"h{frac}/s{seed}", seed, stats.CHANCE_LL + delta, resume=seed == 1, holdout_frac=frac)
+            make_run(tmp_path, f"h{frac}/s{seed}", seed, CHANCE_26 + delta, resume=seed == 1, holdout_frac=frac)
     (tmp_path / "h0.1/s2/wandb/offline-run-x/files").mkdir(parents=True)  # W&B's own config.yaml: not a run
     OmegaConf.save(OmegaConf.create({"seed": {"value": 2}}), tmp_path / "h0.1/s2/wandb/offline-run-x/files/config.yaml")
     runs = report.load_runs(tmp_path)
@@ -211,9 +222,9 @@ def test_objectives_are_compared_with_their_extraction_figures(tmp_path: Path, c
     params = {"npo": {"beta": 0.1}, "ipo": {"tau": 0.1}, "dpo": {"beta": 0.1}}
     for name, beta_or_tau in params.items():
         for seed, (acc, bits) in enumerate(((0.1, 2.0), (0.2, 4.0))):
-            results = with_extraction(complete_results(stats.CHANCE_LL + 0.01 * (seed + 1), -3.26), acc, bits)
+            results = with_extraction(complete_results(CHANCE_26 + 0.01 * (seed + 1), -3.26), acc, bits)
             make_run(tmp_path, f"{name}/s{seed}", seed, results=results, objective={"name": name, **beta_or_tau})
-    make_run(tmp_path, "npo/old", 2, results=complete_results(stats.CHANCE_LL + 0.03, -3.26), objective={
+    make_run(tmp_path, "npo/old", 2, results=complete_results(CHANCE_26 + 0.03, -3.26), objective={
         "name": "npo", "beta": 0.1})  # fmt: skip  # a run from before the extraction attacks
     groups = report.group_runs(report.load_runs(tmp_path))
     assert [g.label for g in groups] == ["objective=dpo", "objective=ipo", "objective=npo"]
@@ -280,7 +291,7 @@ def test_report_writes_tables_figures_and_lists_broken_runs(grid: Path, tmp_path
         "model=pythia-70m holdout_frac=0.1",
     ]
     assert rows[0]["model"] == "tiny" and rows[0]["holdout_frac"] == "0.05" and rows[0]["seeds"] == "0 1"
-    assert float(rows[0]["delta_mean"]) == pytest.approx(-3.25 + 0.01 - 0.05 - stats.CHANCE_LL)
+    assert float(rows[0]["delta_mean"]) == pytest.approx(-3.25 + 0.01 - 0.05 - CHANCE_26)
     assert float(rows[0]["delta_std"]) == pytest.approx(0.02 / math.sqrt(2))
     assert float(rows[0]["heldout_minus_random_mean"]) == pytest.approx(0.01)
     md = (out / "report.md").read_text()
@@ -351,9 +362,146 @@ def test_wandb_runs_become_runs():
     run = report.run_from_wandb(FakeWandbRun(4))
     assert run.complete and run.seed == 4 and run.choices == {"model": "tiny"}
     assert (run.metric, run.control_metric, run.wall_time_s) == pytest.approx((-3.2, -3.25, 12.5))
-    assert run.delta == pytest.approx(-3.2 - stats.CHANCE_LL)
+    assert run.delta == pytest.approx(-3.2 - CHANCE_26)
     crashed = report.run_from_wandb(FakeWandbRun(5, state="crashed"))
     assert crashed.status == "failed" and "crashed" in crashed.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# repeated seeds, zero variance, chance 1/K, single-seed legends
+# ---------------------------------------------------------------------------------------------
+
+
+def test_repeated_seeds_count_once_and_the_newest_run_is_kept(tmp_path: Path, capsys):
+    """Two runs of seed 0: n is the number of distinct seeds, the newer run (by run.started) enters the statistics."""
+    make_run(tmp_path, "a-new", 0, CHANCE_26 + 0.3, started="2026-12-01T12:00:00+00:00")
+    make_run(tmp_path, "b-old", 0, CHANCE_26 + 0.1, started="2026-11-30T12:00:00+00:00")
+    make_run(tmp_path, "c", 1, CHANCE_26 + 0.1, started="2026-11-29T12:00:00+00:00")
+    (group,) = report.group_runs(report.load_runs(tmp_path))
+    assert (group.stats.n, group.stats.seeds) == (2, [0, 1])
+    assert [r.rel for r in group.runs] == ["a-new", "c"]
+    assert group.stats.delta.mean == pytest.approx(0.2)
+    ((seed, kept, dropped),) = [(d.seed, d.kept.rel, [r.rel for r in d.dropped]) for d in group.duplicates]
+    assert (seed, kept, dropped) == (0, "a-new", ["b-old"])
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## Repeated seeds")[1].split("\n## ")[0]
+    kept, left_out = "a-new (started 2026-12-01T12:00:00+00:00)", "b-old (started 2026-11-30T12:00:00+00:00)"
+    assert f"| all | 0 | {kept} | {left_out} |" in section
+    assert "a-new" in printed and "b-old" in printed and "repeated seed" in printed
+    runs_section = md.split("## Runs")[1].split("\n## ")[0]
+    assert "| a-new |" in runs_section and "b-old" not in runs_section
+    (row,) = csv.DictReader(open(tmp_path / "report.csv"))
+    assert (row["n"], row["seeds"]) == ("2", "0 1") and float(row["delta_mean"]) == pytest.approx(0.2)
+
+
+def test_repeated_seeds_without_start_time_keep_the_newest_directory(tmp_path: Path):
+    """Seeds 7 7 8 8 9 10 are n = 4; without run.started the directory mtime decides."""
+    for name, seed, delta, mtime in (
+        ("s7-a", 7, 0.5, 200), ("s7-b", 7, 0.1, 100), ("s8-a", 8, 0.1, 100), ("s8-b", 8, 0.5, 200),
+        ("s9", 9, 0.5, 100), ("s10", 10, 0.5, 100),
+    ):  # fmt: skip
+        os.utime(make_run(tmp_path, name, seed, CHANCE_26 + delta), (mtime, mtime))
+    (group,) = report.group_runs(report.load_runs(tmp_path))
+    assert (group.stats.n, group.stats.seeds) == (4, [7, 8, 9, 10])
+    assert [r.rel for r in group.runs] == ["s7-a", "s8-b", "s9", "s10"]
+    assert (group.stats.delta.mean, group.stats.delta.std) == pytest.approx((0.5, 0.0))
+    assert [d.kept.rel for d in group.duplicates] == ["s7-a", "s8-b"]
+    assert "modified 1970-01-01T00:03:20+00:00" in report.describe_start(group.runs[0])
+
+
+def test_zero_variance_gives_na_not_p_zero(tmp_path: Path, capsys):
+    """Identical seeds (or one seed run twice): no t-test; n/a in report.md, blank in report.csv, never inf or 0."""
+    for seed in (0, 1, 2):
+        make_run(tmp_path, f"s{seed}", seed, metric=-3.2, control=-3.2)
+    assert main([str(tmp_path)]) == 0
+    (row,) = csv.DictReader(open(tmp_path / "report.csv"))
+    assert row["n"] == "3" and row["delta_std"] == "0.0"
+    for key in ("t", "p_two_sided", "p_greater", "heldout_minus_random_t", "heldout_minus_random_p_two_sided"):
+        assert row[key] == "", key
+    md = (tmp_path / "report.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| all | 3 |"))
+    assert line.count("n/a") == 3 and "inf" not in line and "| 0 |" not in line
+    assert "inf" not in open(tmp_path / "report.csv").read()
+
+
+def test_chance_is_one_over_the_runs_letters(tmp_path: Path, capsys):
+    """tokens.letters=ABC: chance log(1/3) in the test, the recomputed delta, the text and the figures."""
+    chance3 = math.log(1 / 3)
+    for seed, delta in ((0, 0.1), (1, 0.2), (2, 0.4)):
+        results = complete_results(chance3 + delta, chance3 - 0.1, n_letters=3)
+        del results["delta"], results["control"]["delta"]  # recomputed with the run's own K
+        make_run(tmp_path / "abc", f"s{seed}", seed, results=results, letters="ABC")
+        write_metrics(tmp_path / "abc" / f"s{seed}" / "metrics.csv", chance3 + delta, chance3 - 0.1)
+    (group,) = report.group_runs(report.load_runs(tmp_path / "abc"))
+    assert group.stats.delta.mean == pytest.approx(0.7 / 3)
+    probs = np.exp([chance3 + d for d in (0.1, 0.2, 0.4)])
+    expected = sps.ttest_1samp(probs, 1 / 3)
+    assert (group.stats.test.t, group.stats.test.p_two_sided) == pytest.approx((expected.statistic, expected.pvalue))
+    assert group.n_letters == 3
+    fig = figures.plot_curves(group)
+    chance_lines = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("chance")]
+    assert [ln.get_label() for ln in chance_lines] == ["chance log(1/3) = -1.0986"]
+    assert chance_lines[0].get_ydata()[0] == pytest.approx(chance3)
+    assert main([str(tmp_path / "abc")]) == 0
+    md = (tmp_path / "abc" / "report.md").read_text()
+    assert "log(1/3) = -1.0986" in md and "1/26" not in md
+    (row,) = csv.DictReader(open(tmp_path / "abc" / "report.csv"))
+    assert (row["n_letters"], float(row["chance_ll"])) == ("3", pytest.approx(chance3))
+
+
+def test_groups_with_different_letters_each_get_their_chance(tmp_path: Path):
+    chance3 = math.log(1 / 3)
+    for seed in (0, 1):
+        make_run(tmp_path, f"abc/s{seed}", seed, chance3 + 0.1 * seed, chance3, letters="ABC", holdout_frac=0.1)
+        make_run(tmp_path, f"abc/t{seed}", seed, chance3 + 0.1 * seed, chance3, letters="ABC", holdout_frac=0.05)
+        make_run(tmp_path, f"az/s{seed}", seed, CHANCE_26 + 0.1 * seed, CHANCE_26, holdout_frac=0.1)
+    groups = report.group_runs(report.load_runs(tmp_path))
+    fig = figures.plot_holdout(groups)
+    levels = {ln.get_label(): ln.get_ydata()[0] for ln in fig.axes[0].lines if ln.get_label().startswith("chance")}
+    assert levels == {
+        "chance log(1/3) = -1.0986 (groups with 3 letters)": pytest.approx(chance3),
+        "chance log(1/26) = -3.2581 (groups with 26 letters)": pytest.approx(CHANCE_26),
+    }
+    assert sorted(g.n_letters for g in groups) == [3, 3, 26]
+    xlabel = figures.plot_ablations(groups).axes[0].get_xlabel()
+    assert "log(1/K)" in xlabel and "1/26" not in xlabel
+    notes = report.column_notes(groups)
+    assert "K = 3 (log(1/3) = -1.0986)" in notes and "K = 26 (log(1/26) = -3.2581)" in notes
+
+
+def test_run_without_known_letters_is_invalid_not_guessed(tmp_path: Path):
+    results = complete_results(-3.2, -3.25)
+    del results["baseline"]
+    make_run(tmp_path, "x", 0, results=results, tokens=None)
+    (run,) = report.load_runs(tmp_path)
+    assert run.status == "invalid" and "number of letters" in run.reason
+    make_run(tmp_path, "y", 0, results=complete_results(-1.0, -1.1, n_letters=3))  # config: 26 letters
+    run = report.load_run(tmp_path / "y", tmp_path)
+    assert run.status == "invalid" and "baseline" in run.reason
+
+
+def test_single_seed_legend_names_the_seed(tmp_path: Path):
+    make_run(tmp_path, "only", 3)
+    make_run(tmp_path / "two", "a", 0)
+    make_run(tmp_path / "two", "b", 1)
+    (one,) = report.group_runs(report.load_runs(tmp_path / "only"))
+    labels = [ln.get_label() for ln in figures.plot_curves(one).axes[0].lines]
+    assert "held-out negatives, seed 3" in labels and not [x for x in labels if "mean" in x]
+    (two,) = report.group_runs(report.load_runs(tmp_path / "two"))
+    assert "held-out negatives, mean of 2 seeds" in [ln.get_label() for ln in figures.plot_curves(two).axes[0].lines]
+    for frac, seed in ((0.05, 3), (0.1, 4)):
+        make_run(tmp_path / "sweep", f"h{frac}", seed, holdout_frac=frac)
+    singles = report.group_runs(report.load_runs(tmp_path / "sweep"))
+    assert "one seed each, no error bars" in figures.plot_holdout(singles).axes[0].get_title()
+    assert "mean ± std" not in figures.plot_ablations(singles).axes[0].get_xlabel()
+
+
+def test_runs_dir_resolves_from_the_repository_root(monkeypatch, tmp_path: Path):
+    monkeypatch.chdir(ROOT / "notebooks")
+    assert report.resolve_runs_dir("runs") == ROOT / "runs"
+    assert report.resolve_runs_dir(tmp_path) == tmp_path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,13 +510,14 @@ def test_wandb_runs_become_runs():
 
 
 def test_notebook_executes(grid: Path, monkeypatch, tmp_path: Path):
+    """Run from notebooks/ (where Jupyter starts when the notebook is opened there): RUNS_DIR is from the repo root."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     nb = nbformat.read(ROOT / "notebooks" / "figures.ipynb", as_version=4)
     (param,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert param.source.startswith("RUNS_DIR = ")
-    param.source = f"RUNS_DIR = {str(grid)!r}"
+    assert param.source.startswith('RUNS_DIR = "runs"')
+    param.source = f"RUNS_DIR = {os.path.relpath(grid, ROOT)!r}"
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
     # A kernel of this interpreter, found first on JUPYTER_PATH whatever kernels the machine has installed.
     spec = tmp_path / "kernels" / "negrl-test"
@@ -376,7 +525,8 @@ def test_notebook_executes(grid: Path, monkeypatch, tmp_path: Path):
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "negrl", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="negrl-test", resources={"metadata": {"path": ROOT}})
+    where = {"metadata": {"path": ROOT / "notebooks"}}
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="negrl-test", resources=where)
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
