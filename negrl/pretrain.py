@@ -16,16 +16,26 @@ Half the sequences are of each kind, drawn from `--seed` (independent of any run
 training is next-token prediction with negrl's own log-probs, AdamW and warm-up/cosine schedule.
 The output is a `save_pretrained()` directory plus `pretraining.json` (the settings, the loss
 curve, and held-out accuracy on each kind).
+
+Bad arguments (a number out of its range, an `--out` that exists or cannot be created) exit
+with code 2 and one line on stderr before any work; a non-finite loss stops training with
+code 1. Either way nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
+import os
+import shutil
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -34,7 +44,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from negrl.backbone import PythiaBackbone
 from negrl.cli import CONF_DIR
-from negrl.errors import NegrlError
+from negrl.errors import NegrlError, RunFailed
 from negrl.objectives import ntp_loss
 from negrl.phases import OptimSettings
 from negrl.schedule import warmup_cosine
@@ -42,6 +52,66 @@ from negrl.vocab import ALPHABET
 
 BLOCK = 16  # letters per string: a password's length
 BLOCKS = 4  # strings per sequence
+SEED_MAX = 2**32 - 1  # numpy and torch seeds are unsigned 32-bit
+
+
+@dataclass(frozen=True)
+class Integer:
+    """An integer argument in [low, high] (no upper bound: None); `why` says where the bounds come from."""
+
+    default: int
+    low: int
+    high: int | None = None
+    why: str = ""
+
+    def describe(self) -> str:
+        span = f"of at least {self.low}" if self.high is None else f"from {self.low} to {self.high}"
+        return f"an integer {span}{self.why}"
+
+    def parse(self, flag: str, text: str) -> int:
+        """The value of `flag=text`, or a NegrlError naming it and the range."""
+        try:
+            value = int(text)
+        except ValueError:
+            raise NegrlError(f"{flag}={text} is not an integer; give {self.describe()}") from None
+        if value < self.low:
+            raise NegrlError(f"{flag}={text} must be at least {self.low}; give {self.describe()}")
+        if self.high is not None and value > self.high:
+            raise NegrlError(f"{flag}={text} must be at most {self.high}; give {self.describe()}")
+        return value
+
+
+@dataclass(frozen=True)
+class PositiveFloat:
+    """A finite number > 0."""
+
+    default: float
+
+    def describe(self) -> str:
+        return "a finite number > 0"
+
+    def parse(self, flag: str, text: str) -> float:
+        """The value of `flag=text`, or a NegrlError naming it."""
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise NegrlError(f"{flag}={text} must be a finite positive number, e.g. {flag}={self.default:g}")
+        return value
+
+
+#: Every numeric argument: its help, type, default and range, checked before any work.
+NUMBERS: dict[str, tuple[str, Integer | PositiveFloat]] = {
+    "steps": ("training steps", Integer(2000, 1)),
+    "pool": ("strings in the memorise pool", Integer(2048, 1, 10**6, " (the pool is held in memory)")),
+    "batch": ("sequences per step", Integer(64, 1, 4096, " (a batch is held in memory)")),
+    "lr": ("peak learning rate", PositiveFloat(1e-3)),
+    "seed": (
+        "seed of the corpus and the initial weights",
+        Integer(0, 0, SEED_MAX, " (the range of numpy and torch seeds)"),
+    ),
+}
 
 
 class LetterCorpus:
@@ -104,6 +174,8 @@ def pretrain(model: str, steps: int, out: Path, *, pool: int, seed: int, batch: 
     curve, started = [], time.perf_counter()
     for step in range(steps):
         loss = ntp_loss(backbone.token_logprobs(corpus.batch(batch)))
+        if not torch.isfinite(loss):
+            raise RunFailed(f"non-finite loss {loss.item()} at step {step}; lower --lr (it is {lr:g})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(backbone.trainable_parameters(), 1.0)
@@ -129,35 +201,71 @@ def pretrain(model: str, steps: int, out: Path, *, pool: int, seed: int, batch: 
         "pool": pool, "seed": seed, "sequence_length": BLOCK * BLOCKS, "wall_time_s": time.perf_counter() - started,
         "loss_curve": curve, "accuracy": accuracy,
     }  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    backbone.model.save_pretrained(out)
-    (out / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
+    save(backbone, record, out)
     return record
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="a built-in-vocabulary model: tiny, tiny-h128, tiny-h256")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--out", required=True, help="the checkpoint directory to write (must not exist)")
-    parser.add_argument("--pool", type=int, default=2048, help="strings in the memorise pool")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+def check_out(out: Path) -> None:
+    """`--out` must be a new directory that can be created: its nearest existing parent a writable directory."""
+    if out.exists() or out.is_symlink():
+        raise NegrlError(f"--out={out} already exists; give a new directory")
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise NegrlError(f"--out={out} cannot be created: {parent} is a file; give a path under a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise NegrlError(f"--out={out} cannot be created: {parent} is not writable; give a directory you can write to")
+
+
+def save(backbone: PythiaBackbone, record: dict[str, Any], out: Path) -> None:
+    """Write the checkpoint and pretraining.json to the new directory `out`, whole or not at all."""
     try:
-        for key in ("steps", "pool", "batch"):
-            if getattr(args, key) < 1:
-                raise NegrlError(f"--{key}={getattr(args, key)} must be at least 1")
-        if not args.lr > 0:
-            raise NegrlError(f"--lr={args.lr} must be positive")
-        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise RunFailed(f"cannot write --out={out}: {err.strerror}; give a directory you can write to") from None
+    try:
+        backbone.model.save_pretrained(staging)
+        (staging / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
         if out.exists():
-            raise NegrlError(f"--out={out} already exists; give a new directory")
-        record = pretrain(args.model, args.steps, out, pool=args.pool, seed=args.seed, batch=args.batch, lr=args.lr)
-    except NegrlError as err:
+            raise FileExistsError(errno.EEXIST, "it appeared during training")
+        staging.rename(out)
+    except OSError as err:
+        raise RunFailed(f"cannot write --out={out}: {err.strerror}; give a new directory you can write to") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are NegrlErrors, so that they too are one line with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise NegrlError(f"{message}; see {self.prog} --help")
+
+
+def parse_args(argv: list[str] | None) -> tuple[str, Path, dict[str, int | float]]:
+    """The model, the output directory and the numeric settings, all checked: nothing is done yet."""
+    parser = Parser(prog="negrl-pretrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="a built-in-vocabulary model: tiny, tiny-h128, tiny-h256")
+    parser.add_argument("--out", required=True, help="the checkpoint directory to write (must not exist)")
+    for name, (text, spec) in NUMBERS.items():
+        parser.add_argument(
+            f"--{name}", default=str(spec.default), help=f"{text}: {spec.describe()}; default {spec.default:g}"
+        )
+    args = parser.parse_args(argv)
+    numbers = {name: spec.parse(f"--{name}", getattr(args, name)) for name, (_, spec) in NUMBERS.items()}
+    out = Path(args.out)
+    check_out(out)
+    return args.model, out, numbers
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: 0 after writing the checkpoint, 2 on bad input, 1 on a failed run."""
+    try:
+        model, out, numbers = parse_args(argv)
+        record = pretrain(model, out=out, **numbers)
+    except (NegrlError, RunFailed) as err:
         print(f"negrl-pretrain: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     acc = record["accuracy"]
     print(
         f"negrl-pretrain: wrote {out} in {record['wall_time_s']:.0f} s; accuracy on pool strings "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import lzma
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-TOKENIZER_JSON = SHARED / "data" / "gpt-neox-20b" / "tokenizer.json"
+#: Real tokenizers, carried by the repository: tests/fixtures/tokenizers/<family>/tokenizer.json.xz (see SOURCES.md).
+TOKENIZERS = ROOT / "tests" / "fixtures" / "tokenizers"
 
 #: Quiet, CPU-only, W&B off, scaled-down data: the defaults of every test run.
 FAST = ["data=small", "wandb.enabled=false", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
@@ -28,7 +30,25 @@ def cfg_factory():
 
 
 @pytest.fixture(scope="session")
-def tokenizer_json() -> Path:
-    if not TOKENIZER_JSON.is_file():
-        pytest.fail(f"{TOKENIZER_JSON} is missing: tests need ../shared beside the repository")
-    return TOKENIZER_JSON
+def tokenizer_path(tmp_path_factory) -> Callable[[str], Path]:
+    """`tokenizer_path("gpt2")`: that family's tokenizer.json, decompressed once a session into a tmp directory."""
+    root = tmp_path_factory.mktemp("tokenizers")
+
+    def path(family: str) -> Path:
+        packed = TOKENIZERS / family / "tokenizer.json.xz"
+        if not packed.is_file():
+            known = sorted(p.parent.name for p in TOKENIZERS.glob("*/tokenizer.json.xz"))
+            pytest.fail(f"no tokenizer fixture {packed}; known families: {', '.join(known)}")
+        out = root / family / "tokenizer.json"
+        if not out.is_file():
+            out.parent.mkdir(exist_ok=True)
+            out.write_bytes(lzma.decompress(packed.read_bytes()))
+        return out
+
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer_json(tokenizer_path) -> Path:
+    """The GPT-NeoX-20B (Pythia) tokenizer.json."""
+    return tokenizer_path("gpt-neox-20b")
