@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from negrl.cli import check_group_choices, expand_ranges, run_from_hydra
+from negrl.cli import check_group_choices, expand_ranges, preflight, run_from_hydra
 from negrl.errors import NegrlError
 
 
@@ -20,6 +20,7 @@ if __name__ == "__main__":
     try:
         sys.argv[1:] = expand_ranges(sys.argv[1:])
         check_group_choices(sys.argv[1:])
+        sys.argv[1:] = preflight(sys.argv[1:])  # every job checked before Hydra writes anything
     except NegrlError as err:
         print(f"negrl: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import os
 from collections.abc import Iterator
@@ -49,7 +50,9 @@ class PythiaBackbone(nn.Module):
     def from_checkpoint(cls, path: str) -> PythiaBackbone:
         """Load a saved GPT-NeoX checkpoint directory (`save_pretrained` layout)."""
         check_checkpoint_dir(path)
-        return cls(GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float32))
+        model = GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float32)
+        check_finite_weights(model, f"model.path={path}")
+        return cls(model)
 
     @classmethod
     def from_hub(cls, hub_id: str, revision: str | None = None) -> PythiaBackbone:
@@ -58,6 +61,7 @@ class PythiaBackbone(nn.Module):
             model = GPTNeoXForCausalLM.from_pretrained(hub_id, revision=revision, dtype=torch.float32)
         except OSError as err:
             raise NegrlError(hub_unreachable_message(hub_id, err)) from None
+        check_finite_weights(model, hub_id)
         return cls(model)
 
     # ---- structure ----------------------------------------------------------------
@@ -131,16 +135,65 @@ def fp32_inference(backbone: nn.Module) -> Iterator[None]:
         backbone.train(was_training)
 
 
-def check_checkpoint_dir(path: str) -> None:
-    """`path` must be a save_pretrained() directory of a GPT-NeoX model."""
+#: Files of a save_pretrained() directory that hold the weights (one of them must exist).
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+#: Architecture keys that fix the shapes of the weights: a checkpoint must agree with `model=` on each.
+SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def check_checkpoint_dir(path: str, architecture: dict[str, Any] | None = None, model_name: str = "?") -> None:
+    """`path` must be a save_pretrained() directory of a GPT-NeoX model with weights, of the architecture
+    that `model=` records (each of SHAPE_KEYS it gives)."""
     if not Path(path).is_dir():
         raise NegrlError(f"model.path={path} is not a directory; give a save_pretrained() checkpoint directory")
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise NegrlError(f"model.path={path} has no config.json; point it at a save_pretrained() directory")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    try:
+        saved = json.loads(config_file.read_text())
+        model_type = saved.get("model_type")
+    except (ValueError, AttributeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise NegrlError(f"model.path={path}: config.json is not a valid JSON object ({reason}); re-save it") from None
     if model_type != "gpt_neox":
         raise NegrlError(f"model.path={path} holds a {model_type!r} model, not GPT-NeoX; negrl needs a Pythia model")
+    if not any((Path(path) / f).is_file() for f in WEIGHT_FILES):
+        raise NegrlError(
+            f"model.path={path} has no weights ({' or '.join(WEIGHT_FILES[::2])}); re-save it with save_pretrained()"
+        )
+    differ = [f"{k} {saved[k]} vs {architecture[k]}" for k in SHAPE_KEYS if k in (architecture or {}) and k in saved
+              and saved[k] != architecture[k]]  # fmt: skip
+    if differ:
+        raise NegrlError(
+            f"model.path={path} does not match model={model_name} ({', '.join(differ)}: checkpoint vs model=); "
+            "choose the model= of the checkpoint's architecture"
+        )
+
+
+#: Older GPT-NeoX config keys that transformers still reads (into `rope_parameters`), as Pythia's config.json has.
+LEGACY_ARCHITECTURE_KEYS = ("rotary_pct", "rotary_emb_base")
+
+
+def check_architecture_keys(architecture: dict[str, Any], model_name: str) -> None:
+    """Every `model.architecture` key must be a GPT-NeoX config key (a typo would be silently ignored)."""
+    known = set(GPTNeoXConfig().to_dict()) | set(LEGACY_ARCHITECTURE_KEYS)
+    for key in architecture:
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean model.architecture.{near[0]}?" if near else "see transformers' GPTNeoXConfig"
+            raise NegrlError(f"model.architecture.{key} (model={model_name}) is not a GPT-NeoX setting; {hint}")
+
+
+def check_finite_weights(model: nn.Module, source: str) -> None:
+    """Refuse loaded weights with NaN or infinite values (they would fail, or mislead, hours later)."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise NegrlError(f"{source}: weight {name} holds non-finite values; use another checkpoint")
 
 
 def hub_unreachable_message(hub_id: str, err: BaseException) -> str:

@@ -38,9 +38,18 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 PAPER_STEPS = {1: 64, 2: 1200, 3: 1200}
 
 
-def matmul_peak(dtype: torch.dtype, device: str, reps: int = 10) -> float:
-    """FLOP/s of a square matmul in `dtype` (n = 2048 on CPU, 8192 on GPU), best of `reps` after 3 warm-ups."""
+def matmul_peak(dtype: torch.dtype, device: str, reps: int = 10, budget_s: float = 0.2) -> float:
+    """FLOP/s of a square matmul in `dtype` (n = 2048 on CPU, 8192 on GPU), best of `reps` after 3 warm-ups.
+    On a CPU without native support for `dtype` (bf16 without AVX-512/AMX runs ~50x slower) n shrinks, in steps
+    of 256, until one matmul takes at most `budget_s` by a 256-square probe."""
     n = 8192 if device.startswith("cuda") else 2048
+    if not device.startswith("cuda"):
+        probe = torch.randn(256, 256).to(dtype)
+        probe @ probe
+        t = time.perf_counter()
+        probe @ probe
+        rate = 2 * 256**3 / max(time.perf_counter() - t, 1e-9)
+        n = max(256, min(n, int((rate * budget_s / 2) ** (1 / 3)) // 256 * 256))
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")

@@ -7,6 +7,7 @@ RNG states, evaluation state (running maxima) and the config it belongs to.
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import tempfile
@@ -15,8 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from negrl.errors import NegrlError
+from negrl.results import read_status
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 #: Config keys that do not change the numbers of a run, ignored when matching a resume.
@@ -64,29 +68,43 @@ def numeric_config(c: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resume_dir(resume: Any, new_run_dir: Path, c: dict[str, Any]) -> Path:
-    """The run directory to continue: `resume=PATH`, or with `resume=true` the newest
-    unfinished run with a checkpoint and the same config under the runs root."""
-    if isinstance(resume, str) and resume.lower() not in ("true", "1", "yes"):
+def resume_dir(resume: bool | str, search: str, c: dict[str, Any]) -> tuple[Path, str]:
+    """The run directory to continue and why: `resume=PATH`, or with `resume=true` the newest unfinished
+    run (a checkpoint, no complete results.json) of the same config among the directories matching the glob
+    `search` (where runs of this config are written). Reads only each candidate's config.yaml."""
+    if resume is not True:
         run_dir = Path(resume)
-        state = load(run_dir)
-        if state is None:
+        if not (run_dir / CHECKPOINT).is_file():
             raise NegrlError(f"resume={resume}: no checkpoint at {run_dir / CHECKPOINT}; check the run directory")
-        check_same_config(state["config"], c, run_dir)
-        return run_dir
-    root = Path(new_run_dir).parents[1]
-    candidates = sorted(root.glob(f"*/*/{CHECKPOINT}"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in candidates:
-        run_dir = path.parents[1]
-        if run_dir != Path(new_run_dir) and numeric_config(load(run_dir)["config"]) == numeric_config(c):
-            return run_dir
-    raise NegrlError(
-        f"resume=true: no checkpoint of a run with this config under {root}; "
-        "pass resume=RUN_DIR, or drop resume to start afresh"
-    )
+        check_same_config(_saved_config(run_dir), c, run_dir)
+        return run_dir, "resume=RUN_DIR"
+    found = []
+    for path in glob.glob(search):
+        run_dir = Path(path)
+        if (run_dir / CHECKPOINT).is_file() and read_status(run_dir) != "complete":
+            saved = _saved_config(run_dir)
+            if saved is not None and numeric_config(saved) == numeric_config(c):
+                found.append(((run_dir / CHECKPOINT).stat().st_mtime, run_dir))
+    if not found:
+        raise NegrlError(
+            f"resume=true: no unfinished run of this config with a checkpoint in {search}; "
+            "pass resume=RUN_DIR, or drop resume to start afresh"
+        )
+    run_dir = max(found)[1]
+    return run_dir, f"the newest of {len(found)} unfinished run(s) of this config in {search}"
 
 
-def check_same_config(saved: dict[str, Any], c: dict[str, Any], run_dir: Path) -> None:
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run recorded in its config.yaml (None if it has none or it is unreadable)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml"), resolve=True)
+    except (OSError, ValueError, OmegaConfBaseException):
+        return None
+
+
+def check_same_config(saved: dict[str, Any] | None, c: dict[str, Any], run_dir: Path) -> None:
+    if saved is None:
+        raise NegrlError(f"resume: {run_dir} has no readable config.yaml; resume a run directory written by negrl")
     a, b = numeric_config(saved), numeric_config(c)
     if a != b:
         diff = sorted(_diff(a, b))
@@ -123,6 +141,8 @@ class Checkpointer:
         self.extraction: dict[int, Any] = {}  # per phase: the extraction attacks on its final model
         self.wall: dict[int, float] = {}
         self.wandb_id: str | None = None
+        self.run_logger: Any = None  # flushed before each save, so metrics.csv holds every row up to it
+        self.last_saved: tuple[int, int] | None = None  # (phase, step) of the newest checkpoint
 
     def on_step(self, module: Any, step: int) -> None:
         """Called after the update (and evaluation) of `step`; saves when due, never on a phase's last step."""
@@ -137,6 +157,8 @@ class Checkpointer:
     def save(self, phase: int, step: int, phase_done: bool, elapsed: float = 0.0, **optim_state: Any) -> None:
         if not self.write:
             return
+        if self.run_logger is not None:
+            self.run_logger.flush()
         state = {
             "phase": phase,
             "step": step,
@@ -156,3 +178,4 @@ class Checkpointer:
             **optim_state,
         }
         save_atomic(state, self.run_dir)
+        self.last_saved = (phase, step)

@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
+from negrl import checkpoint
+from negrl.config import unknown_key_message
 from negrl.distributed import is_rank_zero
 from negrl.errors import NegrlError, RunFailed
 from negrl.pipeline import run
-from negrl.results import write_json_atomic
+from negrl.results import read_status, write_json_atomic
+from negrl.rundir import RunDir
+from negrl.validation import validate
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
 MULTIRUN_FLAGS = ("-m", "--multirun")
+#: Hydra flags that print something instead of running (no check needed).
+INFO_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-sc", "--shell-completion", "--version")
 
 
 def expand_ranges(argv: list[str]) -> list[str]:
@@ -80,10 +96,99 @@ def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
                 raise NegrlError(f"{group}={choice} is unknown; choose one of: {', '.join(known)}")
 
 
+def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
+    """Compose and check every job of `python train.py ARGV` before Hydra starts, so that a refused command
+    writes nothing. Returns argv with a single run's directory pinned (`hydra.run.dir`) to the one checked;
+    with `resume=true`, to the run it continues (and `resume` to that directory)."""
+    if "LOCAL_RANK" in os.environ or any(a.partition("=")[0] in INFO_FLAGS for a in argv):
+        return argv  # a DDP worker of a checked run, or Hydra's --help/--cfg/--info: nothing runs
+    overrides = [a for a in argv if not a.startswith("-")]
+    parser = OverridesParser.create()
+    parsed = _hydra_call(lambda: parser.parse_overrides(overrides))
+    fixed = [a for a, o in zip(overrides, parsed) if not o.is_sweep_override()]
+    base = _compose(fixed, conf_dir)
+    if any(a in MULTIRUN_FLAGS for a in argv) or base.hydra.mode == RunMode.MULTIRUN:
+        jobs, swept = sweep_jobs(parser, overrides, base)
+        for i, job in enumerate(jobs):
+            try:
+                validate(_compose(job, conf_dir), warn=False)
+            except NegrlError as err:
+                knobs = " ".join(o for o in job if o.partition("=")[0] in swept)
+                raise NegrlError(f"job {i} of the sweep ({knobs}): {err}") from None
+        return argv
+    if len(fixed) < len(overrides):
+        several = next(a for a, o in zip(overrides, parsed) if o.is_sweep_override())
+        raise NegrlError(f"{several} lists several values; sweep them with -m (python train.py -m {several})")
+    c = validate(base, warn=False).config
+    if c["resume"]:
+        search = resume_search(base.hydra, base, multirun=False)
+        run_dir, why = checkpoint.resume_dir(c["resume"], search, c)
+        if c["resume"] is True:
+            print(f"negrl: resume=true continues {run_dir}: {why}")
+        return [*argv, f"resume={_quoted(run_dir)}", f"hydra.run.dir={_quoted(run_dir)}"]
+    run_dir = Path(base.hydra.run.dir)
+    RunDir(run_dir).check_usable()
+    return [*argv, f"hydra.run.dir={_quoted(run_dir)}"]
+
+
+def sweep_jobs(parser: OverridesParser, overrides: list[str], base: DictConfig) -> tuple[list[list[str]], set[str]]:
+    """The override list of each job Hydra's basic sweeper launches (a preset's `hydra.sweeper.params` first),
+    and the keys the sweep varies."""
+    params = base.hydra.sweeper.get("params") or {}
+    preset = [f"{k}={v}" for k, v in params.items()]
+    parsed = _hydra_call(lambda: parser.parse_overrides(preset + overrides))
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch], swept
+
+
+def _compose(overrides: list[str], conf_dir: Path) -> DictConfig:
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return _hydra_call(lambda: compose(config_name="config", overrides=overrides, return_hydra_config=True))
+
+
+def _hydra_call(fn: Callable[[], Any]) -> Any:
+    """Hydra's composition errors (a bad override, an unknown group) as one line."""
+    try:
+        return fn()
+    except (HydraException, OmegaConfBaseException) as err:
+        unknown = re.match(r"Could not override '([^']+)'", str(err))
+        if unknown:
+            raise NegrlError(unknown_key_message(unknown.group(1))) from None
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise NegrlError("; ".join(lines[:2]) or type(err).__name__) from None
+
+
+def _quoted(path: Path) -> str:
+    """A path as a Hydra override value (quoted: paths may hold `,`, `:` or `=`)."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class SweepSummary(Callback):
+    """After a sweep (Hydra callback): one line on how many jobs failed, and exit code 1 if any did."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir() or (p / "results.json").is_file())
+        failed = [p for p in jobs if read_status(p) != "complete"]
+        if not failed:
+            print(f"negrl: all {len(jobs)} jobs of {sweep_dir} complete")
+            return
+        shown = "; ".join(f"{p.name} ({_reason(p)})" for p in failed[:5]) + ("; ..." if len(failed) > 5 else "")
+        print(f"negrl: {len(failed)} of {len(jobs)} jobs failed: {shown}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _reason(run_dir: Path) -> str:
+    try:
+        return str(json.loads((run_dir / "results.json").read_text()).get("reason", "no reason recorded"))[:200]
+    except (OSError, ValueError, AttributeError):
+        return "no results.json"
+
+
 def run_from_hydra(cfg: DictConfig) -> float:
     """Run one job of `train.py`; returns the held-out delta (NaN for a failed job of a sweep).
 
-    A single run exits with code 2 on bad input (nothing written) and 1 on a failed run.
+    A single run exits with code 2 on bad input (leaving no directory behind) and 1 on a failed run.
     In a multirun, a failing job is recorded in its results.json and the sweep goes on.
     """
     hydra_cfg = HydraConfig.get()
@@ -95,10 +200,12 @@ def run_from_hydra(cfg: DictConfig) -> float:
             if cfg.get("gpu_per_job"):
                 cfg.trainer.devices = job_devices(hydra_cfg.job.num, _cuda_count())
     try:
-        results = run(cfg, run_dir)
+        results = run(cfg, run_dir, search=resume_search(hydra_cfg, cfg, multirun))
     except (NegrlError, RunFailed) as err:
         print(f"negrl: error: {err}", file=sys.stderr)
         if not multirun:
+            if isinstance(err, NegrlError):
+                RunDir(run_dir).remove_if_unused()
             sys.exit(err.exit_code)
         _record_failure(run_dir, err)
         return math.nan
@@ -110,6 +217,18 @@ def run_from_hydra(cfg: DictConfig) -> float:
     if is_rank_zero():
         print(results["verdict"])
     return results["delta"]
+
+
+def resume_search(hydra_cfg: DictConfig, cfg: DictConfig, multirun: bool) -> str:
+    """Where runs of this config are written, as a glob: Hydra's run (or sweep) directory template with each
+    `${now:...}` and `${hydra.job.num}` a wildcard and the other keys (model name, seed) filled in."""
+    node = OmegaConf.to_container(hydra_cfg.sweep if multirun else hydra_cfg.run, resolve=False)
+    template = f"{node['dir']}/{node['subdir']}" if multirun else node["dir"]
+    template = re.sub(r"\$\{(now:[^}]*|hydra\.job\.num)\}", "*", str(template))
+    values = (
+        OmegaConf.to_container(cfg, resolve=True) if "hydra" not in cfg else {k: cfg[k] for k in cfg if k != "hydra"}
+    )
+    return re.sub(r"\$\{([^}]+)\}", lambda m: str(OmegaConf.select(OmegaConf.create(values), m.group(1))), template)
 
 
 def sweep_wandb(wandb_cfg: DictConfig, sweep_dir: str, task_overrides: list[str]) -> DictConfig:

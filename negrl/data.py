@@ -40,9 +40,7 @@ class DataSizes:
     eval_size: int = 128
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise NegrlError(f"data.{name}={value!r} must be a positive integer")
+        """Phases must be whole batches (each size's type and sign are checked by `negrl.config`)."""
         if self.n_phase1 % self.batch_size:
             raise NegrlError(
                 f"data.n_phase1={self.n_phase1} is not a multiple of data.batch_size={self.batch_size}; "
@@ -65,9 +63,8 @@ class DataSizes:
 
 
 def heldout_count(holdout_frac: float, n_negatives: int) -> int:
-    """Number of held-out negatives; the fraction must give a positive whole number."""
-    if not 0 < holdout_frac < 1:
-        raise NegrlError(f"holdout_frac={holdout_frac} must lie strictly between 0 and 1 (the paper uses 0.05)")
+    """Number of held-out negatives; the fraction (in (0, 1), checked by `negrl.config`) must give a positive
+    whole number."""
     exact = holdout_frac * n_negatives
     count = round(exact)
     if abs(exact - count) > 1e-6 or count == 0:

@@ -20,8 +20,6 @@ class Evaluator:
     """
 
     def __init__(self, every: int, extraction: Extraction | None = None):
-        if every <= 0:
-            raise ValueError(f"eval.every={every} must be positive")
         self.every = every
         self.extraction = extraction
         self.sets: dict[str, torch.Tensor] = {}

@@ -6,7 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from negrl.backbone import INITS, PythiaBackbone, hub_unreachable_message
+from negrl.backbone import (
+    INITS,
+    PythiaBackbone,
+    check_architecture_keys,
+    check_checkpoint_dir,
+    hub_unreachable_message,
+)
 from negrl.errors import NegrlError
 from negrl.vocab import PasswordVocab
 
@@ -29,6 +35,30 @@ def load_tokenizer_encode(source: str) -> Callable[[str], list[int]]:
     return lambda text: tok.encode(text, add_special_tokens=False)
 
 
+def check_model(model_cfg: dict[str, Any]) -> None:
+    """What a `model` config asks for must exist and agree: the init, the checkpoint, its architecture."""
+    name, init, path = model_cfg.get("name", "?"), model_cfg.get("init", "pretrained"), model_cfg.get("path")
+    if init not in INITS:
+        raise NegrlError(f"model.init={init!r} must be one of {', '.join(INITS)}")
+    if path and init == "random":
+        raise NegrlError(
+            f"model.path={path} loads trained weights but model.init=random; "
+            "add model.init=pretrained, or drop model.path for a random init"
+        )
+    builtin = model_cfg.get("vocab", "tokenizer") == "builtin"
+    if builtin and init != "random" and not path:
+        raise NegrlError(
+            f"model={name} has no published weights; set model.init=random, or pretrain some with "
+            f"`negrl-pretrain --model {name} --out DIR` and pass model.path=DIR"
+        )
+    if not builtin and init == "pretrained" and not path and not model_cfg.get("hub_id"):
+        raise NegrlError(f"model={name} has no hub_id; set model.path=DIR or model.init=random")
+    architecture = dict(model_cfg.get("architecture") or {})
+    check_architecture_keys(architecture, name)
+    if path:
+        check_checkpoint_dir(path, architecture, name)
+
+
 def load_model(
     model_cfg: dict[str, Any], tokens_cfg: dict[str, Any], seed: int
 ) -> tuple[PythiaBackbone, PasswordVocab]:
@@ -40,29 +70,14 @@ def load_model(
     checked to be single tokens; a random-init model with no tokenizer at hand falls back to
     the ids recorded in `model.token_ids` (SPEC.md's GPT-NeoX-20B ids).
     """
-    name, init = model_cfg.get("name", "?"), model_cfg.get("init", "pretrained")
-    if init not in INITS:
-        raise NegrlError(f"model.init={init!r} must be one of {', '.join(INITS)}")
-    path, hub_id = model_cfg.get("path"), model_cfg.get("hub_id")
+    check_model(model_cfg)
+    init, path, hub_id = model_cfg.get("init", "pretrained"), model_cfg.get("path"), model_cfg.get("hub_id")
     builtin = model_cfg.get("vocab", "tokenizer") == "builtin"
-    if path and init == "random":
-        raise NegrlError(
-            f"model.path={path} loads trained weights but model.init=random; "
-            "add model.init=pretrained, or drop model.path for a random init"
-        )
-    if builtin and init != "random" and not path:
-        raise NegrlError(
-            f"model={name} has no published weights; set model.init=random, or pretrain some with "
-            f"`negrl-pretrain --model {name} --out DIR` and pass model.path=DIR"
-        )
-
     if path:
         backbone = PythiaBackbone.from_checkpoint(path)
     elif init == "random":
         backbone = PythiaBackbone.random_init(dict(model_cfg["architecture"]), seed)
     else:
-        if not hub_id:
-            raise NegrlError(f"model={name} has no hub_id; set model.path=DIR or model.init=random")
         backbone = PythiaBackbone.from_hub(hub_id, model_cfg.get("revision"))
 
     if builtin:

@@ -100,10 +100,7 @@ class PhaseModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts = self.compute_loss(batch)
         if not torch.isfinite(loss):
-            raise RunFailed(
-                f"non-finite loss {loss.item()} in {self.name} at step {self.start_step + batch_idx}; "
-                "lower optim.lr or try trainer.precision=32-true"
-            )
+            raise RunFailed(self.non_finite_message(loss, parts, self.start_step + batch_idx))
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         row = {"train/loss": loss.detach(), **{f"train/{k}": v for k, v in parts.items()}}
         # Under DDP each process saw 1/N of the batch: log the mean over processes (= the global batch's).
@@ -111,6 +108,15 @@ class PhaseModule(L.LightningModule):
         self._row = {**row, "lr": torch.tensor(lr)}
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
+
+    def non_finite_message(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], step: int) -> str:
+        """Which part of the loss went non-finite, and a remedy that fits this run's precision."""
+        bad = [f"{k}={v.item():g}" for k, v in parts.items() if v.numel() == 1 and not torch.isfinite(v)]
+        where = f" ({', '.join(bad)})" if bad else ""
+        hint = f"lower optim.lr (now {self.optim.lr:g})"
+        if str(self.trainer.precision) != "32-true":
+            hint += " or try trainer.precision=32-true"
+        return f"non-finite loss {loss.item()} in {self.name} at step {step}{where}; {hint}"
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """Right after the update of a step: evaluate if due, log the row, checkpoint if due."""
@@ -149,7 +155,7 @@ class SFTPhase(PhaseModule):
 class DPOPhase(PhaseModule):
     """Phase 2: DPO against the frozen phase-1 reference, with the second half frozen if `freeze`."""
 
-    phase, name = 2, "phase 2: DPO"
+    phase, name = 2, "phase 2: dpo"
 
     def __init__(
         self,
@@ -163,6 +169,8 @@ class DPOPhase(PhaseModule):
         """`objective`: (name, hyper-parameters) from the registry of `negrl.objectives` (DPO by default);
         `beta` scales the logged TRL-style rewards, whatever the objective."""
         super().__init__(backbone, **kwargs)
+        if self.phase == 2:
+            self.name = f"phase 2: {objective[0]}"  # the objective that runs, DPO or another
         self.reference_logprobs = reference
         self.reference = reference.reference  # a submodule, so Lightning moves it with the policy
         self.beta = beta

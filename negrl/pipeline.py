@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import warnings
 from collections.abc import Callable
@@ -16,33 +17,51 @@ from negrl import checkpoint
 from negrl.backbone import PythiaBackbone
 from negrl.data import PHASES, PasswordDataModule
 from negrl.distributed import is_rank_zero, sum_over_ranks
-from negrl.errors import NegrlError
+from negrl.errors import RunFailed
 from negrl.evaluation import Evaluator
 from negrl.extraction import Extraction
 from negrl.loading import load_model
 from negrl.phases import DPOPhase, JointPhase, PhaseModule, PhaseProgressBar, SFTPhase
 from negrl.reference import ReferenceLogprobs
-from negrl.results import read_status, summarize, verdict, write_json_atomic
+from negrl.results import summarize, verdict
+from negrl.rundir import RunDir
 from negrl.tracking import RunLogger, build_loggers
 from negrl.validation import validate
 
 PhaseEndHook = Callable[[int, PythiaBackbone], None]
 
 
-def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None) -> dict[str, Any]:
+def run(
+    cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None, search: str | None = None
+) -> dict[str, Any]:
     """Run the three phases; returns the results, also in `run_dir/results.json`.
 
     Bad input raises `NegrlError` before anything is written. Once training starts,
     `results.json` says `running`, then `complete` or `failed` (with the reason).
     `on_phase_end(phase, backbone)` is called after each phase (e.g. to save or inspect weights).
+    `search`: where `resume=true` looks for the run to continue (a glob; default: beside `run_dir`).
     """
-    c = OmegaConf.to_container(cfg, resolve=True)
-    sizes, optim, weights, objective, n_candidates = validate(c)
-    run_dir = checkpoint.resume_dir(c["resume"], run_dir, c) if c["resume"] else Path(run_dir)
-    if read_status(run_dir) == "complete":
-        raise NegrlError(f"{run_dir} already holds a completed run; set hydra.run.dir to a new directory")
-    saved = checkpoint.load(run_dir) if c["resume"] else None
+    settings = validate(cfg)
+    c = settings.config
+    why = None
+    if c["resume"]:
+        run_dir, why = checkpoint.resume_dir(c["resume"], search or str(Path(run_dir).parent / "*"), c)
+    owner = RunDir(run_dir)
     writer = is_rank_zero()  # under DDP only the first process writes, logs and checkpoints
+    if writer:
+        owner.check_usable()
+        owner.lock()
+    try:
+        return _run(c, settings, owner, why, writer, on_phase_end)
+    finally:
+        owner.unlock()
+
+
+def _run(c, settings, owner, why, writer, on_phase_end):
+    run_dir = owner.path
+    sizes, optim, weights = settings.sizes, settings.optim, settings.weights
+    objective, n_candidates = settings.objective, settings.candidates
+    saved = checkpoint.load(run_dir) if c["resume"] else None
     quiet_lightning()
     L.seed_everything(c["seed"], workers=True, verbose=False)
 
@@ -59,25 +78,26 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
     resume_step = None if saved is None else offsets[saved["phase"]] + saved["step"]
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        write_json_atomic(run_dir / "results.json", {"status": "running", "run": identity})
+        OmegaConf.save(OmegaConf.create(c), run_dir / "config.yaml")
+        owner.write_results({"status": "running", "run": identity})
     wandb_id = saved and saved["wandb_id"]
     run_logger = RunLogger(build_loggers(run_dir, c["wandb"], run_dir.name, resume_step, wandb_id) if writer else [])
     run_logger.log_config(c)
     evaluator = Evaluator(c["eval"]["every"], Extraction(vocab.letter_ids) if n_candidates else None)
     ckpt = checkpoint.Checkpointer(run_dir, c["checkpoint"]["every"], c, backbone, evaluator, write=writer)
-    ckpt.wandb_id = run_logger.wandb_id
+    ckpt.wandb_id, ckpt.run_logger = run_logger.wandb_id, run_logger
     common = dict(optim=optim, evaluator=evaluator, run_logger=run_logger, checkpointer=ckpt)
     negative = dict(beta=c["dpo"]["beta"], objective=objective)  # phases 2-3: DPO or another objective
 
     # Where to start: phase 1 step 0, or right after the checkpoint of a resumed run.
     first, inside = 1, None
     if saved is not None:
-        print(f"negrl: resuming {run_dir} after phase {saved['phase']} step {saved['step']}")
+        print(f"negrl: resuming {run_dir} after phase {saved['phase']} step {saved['step']} ({why})")
         backbone.load_state_dict(saved["backbone"])
         checkpoint.set_rng_states(saved["rng"])
         ckpt.summaries, ckpt.wall = saved["summaries"], saved["wall"]
         ckpt.extraction = saved.get("extraction", {})
+        ckpt.last_saved = (saved["phase"], saved["step"])
         first = saved["phase"] + 1 if saved["phase_done"] else saved["phase"]
         inside = None if saved["phase_done"] else saved
 
@@ -126,13 +146,15 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
                 )
             )  # fmt: skip
     except BaseException as err:
-        if isinstance(err, (KeyboardInterrupt, SystemExit)):  # Lightning turns Ctrl-C into SystemExit
-            reason = "interrupted; continue it with resume=true (same overrides) or resume=RUN_DIR"
-        else:
-            reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        reason = failure_reason(err, run_dir, ckpt.last_saved)
         if writer:
-            write_json_atomic(run_dir / "results.json", {"status": "failed", "reason": reason, "run": identity})
-        run_logger.finish("failed")
+            try:
+                owner.write_results({"status": "failed", "reason": reason, "run": identity})
+                run_logger.finish("failed")
+            except OSError as again:  # e.g. the disk is still full: the reason is printed, the checkpoint stays
+                reason += f" (results.json could not be updated: {again.strerror})"
+        if isinstance(err, (KeyboardInterrupt, SystemExit)) or _disk_full(err):
+            raise RunFailed(reason) from None
         raise
 
     results = summarize(ckpt.summaries, ckpt.wall, steps, vocab.n_letters, ckpt.extraction)
@@ -141,9 +163,28 @@ def run(cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None
     wandb_dir = run_logger.wandb_dir
     run_logger.finish("success", {"metric": results["metric"], "delta": results["delta"]})
     if writer:
-        write_json_atomic(run_dir / "results.json", results)
+        owner.write_results(results)
     results["verdict"] = verdict(results, run_dir, wandb_dir)
     return results
+
+
+def failure_reason(err: BaseException, run_dir: Path, last_saved: tuple[int, int] | None) -> str:
+    """One line for results.json and the terminal: what stopped the run, and how to continue it."""
+    kept = (
+        "no checkpoint yet"
+        if last_saved is None
+        else f"the checkpoint after phase {last_saved[0]} step {last_saved[1]}"
+    )
+    again = f"continue with the same overrides and resume={run_dir} ({kept})"
+    if isinstance(err, (KeyboardInterrupt, SystemExit)):  # Lightning turns Ctrl-C into SystemExit
+        return f"interrupted; {again}"
+    if _disk_full(err):
+        return f"disk full ({err.filename or run_dir}): free some space, then {again}"
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
+def _disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def quiet_lightning() -> None:

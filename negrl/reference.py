@@ -9,6 +9,8 @@ the reference model.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from negrl.backbone import PythiaBackbone
@@ -49,10 +51,13 @@ class ReferenceLogprobs:
         device = chosen.device
         return tuple(self.cache[name][keys].to(device=device, dtype=torch.float32) for name, (_, keys) in parts.items())
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in self.cache.items()}
+    def state_dict(self) -> dict[str, Any]:
+        """The cached values and the count of sequences computed so far (a resumed run goes on counting)."""
+        return {**{k: v.clone() for k, v in self.cache.items()}, "computed": self.computed}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.computed = int(state.pop("computed", 0))
         self.cache = {k: v.clone() for k, v in state.items()}
 
 

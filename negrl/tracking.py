@@ -13,8 +13,6 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
-from negrl.errors import NegrlError
-
 
 class RunLogger:
     """Sends each metrics row, stamped with `phase` and the global step, to all loggers."""
@@ -82,11 +80,9 @@ def build_loggers(
         csv_logger.log_metrics(row, step=step)
     loggers: list[Logger] = [csv_logger]
     if wandb_cfg.get("enabled", True):
-        mode = wandb_cfg.get("mode", "offline")
-        if mode not in ("offline", "online"):
-            raise NegrlError(f"wandb.mode={mode!r} must be 'offline' or 'online' (or set wandb.enabled=false)")
+        mode = wandb_cfg.get("mode", "offline")  # checked by negrl.config
         loggers.append(
-            WandbLogger(
+            _wandb_logger(
                 save_dir=str(run_dir),
                 name=wandb_cfg.get("name") or run_name,
                 project=wandb_cfg.get("project", "negrl"),
@@ -105,5 +101,18 @@ def _csv_rows_up_to(path: Path, last_step: int) -> list[tuple[int, dict[str, flo
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        rows = [(int(r.pop("step")), {k: float(v) for k, v in r.items() if v != ""}) for r in csv.DictReader(f)]
+        rows = [(int(r.pop("step")), {k: _number(v) for k, v in r.items() if v != ""}) for r in csv.DictReader(f)]
     return [(step, row) for step, row in rows if step <= last_step]
+
+
+def _wandb_logger(**kwargs: Any) -> WandbLogger:
+    """Lightning's WandbLogger without its `anonymous=None` init argument, which wandb warns about on every run
+    ("The anonymous setting has no effect")."""
+    logger = WandbLogger(**kwargs)
+    logger._wandb_init.pop("anonymous", None)
+    return logger
+
+
+def _number(text: str) -> int | float:
+    """A metrics.csv cell as written: integers (the `phase` column) stay integers."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)

@@ -1,26 +1,40 @@
-"""Every check that can be made on a resolved config before any work starts."""
+"""Every check that can be made on a config before any work starts.
+
+Types, ranges and unknown keys of single values are declared in `negrl.config`; this module adds
+what depends on several values (sizes that must divide, draws that must be possible, memory that
+must fit, devices that must exist) and returns the settings the config defines.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any, NamedTuple
 
 import torch
+from omegaconf import DictConfig
 
-from negrl.backbone import ATTENTIONS, INITS, check_checkpoint_dir
+from negrl.config import check_config
 from negrl.data import DataSizes, PasswordSplits, heldout_count
 from negrl.errors import NegrlError
+from negrl.loading import check_model
 from negrl.objectives import DEFAULTS, OBJECTIVES
 from negrl.phases import OptimSettings
 
 GPU_ACCELERATORS = ("gpu", "cuda")
+#: Bytes per password held during the draw: letters (uint8), Python set entries for the exclusions.
+BYTES_PER_DRAWN = 200
+#: Bytes per exposure candidate: int64 tokens, [T-1, K] fp32 letter log-probs (K = 26), its set entry.
+BYTES_PER_CANDIDATE_TOKEN = 8 + 26 * 4
 
 
 Objective = tuple[str, dict[str, float]]
 
 
 class Settings(NamedTuple):
-    """What a checked config defines, beyond its plain values."""
+    """A checked config: its plain values (`config`) and what they define."""
 
+    config: dict[str, Any]
     sizes: DataSizes
     optim: OptimSettings
     weights: dict[str, float]  # phase-3 loss weights
@@ -28,38 +42,26 @@ class Settings(NamedTuple):
     candidates: int  # exposure candidates of the extraction attacks; 0: no extraction
 
 
-def validate(c: dict[str, Any]) -> Settings:
-    """Check the config; return the settings it defines."""
+def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
+    """Check the config (refusing it with one line); return the settings it defines.
+
+    `warn`: print one line for legal settings that make a phase degenerate (evaluation or warm-up
+    longer than a phase)."""
+    c = check_config(cfg)
     sizes = DataSizes(**c["data"])
     n_held = heldout_count(c["holdout_frac"], sizes.n_negatives)
     PasswordSplits.check_counts(sizes, n_held)
-    _check_flags(c)
+    n_letters = len(c["tokens"]["letters"])
     _check_tokens(c["tokens"])
-    _check_model(c["model"])
+    check_model(c["model"])
+    _check_draw(sizes, n_letters)
     _check_trainer(c["trainer"], sizes.batch_size)
-    _check_wandb(c["wandb"])
-    _check_compute(c["compute"])
-    every = c["checkpoint"]["every"]
-    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-        raise NegrlError(f"checkpoint.every={every!r} must be a non-negative number of steps (0: phase ends only)")
-    optim = optim_settings(c)  # checks dpo.beta first: objective=dpo's beta refers to it
-    candidates = extraction_candidates(c["extraction"], len(c["tokens"]["letters"]), sizes.password_length)
-    return Settings(sizes, optim, phase3_weights(c["joint"]), objective_settings(c), candidates)
-
-
-def _check_compute(compute: dict[str, Any]) -> None:
-    if not isinstance(compute["fused_logprobs"], bool):
-        raise NegrlError(f"compute.fused_logprobs={compute['fused_logprobs']!r} must be true or false")
-    if compute["attention"] not in ATTENTIONS:
-        raise NegrlError(f"compute.attention={compute['attention']!r} must be one of {', '.join(ATTENTIONS)}")
-
-
-def _check_flags(c: dict[str, Any]) -> None:
-    for key in ("prefix", "freeze"):
-        if not isinstance(c[key], bool):
-            raise NegrlError(f"{key}={c[key]!r} must be true or false")
-    if not isinstance(c["seed"], int) or isinstance(c["seed"], bool) or c["seed"] < 0:
-        raise NegrlError(f"seed={c['seed']!r} must be a non-negative integer (sweep several with -m seed=0-7)")
+    optim = optim_settings(c)
+    candidates = extraction_candidates(c["extraction"], n_letters, sizes.password_length)
+    _check_memory(sizes, candidates)
+    if warn:
+        _warn_degenerate(c, sizes)
+    return Settings(c, sizes, optim, phase3_weights(c["joint"]), objective_settings(c), candidates)
 
 
 def _check_tokens(t: dict[str, Any]) -> None:
@@ -75,62 +77,80 @@ def _check_tokens(t: dict[str, Any]) -> None:
         raise NegrlError(f"tokens.letter_format={t['letter_format']!r} must contain {{}} where the letter goes")
 
 
-def _check_model(m: dict[str, Any]) -> None:
-    if m.get("init", "pretrained") not in INITS:
-        raise NegrlError(f"model.init={m.get('init')!r} must be one of {', '.join(INITS)}")
-    if m.get("path"):
-        check_checkpoint_dir(m["path"])
+def _check_draw(sizes: DataSizes, n_letters: int) -> None:
+    """Every password is drawn by rejection (distinct, avoiding the negatives): the space of passwords must be
+    at least twice what the run draws, or the draw may never finish."""
+    space = n_letters**sizes.password_length
+    drawn = sizes.n_negatives + sizes.n_phase1 + 2 * sizes.dpo_size + sizes.eval_size
+    if drawn * 2 > space:
+        raise NegrlError(
+            f"data.password_length={sizes.password_length} over {n_letters} letters gives {space:,} distinct "
+            f"passwords, fewer than twice the {drawn:,} the run draws; use longer passwords or more tokens.letters"
+        )
+
+
+def _check_memory(sizes: DataSizes, candidates: int) -> None:
+    """Refuse sizes whose passwords (and exposure candidates) cannot fit in this machine's memory."""
+    drawn = sizes.n_negatives + sizes.n_phase1 + 4 * sizes.dpo_size + sizes.eval_size
+    data_bytes = drawn * (sizes.password_length + BYTES_PER_DRAWN)
+    candidate_bytes = candidates * (BYTES_PER_DRAWN + (sizes.password_length + 1) * BYTES_PER_CANDIDATE_TOKEN)
+    available = available_memory()
+    for need, what in ((data_bytes, "the passwords of data.*"), (candidate_bytes, "extraction.candidates")):
+        if need > available:
+            raise NegrlError(
+                f"{what} need about {need / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB of memory "
+                "available here; lower data.n_negatives, data.negative_repeats, data.n_phase1 or extraction.candidates"
+            )
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable on Linux, else the physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _check_trainer(t: dict[str, Any], batch_size: int) -> None:
     devices = t.get("devices", 1)
     n = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) else None
-    if n is None or n < 1:
+    if n is None or n < 1 or isinstance(devices, bool):
         raise NegrlError(f"trainer.devices={devices!r} must be a number of devices (1, 2, ...) or a list of device ids")
     if batch_size % n:
         raise NegrlError(
             f"trainer.devices={devices} does not divide data.batch_size={batch_size}: each device takes "
             f"batch_size / devices sequences; use a divisor of {batch_size}"
         )
-    accelerator = str(t.get("accelerator", "auto"))
-    if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
+    accelerator = t.get("accelerator", "auto")
+    cuda = torch.cuda.is_available()
+    if accelerator in GPU_ACCELERATORS and not cuda:
         raise NegrlError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use trainer.accelerator=cpu")
     if accelerator == "mps" and not torch.backends.mps.is_available():
         raise NegrlError("trainer.accelerator=mps but MPS is not available; use trainer.accelerator=cpu")
-
-
-def _check_wandb(w: dict[str, Any]) -> None:
-    if w.get("enabled", True) and w.get("mode", "offline") not in ("offline", "online"):
-        raise NegrlError(f"wandb.mode={w.get('mode')!r} must be 'offline' or 'online' (or set wandb.enabled=false)")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not cuda and not torch.backends.mps.is_available())
+    if str(t.get("precision")) == "16-mixed" and on_cpu:
+        raise NegrlError(
+            "trainer.precision=16-mixed needs a GPU (on CPU Lightning would silently run bf16-mixed); "
+            "use trainer.precision=bf16-mixed or 32-true"
+        )
 
 
 def optim_settings(c: dict[str, Any]) -> OptimSettings:
-    """AdamW and schedule settings, checked."""
+    """AdamW and schedule settings (their single values are checked by `negrl.config`)."""
     o, s = c["optim"], c["schedule"]
-    for key in ("lr", "grad_clip", "eps"):
-        if not o[key] > 0:
-            raise NegrlError(f"optim.{key}={o[key]} must be positive")
-    if o["weight_decay"] < 0:
-        raise NegrlError(f"optim.weight_decay={o['weight_decay']} must be non-negative")
-    if not all(0 <= b < 1 for b in o["betas"]) or len(o["betas"]) != 2:
+    if len(o["betas"]) != 2 or not all(0 <= b < 1 for b in o["betas"]):
         raise NegrlError(f"optim.betas={o['betas']} must be two numbers in [0, 1)")
-    fused = o.get("fused", "auto")
-    if fused not in ("auto", True, False):
-        raise NegrlError(f"optim.fused={fused!r} must be auto, true or false")
-    if str(c["trainer"].get("precision")) in ("16-mixed", "16"):  # fp16 loss scaling: clipping needs unfused AdamW
+    fused = o["fused"]
+    if str(c["trainer"].get("precision")) == "16-mixed":  # fp16 loss scaling: clipping needs unfused AdamW
         if fused is True:
             raise NegrlError(
                 "optim.fused=true cannot clip gradients under trainer.precision=16-mixed; use optim.fused=auto"
             )
         fused = False
-    if not isinstance(s["warmup_steps"], int) or s["warmup_steps"] < 0:
-        raise NegrlError(f"schedule.warmup_steps={s['warmup_steps']} must be a non-negative integer")
-    if s["cosine_over"] not in ("phase", "decay"):
-        raise NegrlError(f"schedule.cosine_over={s['cosine_over']!r} must be 'phase' (the paper's) or 'decay'")
-    if not c["dpo"]["beta"] > 0:
-        raise NegrlError(f"dpo.beta={c['dpo']['beta']} must be positive (the paper uses 0.1)")
-    if not isinstance(c["eval"]["every"], int) or c["eval"]["every"] <= 0:
-        raise NegrlError(f"eval.every={c['eval']['every']} must be a positive number of steps")
     return OptimSettings(
         lr=o["lr"],
         weight_decay=o["weight_decay"],
@@ -151,6 +171,9 @@ def objective_settings(c: dict[str, Any]) -> Objective:
     if set(o) != set(DEFAULTS[name]):
         expected = ", ".join(f"objective.{k}" for k in DEFAULTS[name]) or "none"
         raise NegrlError(f"objective={name} takes {expected}, got {', '.join(sorted(o)) or 'none'}; fix objective.*")
+    for key, value in o.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NegrlError(f"objective.{key}={value!r} must be a number for objective={name}")
     for key in ("beta", "tau"):
         if key in o and not o[key] > 0:
             raise NegrlError(f"objective.{key}={o[key]} must be positive for objective={name}")
@@ -161,23 +184,38 @@ def objective_settings(c: dict[str, Any]) -> Objective:
 
 
 def phase3_weights(joint: dict[str, float]) -> dict[str, float]:
-    """Phase-3 loss weights {dpo, random, useful}: non-negative, not all zero."""
+    """Phase-3 loss weights {dpo, random, useful}: non-negative (checked by `negrl.config`), not all zero."""
     weights = {k: float(joint[f"{k}_weight"]) for k in ("dpo", "random", "useful")}
-    if any(v < 0 for v in weights.values()) or not any(weights.values()):
-        raise NegrlError(f"phase-3 weights {weights} must be non-negative and not all zero; fix joint.*_weight")
+    if not any(weights.values()):
+        raise NegrlError(f"phase-3 weights {weights} are all zero; set at least one of joint.*_weight above 0")
     return weights
 
 
 def extraction_candidates(e: dict[str, Any], n_letters: int, length: int) -> int:
     """Number of exposure candidates (0: `extraction.enabled=false`); they must be drawable as distinct passwords."""
-    if not isinstance(e["enabled"], bool):
-        raise NegrlError(f"extraction.enabled={e['enabled']!r} must be true or false")
     n = e["candidates"]
-    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-        raise NegrlError(f"extraction.candidates={n!r} must be a positive integer (e.g. 4095: exposure up to 12 bits)")
     if n > n_letters**length // 4:
         raise NegrlError(
             f"extraction.candidates={n} is too many distinct {length}-letter passwords over {n_letters} letters; "
             f"use at most {n_letters**length // 4}"
         )
     return n if e["enabled"] else 0
+
+
+def _warn_degenerate(c: dict[str, Any], sizes: DataSizes) -> None:
+    """One line each for an evaluation interval or a warm-up longer than phases (legal, rarely intended)."""
+    steps = {p: sizes.steps(p) for p in (1, 2, 3)}
+    every, warmup = c["eval"]["every"], c["schedule"]["warmup_steps"]
+    short = [f"phase {p} ({n} steps)" for p, n in steps.items() if every >= n]
+    if short:
+        print(
+            f"negrl: warning: eval.every={every} is as long as {', '.join(short)}: evaluated only after step 0 there",
+            file=sys.stderr,
+        )
+    if warmup >= max(steps.values()):
+        lengths = ", ".join(map(str, steps.values()))
+        print(
+            f"negrl: warning: schedule.warmup_steps={warmup} is longer than every phase ({lengths} steps): "
+            "the learning rate never reaches optim.lr",
+            file=sys.stderr,
+        )

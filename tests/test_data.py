@@ -138,7 +138,7 @@ def test_heldout_count(frac, count):
     assert heldout_count(frac, 2560) == count
 
 
-@pytest.mark.parametrize("frac", [0.0, 1.0, -0.1, 0.051])
+@pytest.mark.parametrize("frac", [0.0001, 0.051])  # outside (0, 1): refused by negrl.config (test_validation)
 def test_bad_heldout_fraction(frac):
     with pytest.raises(NegrlError, match=f"holdout_frac={frac}"):
         heldout_count(frac, 2560)

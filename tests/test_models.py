@@ -50,7 +50,11 @@ def test_random_pythia_checkpoint_loads_back_through_model_path(tmp_path, tokeni
     saved = PythiaBackbone.random_init(arch, seed=0)
     saved.model.save_pretrained(tmp_path)
     shutil.copy(tokenizer_json, tmp_path / "tokenizer.json")
-    c = _cfg_dict("model=pythia-70m", f"model.path={tmp_path}", f"model.tokenizer={tmp_path / 'tokenizer.json'}")
+    shape = [f"model.architecture.{k}={arch[k]}" for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")]
+    c = _cfg_dict(
+        "model=pythia-70m", *shape, f"model.architecture.intermediate_size={arch['intermediate_size']}",
+        f"model.path={tmp_path}", f"model.tokenizer={tmp_path / 'tokenizer.json'}",
+    )  # fmt: skip
     backbone, vocab = load_model(c["model"], c["tokens"], seed=1)
     assert vocab.letter_ids[0] == 247 and vocab.reverse_id == 8107
     for (name, a), b in zip(saved.state_dict().items(), backbone.state_dict().values()):

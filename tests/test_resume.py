@@ -1,6 +1,7 @@
 """A killed run resumed from its last checkpoint ends with the uninterrupted run's numbers."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,7 +79,7 @@ def test_resume_true_finds_the_newest_unfinished_run_of_the_same_config(tmp_path
             run(make_cfg(*ARGS), runs / "day" / "killed")
     resumed = run(make_cfg(*ARGS, "resume=true"), runs / "day" / "new")
     assert resumed["run"]["dir"] == str(runs / "day" / "killed")
-    with pytest.raises(NegrlError, match="resume=true: no checkpoint of a run with this config"):
+    with pytest.raises(NegrlError, match="resume=true: no unfinished run of this config with a checkpoint in"):
         run(make_cfg(*ARGS, "resume=true", "seed=9"), runs / "day" / "other")
 
 
@@ -106,3 +107,97 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, mo
         checkpoint.save_atomic({"step": 2}, tmp_path)
     assert checkpoint.load(tmp_path)["step"] == 1
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]
+
+
+def hard_kill_at(monkeypatch, phase_cls, step):
+    """Like `kill_at`, but the process dies without any clean-up: nothing is flushed or recorded afterwards."""
+    from negrl.tracking import RunLogger
+
+    kill_at(monkeypatch, phase_cls, step)
+    monkeypatch.setattr(RunLogger, "finish", lambda self, *a, **k: None)
+    monkeypatch.setattr("negrl.rundir.RunDir.write_results", lambda self, results: None)
+
+
+def comparable(run_dir):
+    """results.json without what differs between any two runs (when and where), and metrics.csv rows."""
+    import csv
+
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("run", "wall_time_s", "versions"):
+        results.pop(key, None)
+    for phase in results["phases"].values():
+        phase.pop("wall_time_s")
+    rows = [{k: v for k, v in r.items()} for r in csv.DictReader(open(run_dir / "metrics.csv"))]
+    return results, rows
+
+
+def test_a_hard_kill_and_resume_equals_the_uninterrupted_run_in_every_file(uninterrupted, tmp_path, monkeypatch):
+    """Killed at phase-2 step 47 with the last checkpoint at 39: every metrics.csv row and results.json field
+    (the reference's sequence count included) equal the uninterrupted run's."""
+    with monkeypatch.context() as m:
+        hard_kill_at(m, DPOPhase, 47)
+        with pytest.raises(Killed):
+            run(make_cfg(*ARGS), tmp_path)
+    resumed = run(make_cfg(*ARGS, f"resume={tmp_path}"), tmp_path)
+    full = Path(uninterrupted["run"]["dir"])
+    want_results, want_rows = comparable(full)
+    got_results, got_rows = comparable(tmp_path)
+    assert got_results == want_results
+    assert resumed["reference"]["sequences_computed"] == uninterrupted["reference"]["sequences_computed"]
+    assert [r["step"] for r in got_rows] == [r["step"] for r in want_rows]
+    differ = [(a["step"], k) for a, b in zip(got_rows, want_rows) for k in a if a[k] != b[k]]
+    assert not differ[:5]
+
+
+def test_resume_true_takes_the_newest_unfinished_run_not_a_newer_completed_one(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    with monkeypatch.context() as m:
+        kill_at(m, DPOPhase, 15)
+        with pytest.raises(Killed):
+            run(make_cfg(*ARGS), runs / "day" / "a-killed")
+    run(make_cfg(*ARGS), runs / "day" / "b-complete")  # newer, complete, same config
+    elsewhere = tmp_path / "elsewhere" / "x"  # an unfinished run of the same config outside the search
+    with monkeypatch.context() as m:
+        kill_at(m, DPOPhase, 15)
+        with pytest.raises(Killed):
+            run(make_cfg(*ARGS), elsewhere)
+    resumed = run(make_cfg(*ARGS, "resume=true"), runs / "day" / "c-new", search=str(runs / "*" / "*"))
+    assert resumed["run"]["dir"] == str(runs / "day" / "a-killed")
+    assert not (runs / "day" / "c-new").exists()
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path):
+    from negrl.rundir import RunDir
+
+    holder = RunDir(tmp_path / "busy")
+    holder.lock()  # another process training in it (flock is per open file, so this stands in for one)
+    try:
+        with pytest.raises(NegrlError, match="is in use by another negrl process"):
+            run(make_cfg(*ARGS), tmp_path / "busy")
+    finally:
+        holder.unlock()
+    assert not (tmp_path / "busy").exists()
+
+
+def test_a_full_disk_is_one_line_and_failed_with_the_last_checkpoint_kept(tmp_path, monkeypatch):
+    import errno
+
+    from negrl.errors import RunFailed
+
+    original = checkpoint.save_atomic
+    calls = []
+
+    def filling(state, run_dir):
+        calls.append(state["step"])
+        if state["phase"] == 2 and state["step"] == 19:
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "checkpoints"))
+        return original(state, run_dir)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", filling)
+    with pytest.raises(
+        RunFailed, match=r"^disk full .*: free some space, then continue .*resume=.*after phase 2 step 9"
+    ):
+        run(make_cfg(*ARGS), tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "failed" and saved["reason"].startswith("disk full")
+    assert (checkpoint.load(tmp_path)["phase"], checkpoint.load(tmp_path)["step"]) == (2, 9)

@@ -110,16 +110,20 @@ def test_objectives_preset_runs_every_objective_of_the_registry_with_its_default
 
 
 def test_joblib_sweep_runs_in_parallel_and_a_failing_job_does_not_stop_the_others(tmp_path):
-    """Two local processes; job 1 has an invalid lr and fails, jobs 0 and 2 complete."""
+    """Two local processes, three jobs; job 1 crashes mid-run (its checkpoint folder cannot be created) and is
+    recorded `failed`, jobs 0 and 2 complete; the sweep exits 1 after one summary line."""
+    (tmp_path / "1-tiny-seed1").mkdir(parents=True)
+    (tmp_path / "1-tiny-seed1" / "checkpoints").write_text("a file where the checkpoint folder goes")
     cmd = [
         sys.executable, "train.py", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2",
-        "data=small", "wandb.enabled=false", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-        "checkpoint.every=0", "seed=0-1", "optim.lr=1e-4,-1", f"hydra.sweep.dir={tmp_path}",
+        "data=small", "data.negative_repeats=1", "wandb.enabled=false", "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu", "seed=0-2", f"hydra.sweep.dir={tmp_path}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    statuses = sorted(json.loads(p.read_text())["status"] for p in tmp_path.glob("*/results.json"))
-    assert statuses == ["complete", "complete", "failed", "failed"]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in tmp_path.glob("*/results.json")}
+    assert statuses == {"0-tiny-seed0": "complete", "1-tiny-seed1": "failed", "2-tiny-seed2": "complete"}
+    assert "negrl: 1 of 3 jobs failed: 1-tiny-seed1" in proc.stderr
 
 
 def test_sweep_jobs_share_a_wandb_group_and_are_tagged_with_their_knobs():

@@ -14,47 +14,70 @@ from negrl.errors import NegrlError, RunFailed
 from negrl.pipeline import run
 
 CASES = [
-    (["holdout_frac=0"], "holdout_frac=0 must lie strictly between 0 and 1"),
-    (["holdout_frac=1.5"], "holdout_frac=1.5 must lie strictly between 0 and 1"),
+    (["holdout_frac=0"], "holdout_frac=0 must be > 0 and < 1; fix holdout_frac"),
+    (["holdout_frac=1.5"], "holdout_frac=1.5 must be > 0 and < 1"),
     (["holdout_frac=0.0123"], "holdout_frac=0.0123 gives 3.936 held-out .* not a positive whole number"),
     (["data=paper", "holdout_frac=0.025"], "64 held-out .* fewer than data.eval_size=128"),
-    (["data.batch_size=0"], "data.batch_size=0 must be a positive integer"),
-    (["data.batch_size=-16"], "data.batch_size=-16 must be a positive integer"),
-    (["data.negative_repeats=0"], "data.negative_repeats=0 must be a positive integer"),
-    (["data.password_length=0"], "data.password_length=0 must be a positive integer"),
+    (["data.batch_size=0"], "data.batch_size=0 must be >= 1 \\(a positive integer\\)"),
+    (["data.batch_size=-16"], "data.batch_size=-16 must be >= 1"),
+    (["data.negative_repeats=0"], "data.negative_repeats=0 must be >= 1"),
+    (["data.password_length=0"], "data.password_length=0 must be >= 1"),
     (["data.n_phase1=100"], "data.n_phase1=100 is not a multiple of data.batch_size=16"),
-    (["optim.lr=0"], "optim.lr=0 must be positive"),
-    (["optim.lr=-1e-4"], "optim.lr=-0.0001 must be positive"),
-    (["optim.weight_decay=-0.01"], "optim.weight_decay=-0.01 must be non-negative"),
-    (["optim.fused=sometimes"], "optim.fused='sometimes' must be auto, true or false"),
+    (["optim.lr=0"], "optim.lr=0 must be > 0; fix optim.lr"),
+    (["optim.lr=-1e-4"], "optim.lr=-0.0001 must be > 0"),
+    (["optim.weight_decay=-0.01"], "optim.weight_decay=-0.01 must be >= 0"),
+    (["optim.fused=sometimes"], "optim.fused='sometimes' is not allowed; choose one of: auto, true, false"),
     (["compute.fused_logprobs=yes"], "compute.fused_logprobs='yes' must be true or false"),
-    (["compute.attention=flash"], "compute.attention='flash' must be one of eager, sdpa"),
-    (["optim.fused=true", "trainer.precision=16-mixed"], "optim.fused=true cannot clip gradients under .*16-mixed"),
-    (["dpo.beta=0"], "dpo.beta=0 must be positive"),
+    (["compute.attention=flash"], "compute.attention='flash' is not allowed; choose one of: eager, sdpa"),
+    (["trainer.precision=16-mixed"], "trainer.precision=16-mixed needs a GPU .*silently run bf16-mixed"),
+    (["dpo.beta=0"], "dpo.beta=0 must be > 0"),
     (["objective=ipo", "objective.tau=0"], r"objective.tau=0 must be positive for objective=ipo"),
     (["objective=unlikelihood", "objective.alpha=-1"], r"objective.alpha=-1 must be non-negative"),
     (["objective.name=kto"], r"objective=kto is unknown; choose one of: dpo, ipo, hinge, npo, simnpo"),
     (["+objective.gamma=1"], r"objective=dpo takes objective.beta, got beta, gamma; fix objective"),
-    (["extraction.candidates=0"], r"extraction.candidates=0 must be a positive integer"),
+    (["extraction.candidates=0"], r"extraction.candidates=0 must be >= 1"),
     (["extraction.enabled=maybe"], r"extraction.enabled='maybe' must be true or false"),
     (
-        ["data.password_length=2", "data.eval_size=4", "extraction.candidates=500"],
-        r"extraction.candidates=500 is too many distinct 2-letter passwords over 26 letters; use at most 169",
+        ["data.password_length=3", "extraction.candidates=5000"],
+        r"extraction.candidates=5000 is too many distinct 3-letter passwords over 26 letters; use at most 4394",
     ),
-    (["joint.useful_weight=-0.2"], "phase-3 weights .*'useful': -0.2.* must be non-negative"),
-    (["joint.dpo_weight=0", "joint.random_weight=0", "joint.useful_weight=0"], "not all zero; fix joint"),
-    (["eval.every=0"], "eval.every=0 must be a positive number of steps"),
-    (["seed=-1"], "seed=-1 must be a non-negative integer"),
+    (["joint.useful_weight=-0.2"], "joint.useful_weight=-0.2 must be >= 0"),
+    (["joint.dpo_weight=0", "joint.random_weight=0", "joint.useful_weight=0"], "are all zero; set at least one"),
+    (["eval.every=0"], "eval.every=0 must be >= 1"),
+    (["seed=-1"], "seed=-1 must be >= 0 and <= 4294967295"),
     (["prefix=maybe"], "prefix='maybe' must be true or false"),
-    (["schedule.cosine_over=linear"], "schedule.cosine_over='linear' must be 'phase'"),
+    (["schedule.cosine_over=linear"], "schedule.cosine_over='linear' is not allowed; choose one of: phase, decay"),
     (["tokens.reverse_prefix=' regular'"], "regular_prefix and tokens.reverse_prefix are both ' regular'"),
     (["model=pythia-70m", "model.path=/no/such/dir"], "model.path=/no/such/dir is not a directory"),
-    (["model=pythia-70m", "model.init=scratch"], "model.init='scratch' must be one of pretrained, random"),
+    (["model=pythia-70m", "model.init=scratch"], "model.init='scratch' is not allowed; choose one"),
     (["model.init=pretrained"], "model=tiny has no published weights; .*negrl-pretrain --model tiny"),
     (["trainer.accelerator=gpu"], "trainer.accelerator=gpu but no CUDA GPU is visible; use trainer.accelerator=cpu"),
     (["trainer.devices=3"], r"trainer.devices=3 does not divide data.batch_size=16: .* use a divisor of 16"),
     (["trainer.devices=0"], r"trainer.devices=0 must be a number of devices"),
-    (["wandb.enabled=true", "wandb.mode=cloud"], "wandb.mode='cloud' must be 'offline' or 'online'"),
+    # Any key: a declared type, finite, in range; unknown keys named with the nearest valid one.
+    (["holdout_frac=abc"], "holdout_frac='abc' must be a number; fix holdout_frac"),
+    (["optim.lr=abc"], "optim.lr='abc' must be a number"),
+    (["joint.dpo_weight=abc"], "joint.dpo_weight='abc' must be a number"),
+    (["joint.dpo_weight=nan"], "joint.dpo_weight=nan is not a finite number"),
+    (["optim.betas=[0.9,inf]"], r"optim.betas\[1\]=inf is not a finite number"),
+    (["objective=hinge", "objective.delta=inf"], "objective.delta=inf is not a finite number"),
+    (["seed=4294967296"], "seed=4294967296 must be >= 0 and <= 4294967295"),
+    (["seed=1.5"], "seed='1.5' must be an integer"),
+    (["data.n_phase1=abc"], "data.n_phase1='abc' must be an integer"),
+    (["freeze=1"], "freeze=1 must be true or false"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator='tpu' is not allowed; choose one of: auto, cpu, gpu"),
+    (["trainer.precision=64"], "trainer.precision='64' is not allowed; choose one of: 32-true"),
+    (["+holdout_fraction=0.1"], "holdout_fraction is not a negrl setting; did you mean holdout_frac"),
+    (["+optim.learning_rate=1"], "optim.learning_rate is not a negrl setting"),
+    (["+trainer.limit_train_batches=0.5"], "trainer.limit_train_batches is a Lightning setting that would change"),
+    (["+trainer.accumulate_grad_batches=4"], "trainer.accumulate_grad_batches is a Lightning setting"),
+    (["+trainer.max_steps=10"], "trainer.max_steps is a Lightning setting"),
+    (["+trainer.precison=32"], "trainer.precison is not a negrl setting; did you mean trainer.precision"),
+    (["+model.architecture.hidden_sise=8"], "architecture.hidden_sise .* mean model.architecture.hidden_size"),
+    (["data.password_length=1"], "data.password_length=1 over 26 letters gives 26 distinct passwords, fewer than"),
+    (["data.n_negatives=1000000000"], r"the passwords of data.\* need about .* GiB, more than the .* GiB of memory"),
+    (["extraction.candidates=100000000"], r"extraction.candidates need about .* GiB, more than"),
+    (["wandb.enabled=true", "wandb.mode=cloud"], "wandb.mode='cloud' is not allowed; choose one of: offline, online"),
 ]
 
 
@@ -71,6 +94,38 @@ def test_model_path_that_is_not_gpt_neox(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(NegrlError, match="holds a 'llama' model, not GPT-NeoX"):
         run(make_cfg("model=pythia-70m", f"model.path={tmp_path}"), tmp_path / "run")
+
+
+def test_a_checkpoint_of_another_architecture_than_model_is_refused(tmp_path):
+    """`model=tiny model.path=DIR` with a 128-wide checkpoint: refused, naming both (it would train the
+    128-wide model while config.yaml records tiny's 64)."""
+    from negrl.backbone import PythiaBackbone
+
+    wide = make_cfg("model=tiny-h128").model.architecture
+    PythiaBackbone.random_init(dict(wide), seed=0).model.save_pretrained(tmp_path / "h128")
+    with pytest.raises(NegrlError, match=r"does not match model=tiny \(hidden_size 128 vs 64, intermediate_size"):
+        run(make_cfg("model.init=pretrained", f"model.path={tmp_path / 'h128'}"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("corrupt", ["config", "weights", "nan"])
+def test_a_broken_checkpoint_is_refused_in_one_line(tmp_path, corrupt):
+    from negrl.backbone import PythiaBackbone
+
+    ckpt = tmp_path / "ckpt"
+    backbone = PythiaBackbone.random_init(dict(make_cfg().model.architecture), seed=0)
+    if corrupt == "nan":
+        backbone.model.get_input_embeddings().weight.data[0, 0] = float("nan")
+    backbone.model.save_pretrained(ckpt)
+    if corrupt == "config":
+        (ckpt / "config.json").write_text('{"model_type": "gpt_neox", ')
+    if corrupt == "weights":
+        (ckpt / "model.safetensors").unlink()
+    message = {"config": "config.json is not a valid JSON object", "weights": "has no weights",
+               "nan": "weight gpt_neox.embed_in.weight holds non-finite values"}[corrupt]  # fmt: skip
+    with pytest.raises(NegrlError, match=message) as err:
+        run(make_cfg("model.init=pretrained", f"model.path={ckpt}"), tmp_path / "run")
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
 
 
 def test_unknown_model_name_lists_the_choices():
@@ -115,22 +170,56 @@ def test_non_finite_loss_stops_the_run_and_records_the_reason(tmp_path, monkeypa
         return (loss * float("nan") if self.trainer.global_step == 7 else loss), parts
 
     monkeypatch.setattr(DPOPhase, "compute_loss", poisoned)
-    with pytest.raises(RunFailed, match="non-finite loss nan in phase 2: DPO at step 7"):
+    with pytest.raises(RunFailed, match=r"loss nan in phase 2: dpo at step 7; lower optim.lr \(now 0.0001\)$"):
         run(make_cfg("data.negative_repeats=1", "checkpoint.every=5"), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["status"] == "failed" and "phase 2: DPO at step 7" in saved["reason"]
+    assert saved["status"] == "failed" and "phase 2: dpo at step 7" in saved["reason"]
     last = checkpoint.load(tmp_path)  # the checkpoint before the failure stays
     assert (last["phase"], last["step"], last["phase_done"]) == (2, 4, False)
 
 
-def test_multirun_records_a_failed_job_and_finishes_the_others(tmp_path):
+def test_non_finite_loss_names_the_part_that_went_non_finite(tmp_path, monkeypatch):
+    from negrl.phases import JointPhase
+
+    original = JointPhase.compute_loss
+
+    def poisoned(self, batch):
+        loss, parts = original(self, batch)
+        parts["ntp_useful"] = parts["ntp_useful"] * float("inf")
+        return loss + parts["ntp_useful"], parts
+
+    monkeypatch.setattr(JointPhase, "compute_loss", poisoned)
+    with pytest.raises(RunFailed, match=r"loss inf in phase 3: joint at step 0 \(ntp_useful=inf\); lower optim.lr"):
+        run(make_cfg("data.negative_repeats=1", "objective=npo"), tmp_path)
+    assert "or try trainer.precision=32-true" not in json.loads((tmp_path / "results.json").read_text())["reason"]
+
+
+def test_multirun_with_a_bad_value_in_any_job_is_refused_before_any_job_runs(tmp_path):
+    proc = _train(
+        "-m", "data=small", "wandb.enabled=false", "trainer.accelerator=cpu", "optim.lr=1e-4,-1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "negrl: error: job 1 of the sweep (optim.lr=-1): optim.lr=-1 must be > 0; fix optim.lr"
+    )
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_multirun_records_a_failed_job_finishes_the_others_and_exits_1(tmp_path):
+    """Job 1 crashes mid-run (its checkpoint folder cannot be created): recorded `failed`, job 0 completes, and
+    the sweep ends with a summary line and exit code 1."""
+    (tmp_path / "1-tiny-seed1").mkdir(parents=True)
+    (tmp_path / "1-tiny-seed1" / "checkpoints").write_text("a file where the checkpoint folder goes")
     proc = _train(
         "-m", "data=small", "data.negative_repeats=1", "trainer.enable_progress_bar=false", "wandb.enabled=false",
-        "trainer.accelerator=cpu", "optim.lr=1e-4,-1", f"hydra.sweep.dir={tmp_path}",
+        "trainer.accelerator=cpu", "seed=0,1", f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    statuses = sorted(json.loads(p.read_text())["status"] for p in tmp_path.glob("*/results.json"))
-    assert statuses == ["complete", "failed"]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in tmp_path.glob("*/results.json")}
+    assert statuses == {"0-tiny-seed0": "complete", "1-tiny-seed1": "failed"}
+    summary = [ln for ln in proc.stderr.splitlines() if "jobs failed" in ln]
+    assert len(summary) == 1 and summary[0].startswith("negrl: 1 of 2 jobs failed: 1-tiny-seed1 (FileExistsError")
 
 
 def test_secrets_in_the_environment_never_reach_saved_files(tmp_path):
