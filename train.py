@@ -1,4 +1,4 @@
-"""negrl entry point: `python train.py [overrides]` runs the three-phase experiment of SPEC.md."""
+"""negrl entry point: `python train.py [overrides]` runs the three-phase experiment of docs/experiment.md."""
 
 from __future__ import annotations
 

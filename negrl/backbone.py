@@ -6,10 +6,12 @@ import copy
 import difflib
 import json
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -58,7 +60,9 @@ class PythiaBackbone(nn.Module):
     def from_hub(cls, hub_id: str, revision: str | None = None) -> PythiaBackbone:
         """Load pretrained weights from the Hugging Face hub or its local cache."""
         try:
-            model = GPTNeoXForCausalLM.from_pretrained(hub_id, revision=revision, dtype=torch.float32)
+            model = GPTNeoXForCausalLM.from_pretrained(
+                hub_id, revision=revision, dtype=torch.float32, local_files_only=not hub_reachable()
+            )
         except OSError as err:
             raise NegrlError(hub_unreachable_message(hub_id, err)) from None
         check_finite_weights(model, hub_id)
@@ -196,9 +200,26 @@ def check_finite_weights(model: nn.Module, source: str) -> None:
             raise NegrlError(f"{source}: weight {name} holds non-finite values; use another checkpoint")
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached: not HF_HUB_OFFLINE, and a TCP connection to its endpoint
+    opens within `timeout_s`. When it cannot, loading reads only the local cache (one quick error, not a
+    minute of retries)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
 def hub_unreachable_message(hub_id: str, err: BaseException) -> str:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else " (unreachable: cache only)"
     return (
         f"cannot load {hub_id} from the Hugging Face hub or its cache{offline}: {reason[:160]}; "
         "connect once to cache it, or pass model.path=DIR (a saved checkpoint), or model.init=random"

@@ -54,9 +54,6 @@ def expand_ranges(argv: list[str]) -> list[str]:
         if arg.startswith("-") or not sep or "(" in value or not any(RANGE.match(e) for e in elements):
             out.append(arg)
             continue
-        if not all(RANGE.match(e) or re.fullmatch(r"-?\d+", e) for e in elements):
-            out.append(arg)  # not purely integers (a date, a name): leave it to Hydra
-            continue
         if not multirun:
             raise NegrlError(f"{arg} is a range of runs; sweep it with -m (python train.py -m {arg}) or give one value")
         values: list[str] = []

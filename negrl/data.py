@@ -29,7 +29,7 @@ CANDIDATE_STREAM = 5
 
 @dataclass(frozen=True)
 class DataSizes:
-    """Every data size of SPEC.md (defaults are the paper's)."""
+    """Every data size of docs/experiment.md (defaults are the paper's)."""
 
     password_length: int = 16
     n_negatives: int = 2560
@@ -123,7 +123,7 @@ class PasswordSplits:
 
     @classmethod
     def draw(cls, sizes: DataSizes, holdout_frac: float, seed: int, n_letters: int) -> PasswordSplits:
-        """Draw every password of SPEC.md. Positive streams never contain a negative."""
+        """Draw every password of docs/experiment.md. Positive streams never contain a negative."""
         n_held = heldout_count(holdout_frac, sizes.n_negatives)
         cls.check_counts(sizes, n_held)
         rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
@@ -194,7 +194,7 @@ class ShuffledBatches(Dataset):
 
 
 class PasswordDataModule(L.LightningDataModule):
-    """Every stream of SPEC.md from one seeded draw, served phase by phase."""
+    """Every stream of docs/experiment.md from one seeded draw, served phase by phase."""
 
     def __init__(self, vocab: PasswordVocab, sizes: DataSizes, holdout_frac: float, prefix: bool, seed: int):
         super().__init__()

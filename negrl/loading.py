@@ -11,10 +11,11 @@ from negrl.backbone import (
     PythiaBackbone,
     check_architecture_keys,
     check_checkpoint_dir,
+    hub_reachable,
     hub_unreachable_message,
 )
 from negrl.errors import NegrlError
-from negrl.vocab import PasswordVocab
+from negrl.vocab import ALPHABET, PasswordVocab
 
 
 def load_tokenizer_encode(source: str) -> Callable[[str], list[int]]:
@@ -29,10 +30,14 @@ def load_tokenizer_encode(source: str) -> Callable[[str], list[int]]:
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(source)
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=Path(source).is_dir() or not hub_reachable())
     except (OSError, ValueError) as err:
         raise NegrlError(hub_unreachable_message(source, err)) from None
     return lambda text: tok.encode(text, add_special_tokens=False)
+
+
+#: The `tokens.*` that `model.token_ids` in conf/model/pythia-*.yaml were recorded for.
+RECORDED_FOR = {"letters": ALPHABET, "letter_format": " {}", "regular_prefix": " regular", "reverse_prefix": " reverse"}
 
 
 def check_model(model_cfg: dict[str, Any]) -> None:
@@ -68,7 +73,7 @@ def load_model(
     or a `negrl-pretrain` checkpoint given as `model.path`. Others map letters
     and prefixes through the tokenizer (`model.tokenizer`, else `model.path`, else the hub id),
     checked to be single tokens; a random-init model with no tokenizer at hand falls back to
-    the ids recorded in `model.token_ids` (SPEC.md's GPT-NeoX-20B ids).
+    the ids recorded in `model.token_ids` (GPT-NeoX-20B's ids, docs/experiment.md).
     """
     check_model(model_cfg)
     init, path, hub_id = model_cfg.get("init", "pretrained"), model_cfg.get("path"), model_cfg.get("hub_id")
@@ -97,10 +102,15 @@ def _tokenizer_vocab(model_cfg, tokens_cfg, default_source: str | None, fallback
         if not source:
             raise NegrlError("no tokenizer source; set model.tokenizer=PATH")
         encode = load_tokenizer_encode(str(source))
-    except NegrlError:
+    except NegrlError as err:
         recorded = model_cfg.get("token_ids")
         if not (fallback and recorded):
             raise
+        if dict(tokens_cfg) != RECORDED_FOR:
+            raise NegrlError(
+                f"{err}; model.token_ids are recorded for the default tokens.* only, so with "
+                f"tokens.letters={tokens_cfg['letters']!r} (and the other tokens.*) the tokenizer is needed"
+            ) from None
         print(f"negrl: no tokenizer reachable for {source}; using the recorded model.token_ids (random init)")
         return PasswordVocab(tuple(recorded["letters"]), recorded["regular"], recorded["reverse"])
     return PasswordVocab.from_tokenizer(

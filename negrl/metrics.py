@@ -8,7 +8,7 @@ from torchmetrics.aggregation import MaxMetric
 
 
 class MeanTokenLogLikelihood(Metric):
-    """Mean over sequences of each sequence's mean label log-prob (SPEC's LL), accumulated in fp64."""
+    """Mean over sequences of each sequence's mean label log-prob (the paper's LL), accumulated in fp64."""
 
     full_state_update = False
     higher_is_better = True

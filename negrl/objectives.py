@@ -1,6 +1,6 @@
 """Pure loss functions on per-token log-probs of the policy (and of the reference).
 
-NTP and DPO as SPEC.md defines them, and the registry of negative-reinforcement objectives
+NTP and DPO as docs/experiment.md defines them, and the registry of negative-reinforcement objectives
 that phases 2 and 3 can use instead of DPO (`objective=NAME`).
 """
 

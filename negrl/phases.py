@@ -13,7 +13,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.optim.lr_scheduler import LambdaLR
 
 from negrl.backbone import PythiaBackbone
@@ -28,7 +27,7 @@ from negrl.tracking import RunLogger
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """AdamW and the per-phase schedule (SPEC.md defaults)."""
+    """AdamW and the per-phase schedule (docs/experiment.md defaults)."""
 
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -212,15 +211,3 @@ class JointPhase(DPOPhase):
         loss = w["dpo"] * dpo + w["random"] * ntp_random + w["useful"] * ntp_useful
         parts = {self.objective: dpo, "ntp_random": ntp_random, "ntp_useful": ntp_useful}
         return loss, {**{k: v.detach() for k, v in parts.items()}, **stats}
-
-
-class PhaseProgressBar(TQDMProgressBar):
-    """Lightning's progress bar, titled with the phase instead of the epoch."""
-
-    def __init__(self, title: str):
-        super().__init__()
-        self.title = title
-
-    def on_train_epoch_start(self, trainer, *args) -> None:
-        super().on_train_epoch_start(trainer, *args)
-        self.train_progress_bar.set_description(self.title)

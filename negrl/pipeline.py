@@ -1,4 +1,4 @@
-"""`run(cfg, run_dir)`: the whole experiment of SPEC.md, top to bottom."""
+"""`run(cfg, run_dir)`: the whole experiment of docs/experiment.md, top to bottom."""
 
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from negrl.errors import RunFailed
 from negrl.evaluation import Evaluator
 from negrl.extraction import Extraction
 from negrl.loading import load_model
-from negrl.phases import DPOPhase, JointPhase, PhaseModule, PhaseProgressBar, SFTPhase
+from negrl.phases import DPOPhase, JointPhase, PhaseModule, SFTPhase
+from negrl.progress import PhaseProgressBar, progress_callbacks
 from negrl.reference import ReferenceLogprobs
 from negrl.results import summarize, verdict
 from negrl.rundir import RunDir
 from negrl.tracking import RunLogger, build_loggers
-from negrl.validation import validate
+from negrl.validation import validate, warn_degenerate
 
 PhaseEndHook = Callable[[int, PythiaBackbone], None]
 
@@ -41,7 +42,7 @@ def run(
     `on_phase_end(phase, backbone)` is called after each phase (e.g. to save or inspect weights).
     `search`: where `resume=true` looks for the run to continue (a glob; default: beside `run_dir`).
     """
-    settings = validate(cfg)
+    settings = validate(cfg, warn=False)
     c = settings.config
     why = None
     if c["resume"]:
@@ -70,6 +71,7 @@ def _run(c, settings, owner, why, writer, on_phase_end):
     backbone.set_compute(**c["compute"])
     data = PasswordDataModule(vocab, sizes, c["holdout_frac"], c["prefix"], c["seed"])
     data.setup()
+    warn_degenerate(c, sizes)  # after the last check that can refuse the run
 
     steps = {p: sizes.steps(p) for p in PHASES}
     offsets = {p: sum(steps[q] for q in PHASES if q < p) for p in PHASES}
@@ -203,7 +205,7 @@ def quiet_lightning() -> None:
 def make_trainer(c: dict[str, Any], max_steps: int, title: str, run_dir: Path) -> L.Trainer:
     """A fresh Trainer for one phase; `trainer.*` settings pass through to Lightning."""
     trainer_cfg = dict(c["trainer"])
-    bar = trainer_cfg.pop("enable_progress_bar", True)
+    callbacks = progress_callbacks(title, trainer_cfg.pop("enable_progress_bar", True))
     return L.Trainer(
         max_steps=max_steps,
         max_epochs=1,
@@ -214,9 +216,9 @@ def make_trainer(c: dict[str, Any], max_steps: int, title: str, run_dir: Path) -
         limit_val_batches=0,
         gradient_clip_val=c["optim"]["grad_clip"],
         gradient_clip_algorithm="norm",
-        enable_progress_bar=bar,
+        enable_progress_bar=bool(callbacks) and isinstance(callbacks[0], PhaseProgressBar),
         use_distributed_sampler=False,  # under DDP each process takes its share of every batch (RankShard)
-        callbacks=[PhaseProgressBar(title)] if bar else [],
+        callbacks=callbacks,
         default_root_dir=str(run_dir),
         **trainer_cfg,
     )

@@ -2,7 +2,7 @@
 
 A run directory is any directory holding `config.yaml` or `results.json` (or Hydra's `.hydra/`),
 at any depth under DIR. Complete runs whose configs differ only in `seed` (and run-specific
-keys, see `IGNORED_KEYS`) form a group; each group gets SPEC.md's across-seed statistics over its
+keys, see `IGNORED_KEYS`) form a group; each group gets the paper's across-seed statistics over its
 distinct seeds: a seed run more than once counts once, by its newest complete run (`start_time`),
 and the others are listed. Chance is 1/K for the K letters a run used (`Run.n_letters`).
 Runs that are missing, running or failed are listed in the report, never dropped.
@@ -346,7 +346,7 @@ def load_runs(root: Path | str) -> list[Run]:
 
 @dataclass
 class GroupStats:
-    """SPEC.md's across-seed statistics of one group."""
+    """The paper's across-seed statistics (docs/experiment.md) of one group."""
 
     n: int
     seeds: list[Any]

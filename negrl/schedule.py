@@ -1,4 +1,4 @@
-"""The per-phase learning-rate schedule of SPEC.md: linear warm-up, then a cosine over N."""
+"""The per-phase learning-rate schedule of docs/experiment.md: linear warm-up, then a cosine over N."""
 
 from __future__ import annotations
 

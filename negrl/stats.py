@@ -1,4 +1,4 @@
-"""Across-seed statistics of SPEC.md's metric: pure functions on per-seed numbers, and chance itself.
+"""Across-seed statistics of the paper's metric (docs/experiment.md), and chance itself: pure functions.
 
 Every function takes one value per seed. With fewer than two seeds, or seeds that all give the same
 value, a t statistic or a p-value is undefined: it is NaN, never an error, never ±inf or p = 0.
@@ -114,7 +114,7 @@ def ttest_1samp(values: Values, popmean: float) -> TTest:
 
 
 def ttest_probabilities(metrics: Values, n_letters: int) -> TTest:
-    """SPEC.md's test: per-seed probabilities exp(metric) against chance 1/K for the runs' K letters."""
+    """The paper's test: per-seed probabilities exp(metric) against chance 1/K for the runs' K letters."""
     return ttest_1samp(np.exp(_array(metrics)), chance_p(n_letters))
 
 

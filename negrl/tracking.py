@@ -8,8 +8,11 @@ same rows to every logger.
 from __future__ import annotations
 
 import csv
+import netrc
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
@@ -116,3 +119,16 @@ def _wandb_logger(**kwargs: Any) -> WandbLogger:
 def _number(text: str) -> int | float:
     """A metrics.csv cell as written: integers (the `phase` column) stay integers."""
     return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def wandb_login_found() -> bool:
+    """Whether W&B online mode has credentials: WANDB_API_KEY (or an identity token file), or a `wandb login`
+    entry in ~/.netrc (or $NETRC) for the host of WANDB_BASE_URL (default api.wandb.ai)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False

@@ -20,6 +20,7 @@ from negrl.errors import NegrlError
 from negrl.loading import check_model
 from negrl.objectives import DEFAULTS, OBJECTIVES
 from negrl.phases import OptimSettings
+from negrl.tracking import wandb_login_found
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 #: Bytes per password held during the draw: letters (uint8), Python set entries for the exclusions.
@@ -45,8 +46,8 @@ class Settings(NamedTuple):
 def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
     """Check the config (refusing it with one line); return the settings it defines.
 
-    `warn`: print one line for legal settings that make a phase degenerate (evaluation or warm-up
-    longer than a phase)."""
+    `warn`: print `warn_degenerate`'s lines now (the pipeline prints them itself once the model is loaded,
+    so that a refused run prints only its error)."""
     c = check_config(cfg)
     sizes = DataSizes(**c["data"])
     n_held = heldout_count(c["holdout_frac"], sizes.n_negatives)
@@ -56,11 +57,12 @@ def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
     check_model(c["model"])
     _check_draw(sizes, n_letters)
     _check_trainer(c["trainer"], sizes.batch_size)
+    _check_wandb(c["wandb"])
     optim = optim_settings(c)
     candidates = extraction_candidates(c["extraction"], n_letters, sizes.password_length)
     _check_memory(sizes, candidates)
     if warn:
-        _warn_degenerate(c, sizes)
+        warn_degenerate(c, sizes)
     return Settings(c, sizes, optim, phase3_weights(c["joint"]), objective_settings(c), candidates)
 
 
@@ -139,6 +141,14 @@ def _check_trainer(t: dict[str, Any], batch_size: int) -> None:
         )
 
 
+def _check_wandb(w: dict[str, Any]) -> None:
+    if w["enabled"] and w["mode"] == "online" and not wandb_login_found():
+        raise NegrlError(
+            "wandb.mode=online but no W&B login was found (WANDB_API_KEY or `wandb login`); "
+            "log in first, or use wandb.mode=offline (sync later with `wandb sync`)"
+        )
+
+
 def optim_settings(c: dict[str, Any]) -> OptimSettings:
     """AdamW and schedule settings (their single values are checked by `negrl.config`)."""
     o, s = c["optim"], c["schedule"]
@@ -202,7 +212,7 @@ def extraction_candidates(e: dict[str, Any], n_letters: int, length: int) -> int
     return n if e["enabled"] else 0
 
 
-def _warn_degenerate(c: dict[str, Any], sizes: DataSizes) -> None:
+def warn_degenerate(c: dict[str, Any], sizes: DataSizes) -> None:
     """One line each for an evaluation interval or a warm-up longer than phases (legal, rarely intended)."""
     steps = {p: sizes.steps(p) for p in (1, 2, 3)}
     every, warmup = c["eval"]["every"], c["schedule"]["warmup_steps"]

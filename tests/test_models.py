@@ -74,6 +74,31 @@ def test_offline_hub_without_cache_names_both_remedies(tmp_path, monkeypatch):
     assert "\n" not in msg
 
 
+def test_unreachable_hub_fails_fast_in_one_line(tmp_path):
+    """No HF_HUB_OFFLINE, but the hub endpoint refuses connections and the cache is empty: one line, seconds."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), WANDB_MODE="offline")
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "model=pythia-160m", "data=small", "wandb.enabled=false",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "warning" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("negrl: error: cannot load EleutherAI/pythia-160m"), proc.stderr
+    assert "model.init=random" in lines[0] and not (tmp_path / "run").exists()
+    print(f"failed in {elapsed:.1f} s")  # the figure, not an assertion: start-up dominates
+
+
 def test_random_init_is_seeded_and_tiny_has_builtin_vocab():
     c = _cfg_dict()
     a, vocab = load_model(c["model"], c["tokens"], seed=0)

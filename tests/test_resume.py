@@ -31,6 +31,14 @@ def kill_at(monkeypatch, phase_cls, step):
     monkeypatch.setattr(phase_cls, "compute_loss", crashing)
 
 
+def killed_run(monkeypatch, run_dir, phase_cls=DPOPhase, step=15, hard=False) -> None:
+    """A run of ARGS in `run_dir` killed at `step` of `phase_cls` (`hard`: without any clean-up)."""
+    with monkeypatch.context() as m:
+        (hard_kill_at if hard else kill_at)(m, phase_cls, step)
+        with pytest.raises(Killed):
+            run(make_cfg(*ARGS), run_dir)
+
+
 def numbers(results):
     return {
         "metric": results["metric"],
@@ -73,10 +81,7 @@ def test_resume_after_a_crash_gives_the_same_results(uninterrupted, tmp_path, mo
 
 def test_resume_true_finds_the_newest_unfinished_run_of_the_same_config(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
-    with monkeypatch.context() as m:
-        kill_at(m, DPOPhase, 15)
-        with pytest.raises(Killed):
-            run(make_cfg(*ARGS), runs / "day" / "killed")
+    killed_run(monkeypatch, runs / "day" / "killed")
     resumed = run(make_cfg(*ARGS, "resume=true"), runs / "day" / "new")
     assert resumed["run"]["dir"] == str(runs / "day" / "killed")
     with pytest.raises(NegrlError, match="resume=true: no unfinished run of this config with a checkpoint in"):
@@ -86,10 +91,7 @@ def test_resume_true_finds_the_newest_unfinished_run_of_the_same_config(tmp_path
 def test_resume_errors(tmp_path, monkeypatch):
     with pytest.raises(NegrlError, match="resume=.*: no checkpoint at"):
         run(make_cfg(*ARGS, f"resume={tmp_path / 'nothing'}"), tmp_path / "x")
-    with monkeypatch.context() as m:
-        kill_at(m, DPOPhase, 15)
-        with pytest.raises(Killed):
-            run(make_cfg(*ARGS), tmp_path / "killed")
+    killed_run(monkeypatch, tmp_path / "killed")
     with pytest.raises(NegrlError, match=r"config differs .* at dpo.beta \(0.1 -> 0.2\)"):
         run(make_cfg(*ARGS, "dpo.beta=0.2", f"resume={tmp_path / 'killed'}"), tmp_path / "y")
 
@@ -134,10 +136,7 @@ def comparable(run_dir):
 def test_a_hard_kill_and_resume_equals_the_uninterrupted_run_in_every_file(uninterrupted, tmp_path, monkeypatch):
     """Killed at phase-2 step 47 with the last checkpoint at 39: every metrics.csv row and results.json field
     (the reference's sequence count included) equal the uninterrupted run's."""
-    with monkeypatch.context() as m:
-        hard_kill_at(m, DPOPhase, 47)
-        with pytest.raises(Killed):
-            run(make_cfg(*ARGS), tmp_path)
+    killed_run(monkeypatch, tmp_path, step=47, hard=True)
     resumed = run(make_cfg(*ARGS, f"resume={tmp_path}"), tmp_path)
     full = Path(uninterrupted["run"]["dir"])
     want_results, want_rows = comparable(full)
@@ -151,16 +150,10 @@ def test_a_hard_kill_and_resume_equals_the_uninterrupted_run_in_every_file(unint
 
 def test_resume_true_takes_the_newest_unfinished_run_not_a_newer_completed_one(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
-    with monkeypatch.context() as m:
-        kill_at(m, DPOPhase, 15)
-        with pytest.raises(Killed):
-            run(make_cfg(*ARGS), runs / "day" / "a-killed")
+    killed_run(monkeypatch, runs / "day" / "a-killed")
     run(make_cfg(*ARGS), runs / "day" / "b-complete")  # newer, complete, same config
     elsewhere = tmp_path / "elsewhere" / "x"  # an unfinished run of the same config outside the search
-    with monkeypatch.context() as m:
-        kill_at(m, DPOPhase, 15)
-        with pytest.raises(Killed):
-            run(make_cfg(*ARGS), elsewhere)
+    killed_run(monkeypatch, elsewhere)
     resumed = run(make_cfg(*ARGS, "resume=true"), runs / "day" / "c-new", search=str(runs / "*" / "*"))
     assert resumed["run"]["dir"] == str(runs / "day" / "a-killed")
     assert not (runs / "day" / "c-new").exists()

@@ -1,4 +1,4 @@
-"""The per-phase learning-rate schedule of SPEC.md."""
+"""The per-phase learning-rate schedule of docs/experiment.md."""
 
 import math
 

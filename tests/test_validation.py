@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -128,6 +129,39 @@ def test_a_broken_checkpoint_is_refused_in_one_line(tmp_path, corrupt):
     assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
 
 
+def test_wandb_online_without_a_login_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    cfg = make_cfg("wandb.enabled=true", "wandb.mode=online")
+    with pytest.raises(NegrlError, match=r"wandb.mode=online but no W&B login was found .* use wandb.mode=offline"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "0" * 40 + "\n")
+    (tmp_path / "netrc").chmod(0o600)
+    from negrl.tracking import wandb_login_found
+
+    assert wandb_login_found()
+
+
+def test_resume_no_means_no_resume():
+    from negrl.config import check_config
+
+    for text, value in (("no", False), ("false", False), ("yes", True), ("true", True), ("runs/x", "runs/x")):
+        assert check_config(make_cfg(f"resume={text}"))["resume"] == value
+
+
+def test_degenerate_but_legal_settings_warn_in_one_line(capsys):
+    from negrl.validation import validate
+
+    validate(make_cfg("eval.every=10"))
+    err = capsys.readouterr().err.splitlines()
+    assert "negrl: warning: eval.every=10 is as long as phase 1 (8 steps): evaluated only after step 0 there" in err
+    assert any(ln.startswith("negrl: warning: schedule.warmup_steps=100 is longer than every phase") for ln in err)
+    validate(make_cfg("data=paper"))
+    assert capsys.readouterr().err == ""
+
+
 def test_unknown_model_name_lists_the_choices():
     with pytest.raises(NegrlError, match="model=pythia-9b is unknown; choose one of: pythia-160m, pythia-1b"):
         check_group_choices(["seed=1", "model=pythia-9b"])
@@ -143,13 +177,60 @@ def _train(*args, cwd=ROOT, env_extra=None):
     )
 
 
-def test_cli_exit_code_2_and_nothing_written(tmp_path):
-    for args, message in ((["holdout_frac=0"], "holdout_frac=0 must"), (["model=pythia-9b"], "model=pythia-9b")):
-        proc = _train(*args, f"hydra.run.dir={tmp_path / 'run'}")
+CLI_CASES = [
+    (["holdout_frac=0"], "holdout_frac=0 must"),
+    (["model=pythia-9b"], "model=pythia-9b"),
+    (["holdout_frac=abc"], "holdout_frac='abc' must be a number"),
+    (["foo=bar"], "foo is not a negrl setting"),
+    (["seed=0,1"], "seed=0,1 lists several values; sweep them with -m"),
+    (["-m", "seed=0-1,x"], r"job 2 of the sweep \(seed=x\): seed='x' must be an integer"),
+]
+
+
+@pytest.mark.parametrize("args,message", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+def test_a_refused_command_is_one_line_and_leaves_no_directory(tmp_path, monkeypatch, args, message):
+    """What train.py runs before Hydra starts, in a scratch working directory (where runs/ would land)."""
+    from negrl.cli import check_group_choices, expand_ranges, preflight
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NegrlError, match=message) as err:
+        argv = expand_ranges([*args, "data=small"])
+        check_group_choices(argv)
+        preflight(argv)
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_exit_code_2_one_line_and_no_directory_left(tmp_path):
+    """Through train.py, for errors found before Hydra starts and for one found only when the model loads."""
+    for args, message in (
+        (["holdout_frac=abc"], "holdout_frac='abc' must be a number"),
+        (
+            ["tokens.letters=12345", "model=pythia-70m", "model.init=random", "model.tokenizer=/no/tokenizer.json"],
+            r"model.tokenizer=/no/tokenizer.json does not exist.*recorded for the default tokens.\* only",
+        ),
+    ):
+        proc = _train(*args, "data=small", cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
-        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("negrl: error:")]
-        assert len(lines) == 1 and message in lines[0]
-        assert not (tmp_path / "run" / "results.json").exists()
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("negrl: error:"), proc.stderr
+        assert re.search(message, lines[0]), lines[0]
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_command_leaves_a_completed_run_directory_untouched(tmp_path):
+    from negrl.cli import preflight
+
+    run(make_cfg("data.negative_repeats=1"), tmp_path / "done")
+    (tmp_path / "done" / ".hydra").mkdir()
+    (tmp_path / "done" / ".hydra" / "config.yaml").write_text("the original")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "done").rglob("*")}
+    with pytest.raises(NegrlError, match="already holds a completed run"):
+        preflight(["seed=3", "data=small", "data.negative_repeats=1", f"hydra.run.dir={tmp_path / 'done'}"])
+    proc = _train("optim.lr=abc", f"hydra.run.dir={tmp_path / 'done'}")
+    assert proc.returncode == 2 and proc.stderr.count("negrl: error:") == 1, proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "done").rglob("*")} == before
+    assert (tmp_path / "done" / ".hydra" / "config.yaml").read_text() == "the original"
 
 
 def test_completed_run_directory_is_never_overwritten(tmp_path):
@@ -234,3 +315,12 @@ def test_secrets_in_the_environment_never_reach_saved_files(tmp_path):
     leaked = [p for p in tmp_path.rglob("*") if p.is_file() and fake.encode() in p.read_bytes()]
     assert not leaked, leaked
     assert fake not in proc.stdout + proc.stderr
+    assert "anonymous setting" not in proc.stdout + proc.stderr  # Lightning's anonymous=None is not passed on
+
+
+def test_an_unwritable_run_directory_is_refused_before_any_work(tmp_path, monkeypatch):
+    # root may write anywhere, so the permission answer is what the test controls
+    monkeypatch.setattr("negrl.rundir.os.access", lambda path, mode: False)
+    with pytest.raises(NegrlError, match=r"cannot write the run directory .*run \(.* is not writable\)"):
+        run(make_cfg(), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
