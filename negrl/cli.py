@@ -160,12 +160,20 @@ def _quoted(path: Path) -> str:
     return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+#: Where each job of a sweep records where it ran and how it ended (hidden: the report does not search it).
+JOB_RECORDS = ".jobs"
+
+
 class SweepSummary(Callback):
-    """After a sweep (Hydra callback): one line on how many jobs failed, and exit code 1 if any did."""
+    """After a sweep (Hydra callback): one line on how many jobs failed, and exit code 1 if any did. A job counts
+    by its record (a resumed job ran in its earlier directory), else by its directory's results.json."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir() or (p / "results.json").is_file())
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        records = [json.loads(p.read_text()) for p in sorted((sweep_dir / JOB_RECORDS).glob("*.json"))]
+        recorded = {r["dir"] for r in records}
+        unrecorded = [p for p in sorted(sweep_dir.iterdir()) if (p / ".hydra").is_dir() and str(p) not in recorded]
+        jobs = [*(Path(r["dir"]) for r in records), *unrecorded]  # unrecorded: the job died before it could say
         failed = [p for p in jobs if read_status(p) != "complete"]
         if not failed:
             print(f"negrl: all {len(jobs)} jobs of {sweep_dir} complete")
@@ -173,6 +181,13 @@ class SweepSummary(Callback):
         shown = "; ".join(f"{p.name} ({_reason(p)})" for p in failed[:5]) + ("; ..." if len(failed) > 5 else "")
         print(f"negrl: {len(failed)} of {len(jobs)} jobs failed: {shown}", file=sys.stderr)
         sys.exit(1)
+
+
+def _record_job(hydra_cfg: DictConfig, run_dir: Path) -> None:
+    """Note where this job of a sweep ran, for `SweepSummary`."""
+    records = Path(hydra_cfg.sweep.dir).resolve() / JOB_RECORDS
+    records.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(records / f"{hydra_cfg.job.num}.json", {"dir": str(Path(run_dir).resolve())})
 
 
 def _reason(run_dir: Path) -> str:
@@ -205,12 +220,18 @@ def run_from_hydra(cfg: DictConfig) -> float:
                 RunDir(run_dir).remove_if_unused()
             sys.exit(err.exit_code)
         _record_failure(run_dir, err)
+        _record_job(hydra_cfg, run_dir)
         return math.nan
     except Exception as err:  # a bug or a crash: recorded by run(); a sweep goes on
         if not multirun:
             raise
         print(f"negrl: job {hydra_cfg.job.num} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        _record_job(hydra_cfg, run_dir)
         return math.nan
+    if multirun and is_rank_zero():
+        _record_job(hydra_cfg, results["run"]["dir"])
+        if Path(results["run"]["dir"]).resolve() != run_dir.resolve():  # resumed an earlier run of this job
+            RunDir(run_dir).remove_if_unused(stop_at=Path(hydra_cfg.sweep.dir))
     if is_rank_zero():
         print(results["verdict"])
     return results["delta"]

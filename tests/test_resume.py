@@ -194,3 +194,24 @@ def test_a_full_disk_is_one_line_and_failed_with_the_last_checkpoint_kept(tmp_pa
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "failed" and saved["reason"].startswith("disk full")
     assert (checkpoint.load(tmp_path)["phase"], checkpoint.load(tmp_path)["step"]) == (2, 9)
+
+
+def test_a_sweep_with_resume_true_continues_each_job_and_leaves_no_new_job_directory(tmp_path, monkeypatch):
+    """`python train.py -m seed=0 resume=true`: the job continues the killed run of a former sweep (found through
+    the sweep's directory pattern), the new sweep keeps no empty job directory, and the summary counts the job."""
+    import subprocess
+    import sys
+
+    from conftest import FAST, ROOT
+
+    old = tmp_path / "multirun" / "2026-01-01" / "00-00-00" / "0-tiny-seed0"
+    killed_run(monkeypatch, old)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", *FAST, *ARGS, "seed=0", "resume=true"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((old / "results.json").read_text())["status"] == "complete"
+    sweeps = [p for p in (tmp_path / "multirun").glob("*/*") if p.parent.name != "2026-01-01"]
+    assert len(sweeps) == 1 and sorted(p.name for p in sweeps[0].iterdir()) == [".jobs", "multirun.yaml"]
+    assert "negrl: all 1 jobs of" in proc.stdout
