@@ -13,26 +13,23 @@ optimized/baseline ratio. The steps run the phases' own `compute_loss` code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-# ruff: noqa: E402  (the variable must be set before transformers is imported)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random init: the recorded token ids do; no hub round trip
+import torch
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf
-
-from negrl.data import PHASES, DataSizes, PasswordDataModule
+from negrl.data import PHASES, PasswordDataModule
 from negrl.evaluation import Evaluator
 from negrl.extraction import Extraction
 from negrl.loading import load_model
-from negrl.phases import DPOPhase, JointPhase, OptimSettings, SFTPhase
+from negrl.phases import DPOPhase, JointPhase, SFTPhase
 from negrl.reference import ReferenceLogprobs
+from negrl.validation import Settings, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PAPER_STEPS = {1: 64, 2: 1200, 3: 1200}
@@ -84,21 +81,24 @@ def _peak_memory_mb(device: str) -> float:
 class PhaseBench:
     """One phase's module, optimizer and batches, with an optional reference cache."""
 
-    def __init__(self, phase: int, backbone, reference, data, sizes, setup: tuple, device: str):
+    def __init__(self, phase: int, backbone, reference, data, settings: Settings, setup: tuple, device: str):
         cached, self.autocast_dtype, fused, *self.compute = setup
         self.phase, self.device = phase, device
         self.backbones = (backbone, reference)
-        backbone.set_trainable(True, freeze_second_half=phase == 2)
-        optim = OptimSettings(fused=fused)
-        common = dict(optim=optim, total_steps=PAPER_STEPS[phase], evaluator=Evaluator(5), run_logger=None)
+        c, sizes = settings.config, settings.sizes
+        backbone.set_trainable(True, freeze_second_half=phase == 2 and c["freeze"])
+        optim = dataclasses.replace(settings.optim, fused=fused)
+        self.grad_clip = c["optim"]["grad_clip"]
+        evaluator = Evaluator(c["eval"]["every"])
+        common = dict(optim=optim, total_steps=PAPER_STEPS[phase], evaluator=evaluator, run_logger=None)
         ref = ReferenceLogprobs(reference, sizes.dpo_size, sizes.n_negatives, enabled=cached)
+        negative = dict(beta=c["dpo"]["beta"], objective=settings.objective)
         if phase == 1:
             self.module = SFTPhase(backbone, **common)
         elif phase == 2:
-            self.module = DPOPhase(backbone, ref, beta=0.1, **common)
+            self.module = DPOPhase(backbone, ref, **negative, **common)
         else:
-            weights = {"dpo": 1.0, "random": 0.2, "useful": 0.2}
-            self.module = JointPhase(backbone, ref, beta=0.1, weights=weights, **common)
+            self.module = JointPhase(backbone, ref, **negative, weights=settings.weights, **common)
         self.params = backbone.trainable_parameters()
         self.optimizer = optim.adamw(self.params)
         self.dataset = data.dataset(phase)
@@ -123,7 +123,7 @@ class PhaseBench:
             loss, _ = self.module.compute_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
         _sync(self.device)
         return sum(v.numel() - len(v) for k, v in batch.items() if not k.endswith("_id"))
@@ -134,12 +134,12 @@ def run_bench(model: str, steps: int, precision: str, device: str) -> dict[str, 
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"model={model}", "model.init=random"])
-    c = OmegaConf.to_container(cfg, resolve=True)
-    sizes = DataSizes(**c["data"])
-    backbone, vocab = load_model(c["model"], c["tokens"], seed=0)
+    settings = validate(cfg)
+    c, sizes = settings.config, settings.sizes
+    backbone, vocab = load_model(c["model"], c["tokens"], c["seed"])
     backbone.to(device)
     reference = backbone.frozen_copy()
-    data = PasswordDataModule(vocab, sizes, 0.05, True, 0)
+    data = PasswordDataModule(vocab, sizes, c["holdout_frac"], c["prefix"], c["seed"])
     n_params = sum(p.numel() for p in backbone.parameters()) - backbone.model.get_input_embeddings().weight.numel()
     autocast = torch.bfloat16 if precision == "bf16-mixed" else None
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
@@ -150,7 +150,7 @@ def run_bench(model: str, steps: int, precision: str, device: str) -> dict[str, 
     out: dict[str, Any] = {"model": model, "device": device, "precision": precision, "steps": steps,
                            "params_non_embedding": n_params, "matmul_peak_flops": peaks, "phases": {}}  # fmt: skip
     n_candidates = c["extraction"]["candidates"]
-    evaluator = Evaluator(5, Extraction(vocab.letter_ids))
+    evaluator = Evaluator(c["eval"]["every"], Extraction(vocab.letter_ids))
     evaluator.start_phase(data.eval_sets(3), data.candidates(3, n_candidates))
     evaluator.evaluate(backbone)
     eval_s, extract_s, extract_ref_s = {}, {}, {}
@@ -162,7 +162,7 @@ def run_bench(model: str, steps: int, precision: str, device: str) -> dict[str, 
         extract_s[name] = _timed(lambda: evaluator.extract(backbone), device)
         extract_ref_s[name] = _timed(lambda: evaluator.extract(backbone, reference), device)
     for phase in PHASES:
-        benches = {name: PhaseBench(phase, backbone, reference, data, sizes, setup, device)
+        benches = {name: PhaseBench(phase, backbone, reference, data, settings, setup, device)
                    for name, setup in configs.items()}  # fmt: skip
         times = {name: [] for name in configs}
         tokens = {name: 0 for name in configs}

@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from negrl import stats
+from negrl.labels import fmt_value, slug, sort_value
 from negrl.stats import Summary
 
 if TYPE_CHECKING:
@@ -78,7 +79,6 @@ def _seeds_label(runs: Sequence[Any]) -> str:
 
 
 def _rest_label(group: Group, knob: str) -> str:
-    from negrl.report import fmt_value
 
     return " ".join(f"{k}={fmt_value(v)}" for k, v in group.knobs.items() if k != knob)
 
@@ -90,9 +90,8 @@ def plot_sweep(
 
     Numeric knobs are placed by value; others (e.g. model) categorically, sorted by `order`.
     """
-    from negrl.report import _sort_value
 
-    values = sorted({g.knobs[knob] for g in groups}, key=order or _sort_value)
+    values = sorted({g.knobs[knob] for g in groups}, key=order or sort_value)
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     position = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
     series: dict[str, list[Group]] = {}
@@ -130,9 +129,8 @@ def plot_holdout(groups: Sequence[Group], path: Path | str | None = None) -> Fig
 
 def plot_models(groups: Sequence[Group], path: Path | str | None = None) -> Figure:
     """fig_models: the same vs model, ordered by size."""
-    from negrl.report import _sort_value
 
-    return plot_sweep(groups, "model", path, order=lambda v: _sort_value(v, "model"))
+    return plot_sweep(groups, "model", path, order=lambda v: sort_value(v, "model"))
 
 
 def plot_ablations(groups: Sequence[Group], path: Path | str | None = None) -> Figure:
@@ -203,7 +201,6 @@ Drawer = Callable[[Path | str | None], Figure]
 
 def plan(groups: Sequence[Group]) -> tuple[list[tuple[str, Drawer]], list[tuple[str, str]]]:
     """The figures the groups support, as (file name, draw(path) -> Figure), and (file name, why skipped)."""
-    from negrl.report import slug
 
     todo: list[tuple[str, Drawer]] = []
     skipped: list[tuple[str, str]] = []

@@ -152,7 +152,7 @@ class SFTPhase(PhaseModule):
 
 
 class DPOPhase(PhaseModule):
-    """Phase 2: DPO against the frozen phase-1 reference, with the second half frozen if `freeze`."""
+    """Phase 2: DPO (or `objective`) against the frozen phase-1 reference; the pipeline applies the freeze."""
 
     phase, name = 2, "phase 2: dpo"
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +26,8 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from negrl import stats
+from negrl import figures, stats
+from negrl.labels import fmt_value, sort_value
 
 CONFIG, RESULTS, METRICS = "config.yaml", "results.json", "metrics.csv"
 EVAL_SETS = ("heldout", "useful", "random")
@@ -36,10 +35,6 @@ EVAL_SETS = ("heldout", "useful", "random")
 IGNORED_KEYS = ("seed", "resume", "checkpoint", "trainer.enable_progress_bar", "wandb", "hydra")
 #: Directories never searched for runs (besides hidden ones such as `.hydra`).
 SKIPPED_DIRS = {"checkpoints", "wandb", "__pycache__"}
-#: Models by size, for ordering groups and the x axis of `fig_models.png`.
-MODEL_ORDER = ("tiny", "tiny-h128", "tiny-h256", "pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b")
-#: Objectives in the order of the README (the paper's DPO first), for ordering groups.
-OBJECTIVE_ORDER = ("dpo", "ipo", "hinge", "npo", "simnpo", "unlikelihood", "grad_ascent")
 #: Knobs shown first in group labels, in this order; other varying keys follow alphabetically.
 KNOB_ORDER = ("model", "data", "objective", "holdout_frac", "prefix", "freeze")
 #: Config groups whose many sub-keys collapse into one knob named by the group's choice.
@@ -466,9 +461,9 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     groups = list(by_key.values())
     for g in groups:
         g.runs, g.duplicates = newest_per_seed(g.runs)
-        g.runs.sort(key=lambda r: (_sort_value(r.seed), r.rel))
+        g.runs.sort(key=lambda r: (sort_value(r.seed), r.rel))
     label_groups(groups)
-    groups.sort(key=lambda g: tuple(_sort_value(v, k) for k, v in g.knobs.items()))
+    groups.sort(key=lambda g: tuple(sort_value(v, k) for k, v in g.knobs.items()))
     return groups
 
 
@@ -483,7 +478,7 @@ def newest_per_seed(runs: Sequence[Run]) -> tuple[list[Run], list[RepeatedSeed]]
         kept.append(newest)
         if older:
             repeated.append(RepeatedSeed(newest.seed, newest, older))
-    repeated.sort(key=lambda d: _sort_value(d.seed))
+    repeated.sort(key=lambda d: sort_value(d.seed))
     return kept, repeated
 
 
@@ -519,30 +514,6 @@ def label_groups(groups: Sequence[Group]) -> None:
     for g in groups:
         g.knobs = {k: g.choices[k] if k in CHOICE_GROUPS else g.flat.get(k, _MISSING) for k in knobs}
         g.label = " ".join(f"{k}={fmt_value(v)}" for k, v in g.knobs.items()) or "all"
-
-
-def fmt_value(value: Any) -> str:
-    """A config value as YAML would spell it: true/false/null, 0.05, text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _sort_value(value: Any, key: str = "") -> tuple[int, float, str]:
-    """Sort order of a knob value: models by size, true before false (the defaults), numbers, then text."""
-    if key == "model" and value in MODEL_ORDER:
-        return (0, MODEL_ORDER.index(value), "")
-    if key == "objective" and value in OBJECTIVE_ORDER:
-        return (0, OBJECTIVE_ORDER.index(value), "")
-    if isinstance(value, bool):
-        return (0, 0 if value else 1, "")
-    if isinstance(value, (int, float)):
-        return (0, float(value), "")
-    return (1, 0.0, str(value))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -811,7 +782,6 @@ class Report:
 
 def write_report(root: Path | str, out: Path | str | None = None) -> Report:
     """Load the runs under `root`; write report.md, report.csv and the figures into `out` (default `root`)."""
-    from negrl import figures
 
     root = Path(root)
     runs = load_runs(root)
@@ -957,19 +927,6 @@ def resolve_runs_dir(path: Path | str, start: Path | str | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
-
-
-#: Longest group slug in a file name; longer labels keep their start and a hash of the whole label.
-MAX_SLUG = 80
-
-
-def slug(label: str) -> str:
-    """A file-name-safe form of a group label ('holdout_frac=0.1' -> 'holdout_frac-0.1'), at most `MAX_SLUG`
-    characters: a label naming many knobs keeps its start plus a short hash, so names stay distinct."""
-    text = re.sub(r"[^A-Za-z0-9._-]+", "_", label.replace("=", "-")).strip("_") or "group"
-    if len(text) <= MAX_SLUG:
-        return text
-    return f"{text[: MAX_SLUG - 9]}-{hashlib.sha1(label.encode()).hexdigest()[:8]}"
 
 
 def build_parser() -> argparse.ArgumentParser:

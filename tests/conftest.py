@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import lzma
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+# No test touches the network: the hub is offline for the whole session (before huggingface_hub reads it).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Real tokenizers, carried by the repository: tests/fixtures/tokenizers/<family>/tokenizer.json.xz (see SOURCES.md).

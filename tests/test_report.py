@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats as sps
 
-from negrl import figures, report, stats
+from negrl import figures, labels, report, stats
 from negrl.report import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,8 +201,8 @@ def test_labels_name_models_and_ablations(tmp_path: Path):
     make_run(tmp_path / "abl", "base")
     make_run(tmp_path / "abl", "noprefix", prefix=False)
     make_run(tmp_path / "abl", "nofreeze", freeze=False)
-    labels = [g.label for g in report.group_runs(report.load_runs(tmp_path / "abl"))]
-    assert labels == ["prefix=true freeze=true", "prefix=true freeze=false", "prefix=false freeze=true"]
+    shown = [g.label for g in report.group_runs(report.load_runs(tmp_path / "abl"))]
+    assert shown == ["prefix=true freeze=true", "prefix=true freeze=false", "prefix=false freeze=true"]
     make_run(tmp_path / "one", "a", 0)
     make_run(tmp_path / "one", "b", 1)
     assert [g.label for g in report.group_runs(report.load_runs(tmp_path / "one"))] == ["all"]
@@ -251,8 +251,8 @@ def test_many_differing_knobs_give_short_distinct_figure_names(tmp_path: Path):
         make_run(tmp_path, f"g{i}", i, **knobs)
     assert main([str(tmp_path)]) == 0
     names = sorted(p.name for p in tmp_path.glob("fig_curves_*.png"))
-    assert len(names) == 3 and all(len(n) <= len("fig_curves_.png") + report.MAX_SLUG for n in names)
-    assert report.slug("holdout_frac=0.1") == "holdout_frac-0.1"
+    assert len(names) == 3 and all(len(n) <= len("fig_curves_.png") + labels.MAX_SLUG for n in names)
+    assert labels.slug("holdout_frac=0.1") == "holdout_frac-0.1"
 
 
 def test_broken_runs_are_classified(grid: Path):
@@ -487,8 +487,8 @@ def test_single_seed_legend_names_the_seed(tmp_path: Path):
     make_run(tmp_path / "two", "a", 0)
     make_run(tmp_path / "two", "b", 1)
     (one,) = report.group_runs(report.load_runs(tmp_path / "only"))
-    labels = [ln.get_label() for ln in figures.plot_curves(one).axes[0].lines]
-    assert "held-out negatives, seed 3" in labels and not [x for x in labels if "mean" in x]
+    shown = [ln.get_label() for ln in figures.plot_curves(one).axes[0].lines]
+    assert "held-out negatives, seed 3" in shown and not [x for x in shown if "mean" in x]
     (two,) = report.group_runs(report.load_runs(tmp_path / "two"))
     assert "held-out negatives, mean of 2 seeds" in [ln.get_label() for ln in figures.plot_curves(two).axes[0].lines]
     for frac, seed in ((0.05, 3), (0.1, 4)):
