@@ -243,10 +243,8 @@ def resume_search(hydra_cfg: DictConfig, cfg: DictConfig, multirun: bool) -> str
     node = OmegaConf.to_container(hydra_cfg.sweep if multirun else hydra_cfg.run, resolve=False)
     template = f"{node['dir']}/{node['subdir']}" if multirun else node["dir"]
     template = re.sub(r"\$\{(now:[^}]*|hydra\.job\.num)\}", "*", str(template))
-    values = (
-        OmegaConf.to_container(cfg, resolve=True) if "hydra" not in cfg else {k: cfg[k] for k in cfg if k != "hydra"}
-    )
-    return re.sub(r"\$\{([^}]+)\}", lambda m: str(OmegaConf.select(OmegaConf.create(values), m.group(1))), template)
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    return re.sub(r"\$\{([^}]+)\}", lambda m: str(OmegaConf.select(plain, m.group(1))), template)
 
 
 def sweep_wandb(wandb_cfg: DictConfig, sweep_dir: str, task_overrides: list[str]) -> DictConfig:
