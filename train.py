@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from negrl.cli import check_group_choices, expand_ranges, preflight, run_from_hydra
+from negrl.cli import check_group_choices, expand_ranges, preflight, rename_deprecated, run_from_hydra
 from negrl.errors import NegrlError
 
 
@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     try:
-        sys.argv[1:] = expand_ranges(sys.argv[1:])
+        sys.argv[1:] = expand_ranges(rename_deprecated(sys.argv[1:]))
         check_group_choices(sys.argv[1:])
         sys.argv[1:] = preflight(sys.argv[1:])  # every job checked before Hydra writes anything
     except NegrlError as err:

@@ -2,33 +2,37 @@
 
     python -m negrl.bench --model pythia-70m --steps 3 --json bench.json
 
-For one model shape (random init), times `--steps` steps of each phase in the optimized
-configuration (reference cache on, `--precision`) and in the baseline (no cache, fp32),
-alternating in the same process, and prints per phase: seconds per step, tokens per second,
-achieved FLOP/s against a matmul peak measured in the same run, peak memory, the projected
-wall time of a full paper run (64 + 1200 + 1200 steps and their evaluations), and the
-optimized/baseline ratio. The steps run the phases' own `compute_loss` code.
+For one model shape (random init), times `--steps` steps (after one warm-up step) of each phase
+in the optimized configuration (the defaults at `--precision`) and in a plain baseline (no
+reference cache, fp32, unfused AdamW and log-probs, sdpa attention), one after the other in the
+same process, and prints per phase: seconds per step, tokens per second, achieved FLOP/s against
+a matmul peak measured in the same run, peak memory, the projected wall time of a full paper run
+(64 + 1200 + 1200 steps and their evaluations), and the optimized/baseline ratio. The steps run
+through the pipeline's own Trainer and phase modules, built from the composed settings.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
-from negrl.data import PHASES, PasswordDataModule
+from negrl.backbone import PythiaBackbone
+from negrl.data import PHASES, PasswordData
 from negrl.evaluation import Evaluator
 from negrl.extraction import Extraction
 from negrl.loading import load_model
-from negrl.phases import DPOPhase, JointPhase, SFTPhase
+from negrl.phases import JointPhase, NTPPhase, ObjectivePhase, PhaseModule
 from negrl.reference import ReferenceLogprobs
+from negrl.runner import make_trainer, quiet_lightning
 from negrl.validation import Settings, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -78,128 +82,140 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-class PhaseBench:
-    """One phase's module, optimizer and batches, with an optional reference cache."""
+class StepTimer(Callback):
+    """Per optimizer step of a fit: seconds (device work included), label tokens trained, sequences the reference
+    computed, and peak memory. Step 0 is a warm-up and not recorded."""
 
-    def __init__(self, phase: int, backbone, reference, data, settings: Settings, setup: tuple, device: str):
-        cached, self.autocast_dtype, fused, *self.compute = setup
-        self.phase, self.device = phase, device
-        self.backbones = (backbone, reference)
-        c, sizes = settings.config, settings.sizes
-        backbone.set_trainable(True, freeze_second_half=phase == 2 and c["freeze"])
-        optim = dataclasses.replace(settings.optim, fused=fused)
-        self.grad_clip = c["optim"]["grad_clip"]
-        evaluator = Evaluator(c["eval"]["every"])
-        common = dict(optim=optim, total_steps=PAPER_STEPS[phase], evaluator=evaluator, run_logger=None)
-        ref = ReferenceLogprobs(reference, sizes.dpo_size, sizes.n_negatives, enabled=cached)
-        negative = dict(beta=c["dpo"]["beta"], objective=settings.objective)
-        if phase == 1:
-            self.module = SFTPhase(backbone, **common)
-        elif phase == 2:
-            self.module = DPOPhase(backbone, ref, **negative, **common)
-        else:
-            self.module = JointPhase(backbone, ref, **negative, weights=settings.weights, **common)
-        self.params = backbone.trainable_parameters()
-        self.optimizer = optim.adamw(self.params)
-        self.dataset = data.dataset(phase)
-        self.ref = ref
-        if cached and phase >= 2:  # steady state: phase 2 has seen every negative after ~20 steps, phase 3 all pairs
-            for i in range(min(len(self.dataset), 64 if phase == 3 else 40)):
-                batch = self._to_device(self.dataset[i])
-                if phase == 2:  # only the rejected side: chosen sequences are new at every step of phase 2
-                    batch = {**batch, "chosen": batch["chosen"][:0], "chosen_id": batch["chosen_id"][:0]}
-                ref(batch)
+    def __init__(self, device: str):
+        self.device = device
+        self.times: list[float] = []
+        self.tokens = self.ref_sequences = 0
+        self.memory_mb = 0.0
+        self._start, self._computed = 0.0, 0
 
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in batch.items()}
-
-    def step(self, i: int) -> int:
-        """One optimizer step on batch i; returns the number of trained label tokens."""
-        batch = self._to_device(self.dataset[i])
-        for model in self.backbones:
-            model.set_compute(*self.compute)
-        autocast = self.autocast_dtype is not None
-        with torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype, enabled=autocast):
-            loss, _ = self.module.compute_loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step()
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        _reset_peak_memory(self.device)
         _sync(self.device)
-        return sum(v.numel() - len(v) for k, v in batch.items() if not k.endswith("_id"))
+        self._computed = _reference_computed(pl_module)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        _sync(self.device)
+        elapsed = time.perf_counter() - self._start
+        self.memory_mb = max(self.memory_mb, _peak_memory_mb(self.device))
+        if batch_idx == 0:
+            return
+        self.times.append(elapsed)
+        self.tokens += sum(v.numel() - len(v) for k, v in batch.items() if not k.endswith("_id"))
+        self.ref_sequences += _reference_computed(pl_module) - self._computed
+
+
+def _reference_computed(module: PhaseModule) -> int:
+    ref = getattr(module, "reference_logprobs", None)
+    return 0 if ref is None else ref.computed
+
+
+def phase_module(phase: int, s: Settings, backbone: PythiaBackbone, reference: ReferenceLogprobs) -> PhaseModule:
+    """The pipeline's module of `phase` under settings `s` (at the paper's phase length, for its schedule)."""
+    negative = dict(objective=s.objective, beta=s.beta, optim=s.optim, total_steps=PAPER_STEPS[phase])
+    if phase == 1:
+        return NTPPhase(backbone, optim=s.optim, total_steps=PAPER_STEPS[phase])
+    if phase == 2:
+        return ObjectivePhase(backbone, reference, freeze=s.freeze, **negative)
+    return JointPhase(backbone, reference, weights=s.weights, **negative)
+
+
+def warm_cache(reference: ReferenceLogprobs, data: PasswordData, phase: int, device: str) -> None:
+    """The reference cache in its steady state: phase 2 has seen every negative after ~20 steps (chosen sequences
+    are new at every step of phase 2), phase 3 all pairs."""
+    dataset = data.dataset(phase)
+    for i in range(min(len(dataset), 64 if phase == 3 else 40)):
+        batch = {k: v.to(device) for k, v in dataset[i].items()}
+        if phase == 2:
+            batch = {**batch, "chosen": batch["chosen"][:0], "chosen_id": batch["chosen_id"][:0]}
+        reference(batch)
+
+
+def time_phase(phase: int, s: Settings, backbone, reference_model, data, steps: int, device: str) -> StepTimer:
+    """`steps` (+1 warm-up) steps of a phase through the pipeline's own Trainer and module, under settings `s`."""
+    for model in (backbone, reference_model):
+        model.set_compute(**s.compute)
+    sizes = s.sizes
+    reference = ReferenceLogprobs(reference_model, sizes.dpo_size, sizes.n_negatives, use_cache=s.reference_cache)
+    if s.reference_cache and phase >= 2:
+        warm_cache(reference, data, phase, device)
+    timer = StepTimer(device)
+    with quiet_lightning(), tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(s.trainer, s.optim.grad_clip, steps + 1, [timer], Path(tmp))
+        trainer.fit(phase_module(phase, s, backbone, reference), train_dataloaders=data.for_phase(phase))
+    return timer
+
+
+def bench_settings(model: str, precision: str, device: str) -> dict[str, Settings]:
+    """The settings timed: the default configuration (at `precision`) and a plain baseline (no reference cache,
+    fp32, unfused AdamW, plain-autograd log-probs, Hugging Face's default attention), both from conf/."""
+    from hydra import compose, initialize_config_dir
+
+    common = [f"model={model}", "model.init=random", "wandb.enabled=false", "trainer.enable_progress_bar=false",
+              f"trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}"]  # fmt: skip
+    configs = {
+        "optimized": [f"trainer.precision={precision}"],
+        "baseline": ["trainer.precision=32-true", "reference.cache=false", "optim.fused=false",
+                     "compute.fused_logprobs=false", "compute.attention=sdpa"],
+    }  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return {name: validate(compose(config_name="config", overrides=[*common, *extra]), warn=False)
+                for name, extra in configs.items()}  # fmt: skip
 
 
 def run_bench(model: str, steps: int, precision: str, device: str) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"model={model}", "model.init=random"])
-    settings = validate(cfg)
-    c, sizes = settings.config, settings.sizes
-    backbone, vocab = load_model(c["model"], c["tokens"], c["seed"])
+    settings = bench_settings(model, precision, device)
+    s = settings["optimized"]
+    backbone, vocab = load_model(s.model, s.tokens, s.seed)
     backbone.to(device)
     reference = backbone.frozen_copy()
-    data = PasswordDataModule(vocab, sizes, c["holdout_frac"], c["prefix"], c["seed"])
+    data = PasswordData(vocab, s.sizes, s.holdout_frac, s.prefix, s.seed)
     n_params = sum(p.numel() for p in backbone.parameters()) - backbone.model.get_input_embeddings().weight.numel()
-    autocast = torch.bfloat16 if precision == "bf16-mixed" else None
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
-    peak = peaks["bf16" if autocast else "fp32"]
-    # (reference cache, autocast dtype, fused AdamW, fused label log-probs, attention): the default
-    # configuration against a plain one (Hugging Face's default attention)
-    configs = {"optimized": (True, autocast, "auto", True, "eager"), "baseline": (False, None, False, False, "sdpa")}
     out: dict[str, Any] = {"model": model, "device": device, "precision": precision, "steps": steps,
                            "params_non_embedding": n_params, "matmul_peak_flops": peaks, "phases": {}}  # fmt: skip
-    n_candidates = c["extraction"]["candidates"]
-    evaluator = Evaluator(c["eval"]["every"], Extraction(vocab.letter_ids))
-    evaluator.start_phase(data.eval_sets(3), data.candidates(3, n_candidates))
+    evaluator, extraction = Evaluator(s.eval_every), Extraction(vocab.letter_ids)
+    sets, candidates = data.eval_sets(3), data.candidates(3, s.candidates)
+    evaluator.start_phase(sets)
     evaluator.evaluate(backbone)
     eval_s, extract_s, extract_ref_s = {}, {}, {}
-    for name, (*_, fused_logprobs, attention) in configs.items():
+    for name, config in settings.items():
         for model in (backbone, reference):
-            model.set_compute(fused_logprobs, attention)
+            model.set_compute(**config.compute)
         eval_s[name] = _timed(lambda: evaluator.evaluate(backbone), device)
         # The extraction attacks after each phase; after phase 2 with the logit-difference attack too.
-        extract_s[name] = _timed(lambda: evaluator.extract(backbone), device)
-        extract_ref_s[name] = _timed(lambda: evaluator.extract(backbone, reference), device)
+        extract_s[name] = _timed(lambda: extraction(backbone, sets, candidates), device)
+        extract_ref_s[name] = _timed(lambda: extraction(backbone, sets, candidates, reference), device)
+    ref_tokens_per_sequence = s.sizes.password_length - (0 if s.prefix else 1)
     for phase in PHASES:
-        benches = {name: PhaseBench(phase, backbone, reference, data, settings, setup, device)
-                   for name, setup in configs.items()}  # fmt: skip
-        times = {name: [] for name in configs}
-        tokens = {name: 0 for name in configs}
-        ref_tokens = {name: 0 for name in configs}
-        memory = {name: 0.0 for name in configs}
-        for i in range(steps + 1):  # alternate; step 0 of each is a warm-up
-            for name, bench in benches.items():
-                bench.ref.computed = 0
-                _reset_peak_memory(device)
-                start = time.perf_counter()
-                n = bench.step(i)
-                memory[name] = max(memory[name], _peak_memory_mb(device))
-                if i:
-                    times[name].append(time.perf_counter() - start)
-                    tokens[name] += n
-                    ref_tokens[name] += bench.ref.computed * (sizes.password_length - (0 if c["prefix"] else 1))
         row = {}
-        for name in configs:
-            s = sum(times[name]) / steps
-            flops = (6 * n_params * tokens[name] + 2 * n_params * ref_tokens[name]) / steps
+        for name, config in settings.items():
+            timer = time_phase(phase, config, backbone, reference, data, steps, device)
+            sec = sum(timer.times) / steps
+            flops = (6 * n_params * timer.tokens + 2 * n_params * timer.ref_sequences * ref_tokens_per_sequence) / steps
+            peak = peaks["bf16" if str(config.trainer["precision"]) == "bf16-mixed" else "fp32"]
             row[name] = {
-                "s_per_step": s,
-                "tokens_per_s": tokens[name] / steps / s,
-                "flops_per_s": flops / s,
-                "frac_of_peak": flops / s / (peak if name == "optimized" else peaks["fp32"]),
-                "peak_memory_mb": memory[name],
+                "s_per_step": sec,
+                "tokens_per_s": timer.tokens / steps / sec,
+                "flops_per_s": flops / sec,
+                "frac_of_peak": flops / sec / peak,
+                "peak_memory_mb": timer.memory_mb,
             }
         row["speedup"] = row["baseline"]["s_per_step"] / row["optimized"]["s_per_step"]
         out["phases"][str(phase)] = row
-    n_evals = sum((n + 4) // 5 for n in PAPER_STEPS.values())
-    for name in configs:
+    n_evals = sum((n + s.eval_every - 1) // s.eval_every for n in PAPER_STEPS.values())
+    for name in settings:
         total = sum(PAPER_STEPS[p] * out["phases"][str(p)][name]["s_per_step"] for p in PHASES)
         total += n_evals * eval_s[name] + 2 * extract_s[name] + extract_ref_s[name]
         out[f"projected_full_run_s_{name}"] = total
     out["projected_speedup"] = out["projected_full_run_s_baseline"] / out["projected_full_run_s_optimized"]
     out["eval_s"] = eval_s
-    out["extraction"] = {"candidates": n_candidates, "s": extract_s, "s_with_logit_diff": extract_ref_s}
+    out["extraction"] = {"candidates": s.candidates, "s": extract_s, "s_with_logit_diff": extract_ref_s}
     return out
 
 

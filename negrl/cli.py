@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -22,12 +21,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from negrl import checkpoint
-from negrl.config import unknown_key_message
+from negrl.config import deprecation_notice, renamed_key, unknown_key_message
 from negrl.distributed import is_rank_zero
 from negrl.errors import NegrlError, RunFailed
 from negrl.pipeline import run
-from negrl.results import read_status, write_json_atomic
-from negrl.rundir import RunDir
+from negrl.rundir import RunDir, read_json, write_json_atomic
 from negrl.validation import validate
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -37,6 +35,22 @@ RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 #: Hydra flags that print something instead of running (no check needed).
 INFO_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-sc", "--shell-completion", "--version")
+
+
+def rename_deprecated(argv: list[str]) -> list[str]:
+    """Each override of a renamed key (`negrl.config.RENAMED`) under its new name, with a one-line notice:
+    `dpo.reference_cache=false` becomes `reference.cache=false`."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        sign = key[: len(key) - len(key.lstrip("+~"))]
+        new = None if arg.startswith("-") else renamed_key(key[len(sign) :])
+        if new is None:
+            out.append(arg)
+            continue
+        print(deprecation_notice(key[len(sign) :], new), file=sys.stderr)
+        out.append(f"{'~' if sign == '~' else ''}{new}{sep}{value}")  # the new key exists: `+` is not needed
+    return out
 
 
 def expand_ranges(argv: list[str]) -> list[str]:
@@ -170,11 +184,11 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        records = [json.loads(p.read_text()) for p in sorted((sweep_dir / JOB_RECORDS).glob("*.json"))]
+        records = [read_json(p) or {"dir": ""} for p in sorted((sweep_dir / JOB_RECORDS).glob("*.json"))]
         recorded = {r["dir"] for r in records}
         unrecorded = [p for p in sorted(sweep_dir.iterdir()) if (p / ".hydra").is_dir() and str(p) not in recorded]
         jobs = [*(Path(r["dir"]) for r in records), *unrecorded]  # unrecorded: the job died before it could say
-        failed = [p for p in jobs if read_status(p) != "complete"]
+        failed = [p for p in jobs if RunDir(p).status() != "complete"]
         if not failed:
             print(f"negrl: all {len(jobs)} jobs of {sweep_dir} complete")
             return
@@ -191,10 +205,8 @@ def _record_job(hydra_cfg: DictConfig, run_dir: Path) -> None:
 
 
 def _reason(run_dir: Path) -> str:
-    try:
-        return str(json.loads((run_dir / "results.json").read_text()).get("reason", "no reason recorded"))[:200]
-    except (OSError, ValueError, AttributeError):
-        return "no results.json"
+    results = RunDir(run_dir).read_results()
+    return "no results.json" if results is None else str(results.get("reason", "no reason recorded"))[:200]
 
 
 def run_from_hydra(cfg: DictConfig) -> float:
@@ -272,8 +284,7 @@ def _cuda_count() -> int:
 
 
 def _record_failure(run_dir: Path, err: Exception) -> None:
-    path = run_dir / "results.json"
-    if not path.exists():  # a config error in a sweep: nothing ran, but the job must show up as failed
-        run_dir.mkdir(parents=True, exist_ok=True)
+    owner = RunDir(run_dir)
+    if not owner.results.exists():  # a config error in a sweep: nothing ran, but the job must show up as failed
         reason = f"{type(err).__name__}: {err}"
-        write_json_atomic(path, {"status": "failed", "reason": reason, "run": {"dir": str(run_dir)}})
+        owner.write_results({"status": "failed", "reason": reason, "run": {"dir": str(run_dir)}})

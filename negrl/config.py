@@ -6,10 +6,12 @@ wrongly typed, non-finite or out-of-range value of any key is a one-line `NegrlE
 the key and the fix.
 """
 
+import copy
 import difflib
 import inspect
 import math
 import re
+import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -25,6 +27,9 @@ TRAINER_KEYS = (
     "deterministic", "benchmark", "detect_anomaly", "profiler",
 )  # fmt: skip
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+#: Keys renamed when phases 2-3 learned other objectives than DPO: old name -> new name (the old one still works,
+#: with a one-line notice).
+RENAMED = {"dpo.reference_cache": "reference.cache", "joint.dpo_weight": "joint.objective_weight"}
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
 
 
@@ -85,12 +90,16 @@ class ScheduleConfig:
 @dataclass
 class DPOConfig:
     beta: float = spec(gt=0)
-    reference_cache: bool = spec()
+
+
+@dataclass
+class ReferenceConfig:
+    cache: bool = spec()
 
 
 @dataclass
 class JointConfig:
-    dpo_weight: float = spec(ge=0)
+    objective_weight: float = spec(ge=0)
     random_weight: float = spec(ge=0)
     useful_weight: float = spec(ge=0)
 
@@ -157,6 +166,7 @@ class Config:
     optim: OptimConfig = spec()
     schedule: ScheduleConfig = spec()
     dpo: DPOConfig = spec()
+    reference: ReferenceConfig = spec()
     joint: JointConfig = spec()
     compute: ComputeConfig = spec()
     eval: EvalConfig = spec()
@@ -168,10 +178,47 @@ class Config:
     wandb: WandbConfig = spec()
 
 
+def renamed_key(key: str) -> "str | None":
+    """The new name of a renamed dotted key (or of a key under it), None if it was not renamed."""
+    for old, new in RENAMED.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old) :]
+    return None
+
+
+def deprecation_notice(old: str, new: str) -> str:
+    return f"negrl: warning: {old} is now {new}; the old name still works for now, please use {new}"
+
+
+def upgrade_renamed(c: "dict[str, Any]", notice: bool = False) -> "dict[str, Any]":
+    """A copy of the plain config `c` with each renamed key under its new name (e.g. a config.yaml written before
+    the rename); `notice`: print a deprecation line for each."""
+    out = copy.deepcopy(c)
+    for old, new in RENAMED.items():
+        *parent, leaf = old.split(".")
+        node = out
+        for part in parent:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *new_parent, new_leaf = new.split(".")
+        target = out
+        for part in new_parent:
+            target = target.setdefault(part, {})
+        target[new_leaf] = value
+        if notice:
+            print(deprecation_notice(old, new), file=sys.stderr)
+    return out
+
+
 def check_config(cfg: "DictConfig | dict[str, Any]") -> "dict[str, Any]":
-    """The config as a plain dict with every value of its declared type; refuses bad keys and values."""
+    """The config as a plain dict with every value of its declared type; refuses bad keys and values. Renamed
+    keys (`RENAMED`) are taken under their new name, with a notice."""
     raw = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]) if "hydra" in raw else raw
+    if any(OmegaConf.select(raw, old, default=None) is not None for old in RENAMED):
+        raw = OmegaConf.create(upgrade_renamed(OmegaConf.to_container(raw), notice=True))
     _check_keys(raw, Config, "")
     try:
         typed = OmegaConf.merge(OmegaConf.structured(Config), raw)

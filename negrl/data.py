@@ -10,7 +10,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -193,18 +192,15 @@ class ShuffledBatches(Dataset):
         return batch
 
 
-class PasswordDataModule(L.LightningDataModule):
-    """Every stream of docs/experiment.md from one seeded draw, served phase by phase."""
+class PasswordData:
+    """Every stream of docs/experiment.md from one seeded draw, served phase by phase: a training loader per
+    phase (for `Trainer.fit`), its evaluation sets and exposure candidates. (Not a LightningDataModule: each
+    phase has its own Trainer, and its loader depends on the phase and on the step a resumed run starts at.)"""
 
     def __init__(self, vocab: PasswordVocab, sizes: DataSizes, holdout_frac: float, prefix: bool, seed: int):
-        super().__init__()
         self.vocab, self.sizes, self.holdout_frac = vocab, sizes, holdout_frac
         self.use_prefix, self.seed = prefix, seed
-        self.splits: PasswordSplits | None = None
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits is None:
-            self.splits = PasswordSplits.draw(self.sizes, self.holdout_frac, self.seed, self.vocab.n_letters)
+        self.splits = PasswordSplits.draw(sizes, holdout_frac, seed, vocab.n_letters)
 
     def _prefix(self, name: str) -> str | None:
         return name if self.use_prefix else None
@@ -215,7 +211,6 @@ class PasswordDataModule(L.LightningDataModule):
 
     def streams(self, phase: int) -> dict[str, Stream]:
         """The training streams of a phase, keyed by name."""
-        self.setup()
         s = self.splits
         pair_ids = {"chosen_id": np.arange(len(s.dpo_chosen)), "rejected_id": s.dpo_rejected_id}
         pairs = Stream({"chosen": s.dpo_chosen, "rejected": s.dpo_rejected}, self._prefix("regular"), pair_ids)
@@ -243,7 +238,6 @@ class PasswordDataModule(L.LightningDataModule):
 
     def eval_sets(self, phase: int) -> dict[str, torch.Tensor]:
         """The three evaluation sets (token ids) with the phase's evaluation prefix."""
-        self.setup()
         s, n = self.splits, self.sizes.eval_size
         sets = {"heldout": s.heldout[:n], "useful": s.useful[:n], "random": s.eval_random}
         return {name: self.vocab.encode(sets[name], self._eval_prefix_id(phase)) for name in EVAL_SETS}
@@ -251,7 +245,6 @@ class PasswordDataModule(L.LightningDataModule):
     def candidates(self, phase: int, n: int) -> torch.Tensor:
         """`n` distinct random passwords, none of them a negative or evaluated, with the phase's evaluation
         prefix: exposure's candidates. Their own seeded stream, so drawing them changes no other password."""
-        self.setup()
         s = self.splits
         rng = np.random.default_rng(np.random.SeedSequence(self.seed).spawn(CANDIDATE_STREAM + 1)[CANDIDATE_STREAM])
         exclude = set(_keys(s.heldout)) | set(_keys(s.useful)) | set(_keys(s.eval_random))

@@ -1,28 +1,25 @@
-"""The three training phases as LightningModules sharing one backbone, evaluation and logging.
+"""The three training phases as LightningModules sharing one backbone: each computes its loss and owns its
+trainable set. Evaluation, extraction, logging and checkpoints are Lightning callbacks (negrl.callbacks).
 
-Phase 1 (`SFTPhase`): next-token prediction on random passwords.
-Phase 2 (`DPOPhase`): DPO of random (chosen) over negative (rejected) passwords, with the freeze.
-Phase 3 (`JointPhase`): DPO + NTP on random passwords + NTP on useful negatives under reverse.
+Phase 1 (`NTPPhase`): next-token prediction on random passwords.
+Phase 2 (`ObjectivePhase`): DPO (or another objective) of random (chosen) over negative (rejected) passwords,
+with the second half of the layers and the unembedding frozen.
+Phase 3 (`JointPhase`): the objective + NTP on random passwords + NTP on useful negatives under reverse.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Any
 
 import lightning as L
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from negrl.backbone import PythiaBackbone
-from negrl.checkpoint import Checkpointer
 from negrl.errors import RunFailed
-from negrl.evaluation import Evaluator
 from negrl.objectives import PreferenceBatch, ntp_loss, objective_loss, preference_stats
 from negrl.reference import ReferenceLogprobs
 from negrl.schedule import warmup_cosine
-from negrl.tracking import RunLogger
 
 
 @dataclass(frozen=True)
@@ -36,6 +33,7 @@ class OptimSettings:
     warmup_steps: int = 100
     cosine_over: str = "phase"
     fused: bool | str = "auto"
+    grad_clip: float = 1.0  # the global gradient-norm clip
 
     def adamw(self, params: list[torch.nn.Parameter]) -> torch.optim.AdamW:
         """A fresh AdamW over `params`. `fused`: one kernel for all parameters; "auto" fuses on CUDA
@@ -47,36 +45,33 @@ class OptimSettings:
 
 
 class PhaseModule(L.LightningModule):
-    """One phase: a fresh AdamW over the trainable parameters, the warm-up/cosine schedule,
-    evaluation after every `evaluator.every`-th step, and one metrics row per step."""
+    """One phase: its loss, its trainable parameters (under a fresh AdamW and the warm-up/cosine schedule), and
+    `metrics_row`, the step's losses and learning rate, to which callbacks add their metrics."""
 
     phase: int = 0
     name: str = ""
 
-    def __init__(
-        self,
-        backbone: PythiaBackbone,
-        *,
-        optim: OptimSettings,
-        total_steps: int,
-        evaluator: Evaluator,
-        run_logger: RunLogger,
-        checkpointer: Checkpointer | None = None,
-        resume: dict[str, Any] | None = None,
-    ):
-        """`resume`: a checkpoint taken inside this phase; training continues after its step."""
+    def __init__(self, backbone: PythiaBackbone, *, optim: OptimSettings, total_steps: int):
         super().__init__()
         self.backbone = backbone
         self.optim, self.total_steps = optim, total_steps
-        self.evaluator, self.run_logger, self.checkpointer = evaluator, run_logger, checkpointer
-        self.resume = resume
-        self.start_step = 0 if resume is None else resume["step"] + 1
-        self._row: dict[str, torch.Tensor] = {}
-        self._started = time.perf_counter() - (0.0 if resume is None else resume["elapsed"])
+        self.start_step = 0  # > 0: a resumed run continues the phase after a checkpoint's step
+        self.metrics_row: dict[str, torch.Tensor | float] = {}
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The phase's loss on a batch and the parts worth logging."""
         raise NotImplementedError
+
+    def apply_trainable(self) -> None:
+        """Set which backbone parameters this phase trains (all, unless the phase says otherwise)."""
+        self.backbone.set_trainable(True)
+
+    def setup(self, stage: str) -> None:
+        self.apply_trainable()  # before Lightning wraps the model (DDP registers the trainable parameters)
+
+    def step_of(self, batch_idx: int) -> int:
+        """The 0-based step of the phase that `batch_idx` of this fit is."""
+        return self.start_step + batch_idx
 
     def configure_optimizers(self):
         opt = self.optim.adamw(self.backbone.trainable_parameters())
@@ -89,22 +84,15 @@ class PhaseModule(L.LightningModule):
         if gradient_clip_val:
             torch.nn.utils.clip_grad_norm_(self.backbone.trainable_parameters(), gradient_clip_val)
 
-    def on_train_start(self) -> None:
-        """On resume: the optimizer and schedule as they were after the checkpoint's step."""
-        if self.resume is not None:
-            self.trainer.optimizers[0].load_state_dict(self.resume["optimizer"])
-            # Lightning steps the schedule before on_train_batch_end, so the saved one is already at the next step.
-            self.trainer.lr_scheduler_configs[0].scheduler.load_state_dict(self.resume["scheduler"])
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts = self.compute_loss(batch)
         if not torch.isfinite(loss):
-            raise RunFailed(self.non_finite_message(loss, parts, self.start_step + batch_idx))
+            raise RunFailed(self.non_finite_message(loss, parts, self.step_of(batch_idx)))
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         row = {"train/loss": loss.detach(), **{f"train/{k}": v for k, v in parts.items()}}
         # Under DDP each process saw 1/N of the batch: log the mean over processes (= the global batch's).
         row = {k: self.trainer.strategy.reduce(v, reduce_op="mean") for k, v in row.items()}
-        self._row = {**row, "lr": torch.tensor(lr)}
+        self.metrics_row = {**row, "lr": torch.tensor(lr)}
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 
@@ -117,31 +105,13 @@ class PhaseModule(L.LightningModule):
             hint += " or try trainer.precision=32-true"
         return f"non-finite loss {loss.item()} in {self.name} at step {step}{where}; {hint}"
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        """Right after the update of a step: evaluate if due, log the row, checkpoint if due."""
-        step = self.start_step + batch_idx
-        row = {k: float(v) for k, v in self._row.items()}
-        if self.evaluator.due(step):
-            row.update(self.evaluator.evaluate(self.backbone))
-            self.log("heldout_ll", row["eval/heldout_ll"], prog_bar=True, logger=False)
-        if step == self.total_steps - 1:  # the phase's final model: extraction attacks, on its device
-            row.update(self.evaluator.extract(self.backbone, self.attack_reference))
-        self.run_logger.log(row, step)
-        if self.checkpointer is not None:
-            self.checkpointer.on_step(self, step)
-
     @property
     def attack_reference(self) -> PythiaBackbone | None:
         """The reference of the logit-difference attack after this phase (only phase 2 has one)."""
         return None
 
-    @property
-    def elapsed(self) -> float:
-        """Seconds spent in this phase, including before a resume."""
-        return time.perf_counter() - self._started
 
-
-class SFTPhase(PhaseModule):
+class NTPPhase(PhaseModule):
     """Phase 1: NTP on fresh random passwords with the regular prefix."""
 
     phase, name = 1, "phase 1: NTP"
@@ -151,29 +121,33 @@ class SFTPhase(PhaseModule):
         return loss, {"ntp_random": loss.detach()}
 
 
-class DPOPhase(PhaseModule):
-    """Phase 2: DPO (or `objective`) against the frozen phase-1 reference; the pipeline applies the freeze."""
+class ObjectivePhase(PhaseModule):
+    """Phase 2: the objective (DPO by default) against the frozen phase-1 reference; with `freeze`, the second
+    half of the layers and the unembedding get no updates."""
 
-    phase, name = 2, "phase 2: dpo"
+    phase = 2
 
     def __init__(
         self,
         backbone: PythiaBackbone,
         reference: ReferenceLogprobs,
         *,
+        objective: tuple[str, dict[str, float]],
         beta: float,
-        objective: tuple[str, dict[str, float]] = ("dpo", {"beta": 0.1}),
+        freeze: bool = False,
         **kwargs,
     ):
-        """`objective`: (name, hyper-parameters) from the registry of `negrl.objectives` (DPO by default);
-        `beta` scales the logged TRL-style rewards, whatever the objective."""
+        """`objective`: (name, hyper-parameters) from the registry of `negrl.objectives`; `beta` scales the
+        logged TRL-style rewards, whatever the objective."""
         super().__init__(backbone, **kwargs)
-        if self.phase == 2:
-            self.name = f"phase 2: {objective[0]}"  # the objective that runs, DPO or another
-        self.reference_logprobs = reference
-        self.reference = reference.reference  # a submodule, so Lightning moves it with the policy
-        self.beta = beta
         self.objective, self.objective_params = objective
+        self.name = f"phase {self.phase}: {self.objective}" if self.phase == 2 else self.name
+        self.reference_logprobs = reference
+        self.reference = reference.model  # a submodule, so Lightning moves it with the policy
+        self.beta, self.freeze = beta, freeze
+
+    def apply_trainable(self) -> None:
+        self.backbone.set_trainable(True, freeze_second_half=self.freeze)
 
     def _forward(self, batch: dict[str, torch.Tensor], extra: tuple[str, ...] = ()):
         """One forward pass over chosen, rejected and `extra` sequences; the objective's loss, reward
@@ -195,19 +169,20 @@ class DPOPhase(PhaseModule):
         return self.reference if self.phase == 2 else None
 
 
-class JointPhase(DPOPhase):
-    """Phase 3, all trainable: w_dpo * DPO + w_random * NTP(random, regular) + w_useful * NTP(useful, reverse)."""
+class JointPhase(ObjectivePhase):
+    """Phase 3, all trainable: w_objective * objective + w_random * NTP(random, regular)
+    + w_useful * NTP(useful, reverse)."""
 
     phase, name = 3, "phase 3: joint"
 
     def __init__(self, backbone, reference, *, weights: dict[str, float], **kwargs):
-        super().__init__(backbone, reference, **kwargs)
+        super().__init__(backbone, reference, freeze=False, **kwargs)
         self.weights = weights
 
     def compute_loss(self, batch):
-        dpo, stats, logprobs = self._forward(batch, extra=("random", "useful"))
+        objective, stats, logprobs = self._forward(batch, extra=("random", "useful"))
         ntp_random, ntp_useful = ntp_loss(logprobs["random"]), ntp_loss(logprobs["useful"])
         w = self.weights
-        loss = w["dpo"] * dpo + w["random"] * ntp_random + w["useful"] * ntp_useful
-        parts = {self.objective: dpo, "ntp_random": ntp_random, "ntp_useful": ntp_useful}
+        loss = w["objective"] * objective + w["random"] * ntp_random + w["useful"] * ntp_useful
+        parts = {self.objective: objective, "ntp_random": ntp_random, "ntp_useful": ntp_useful}
         return loss, {**{k: v.detach() for k, v in parts.items()}, **stats}

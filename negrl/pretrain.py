@@ -13,7 +13,7 @@ never in it, but by a 26^-16 coincidence):
 - copy: a fresh random 16-letter string, then the same string again, twice per sequence.
 
 Half the sequences are of each kind, drawn from `--seed` (independent of any run's seed). The
-training is next-token prediction with negrl's own log-probs, AdamW and warm-up/cosine schedule.
+training is next-token prediction through the phases' own Trainer, step, AdamW and warm-up/cosine schedule.
 The output is a `save_pretrained()` directory plus `pretraining.json` (the settings, the loss
 curve, and held-out accuracy on each kind).
 
@@ -39,20 +39,23 @@ from typing import Any, NoReturn
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
-from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Dataset
 
 from negrl.backbone import PythiaBackbone
 from negrl.cli import CONF_DIR
+from negrl.config import SEED_MAX
 from negrl.errors import NegrlError, RunFailed
 from negrl.objectives import ntp_loss
-from negrl.phases import OptimSettings
-from negrl.schedule import warmup_cosine
+from negrl.phases import OptimSettings, PhaseModule
+from negrl.runner import make_trainer, quiet_lightning
 from negrl.vocab import ALPHABET
 
 BLOCK = 16  # letters per string: a password's length
 BLOCKS = 4  # strings per sequence
-SEED_MAX = 2**32 - 1  # numpy and torch seeds are unsigned 32-bit
+#: Lightning settings of the pretraining Trainer (its own progress lines instead of a bar).
+TRAINER = {"accelerator": "auto", "devices": 1, "precision": "32-true", "enable_progress_bar": False}
 
 
 @dataclass(frozen=True)
@@ -162,28 +165,58 @@ def letter_accuracy(backbone: PythiaBackbone, tokens: torch.Tensor, positions: l
     return (predicted[:, index - 1] == tokens[:, index]).float().mean().item()
 
 
+class PretrainPhase(PhaseModule):
+    """Next-token prediction on the letter corpus, through the phases' own training step."""
+
+    phase, name = 0, "pretraining"
+
+    def compute_loss(self, batch):
+        loss = ntp_loss(self.backbone.token_logprobs(batch["text"]))
+        return loss, {}
+
+    def non_finite_message(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], step: int) -> str:
+        return f"non-finite loss {loss.item()} at step {step}; lower --lr (it is {self.optim.lr:g})"
+
+
+class CorpusBatches(Dataset):
+    """`steps` batches of the corpus, drawn in order as the loader asks for them."""
+
+    def __init__(self, corpus: LetterCorpus, steps: int, batch: int):
+        self.corpus, self.steps, self.batch = corpus, steps, batch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"text": self.corpus.batch(self.batch)}
+
+
+class LossCurve(Callback):
+    """The loss every 100 steps and at the last one, printed and kept."""
+
+    def __init__(self, steps: int):
+        self.steps, self.points = steps, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx % 100 == 0 or batch_idx == self.steps - 1:
+            loss = float(pl_module.metrics_row["train/loss"])
+            self.points.append({"step": batch_idx, "loss": loss})
+            print(f"negrl-pretrain: step {batch_idx}/{self.steps} loss {loss:.4f}", flush=True)
+
+
 def pretrain(model: str, steps: int, out: Path, *, pool: int, seed: int, batch: int, lr: float) -> dict[str, Any]:
     """Train, save to `out`, return the record written to out/pretraining.json."""
     architecture = load_architecture(model)
     n_letters = len(ALPHABET)
     backbone = PythiaBackbone.random_init(architecture, seed)
     corpus = LetterCorpus(n_letters, pool, seed)
-    optim = OptimSettings(lr=lr, warmup_steps=min(100, steps // 10))
-    opt = optim.adamw(backbone.trainable_parameters())
-    schedule = LambdaLR(opt, warmup_cosine(optim.warmup_steps, steps, "decay"))
-    curve, started = [], time.perf_counter()
-    for step in range(steps):
-        loss = ntp_loss(backbone.token_logprobs(corpus.batch(batch)))
-        if not torch.isfinite(loss):
-            raise RunFailed(f"non-finite loss {loss.item()} at step {step}; lower --lr (it is {lr:g})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(backbone.trainable_parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        if step % 100 == 0 or step == steps - 1:
-            curve.append({"step": step, "loss": loss.item()})
-            print(f"negrl-pretrain: step {step}/{steps} loss {loss.item():.4f}", flush=True)
+    optim = OptimSettings(lr=lr, warmup_steps=min(100, steps // 10), cosine_over="decay")
+    curve, started = LossCurve(steps), time.perf_counter()
+    loader = DataLoader(CorpusBatches(corpus, steps, batch), batch_size=None, shuffle=False)
+    with quiet_lightning(), tempfile.TemporaryDirectory() as root:
+        trainer = make_trainer(TRAINER, optim.grad_clip, steps, [curve], Path(root))
+        trainer.fit(PretrainPhase(backbone, optim=optim, total_steps=steps), train_dataloaders=loader)
+    backbone.cpu()
     # Held-out figures: pool strings after their first 3 letters (which identify one of the pool's
     # strings), and the second copy of fresh strings; chance is 1/26 for both.
     blocks = range(0, BLOCK * BLOCKS, BLOCK)
@@ -199,7 +232,7 @@ def pretrain(model: str, steps: int, out: Path, *, pool: int, seed: int, batch: 
     record = {
         "model": model, "architecture": architecture, "steps": steps, "batch": batch, "lr": lr,
         "pool": pool, "seed": seed, "sequence_length": BLOCK * BLOCKS, "wall_time_s": time.perf_counter() - started,
-        "loss_curve": curve, "accuracy": accuracy,
+        "loss_curve": curve.points, "accuracy": accuracy,
     }  # fmt: skip
     save(backbone, record, out)
     return record

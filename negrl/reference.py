@@ -18,10 +18,10 @@ from negrl.objectives import sequence_logprob
 
 
 class ReferenceLogprobs:
-    """Sequence log-probs under the frozen reference, cached (`enabled`) or recomputed every time."""
+    """Sequence log-probs under the frozen reference `model`, cached (`use_cache`) or recomputed every time."""
 
-    def __init__(self, reference: PythiaBackbone, n_pairs: int, n_negatives: int, enabled: bool = True):
-        self.reference, self.enabled = reference, enabled
+    def __init__(self, model: PythiaBackbone, n_pairs: int, n_negatives: int, use_cache: bool = True):
+        self.model, self.use_cache = model, use_cache
         self.cache = {
             "chosen": torch.full((n_pairs,), float("nan"), dtype=torch.float64),
             "rejected": torch.full((n_negatives,), float("nan"), dtype=torch.float64),
@@ -32,9 +32,9 @@ class ReferenceLogprobs:
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference log-probs [B] of the batch's chosen and rejected sequences."""
         chosen, rejected = batch["chosen"], batch["rejected"]
-        if not self.enabled:
+        if not self.use_cache:
             self.computed += len(chosen) + len(rejected)
-            ref = sequence_logprob(self.reference.token_logprobs(torch.cat([chosen, rejected])))
+            ref = sequence_logprob(self.model.token_logprobs(torch.cat([chosen, rejected])))
             return ref.split([len(chosen), len(rejected)])
         parts = {"chosen": (chosen, batch["chosen_id"].cpu()), "rejected": (rejected, batch["rejected_id"].cpu())}
         todo = []  # sequences not cached yet, each distinct key once
@@ -45,7 +45,7 @@ class ReferenceLogprobs:
         new_tokens = torch.cat([t for _, _, t in todo])
         if len(new_tokens):
             self.computed += len(new_tokens)
-            values = sequence_logprob(self.reference.token_logprobs(new_tokens)).double().cpu()
+            values = sequence_logprob(self.model.token_logprobs(new_tokens)).double().cpu()
             for (name, keys, _), v in zip(todo, values.split([len(t) for _, _, t in todo])):
                 self.cache[name][keys] = v
         device = chosen.device

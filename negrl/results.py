@@ -1,13 +1,9 @@
-"""The run's verdict: the paper's metric, its control, and `results.json` written atomically."""
+"""The run's results: the paper's metric and its control from the record, and the verdict in plain words."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import platform
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from negrl.extraction import max_exposure, tied_exposure
@@ -85,29 +81,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def read_status(run_dir: Path) -> str | None:
-    """The `status` of `run_dir/results.json`, or None if there is none (or it is unreadable)."""
-    try:
-        return json.loads((Path(run_dir) / "results.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def verdict(results: dict[str, Any], run_dir: Path, wandb_dir: str | None = None) -> str:
+def verdict(results: dict[str, Any], files: list[str], wandb_dir: str | None = None) -> str:
     """The outcome in plain words, for the end of `python train.py`."""
     d, c = results["delta"], results["control"]["delta"]
     k = letters_of_chance(results["baseline"])
@@ -130,7 +104,7 @@ def verdict(results: dict[str, Any], run_dir: Path, wandb_dir: str | None = None
     if "extraction" in results:
         lines.extend(extraction_lines(results["extraction"]))
     lines.append(f"  wall time: {results['wall_time_s']:.0f} s")
-    lines.append(f"  files: {run_dir}/results.json, {run_dir}/metrics.csv, {run_dir}/config.yaml")
+    lines.append(f"  files: {', '.join(files)}")
     if wandb_dir:
         lines.append(f"  W&B run: {wandb_dir}  (offline: upload with `wandb sync {wandb_dir}`)")
     return "\n".join(lines)

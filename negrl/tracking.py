@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
+from negrl.rundir import RunDir
+
 
 class RunLogger:
     """Sends each metrics row, stamped with `phase` and the global step, to all loggers."""
@@ -70,14 +72,15 @@ class RunLogger:
 
 
 def build_loggers(
-    run_dir: Path, wandb_cfg: dict[str, Any], run_name: str, resume_step: int | None = None, wandb_id: str | None = None
+    owner: RunDir, wandb_cfg: dict[str, Any], resume_step: int | None = None, wandb_id: str | None = None
 ) -> list[Logger]:
-    """A CSVLogger writing `run_dir/metrics.csv`, plus a WandbLogger when `wandb.enabled`.
+    """A CSVLogger writing the run's metrics.csv, plus a WandbLogger (in RUN_DIR/wandb) when `wandb.enabled`.
 
     On resume, metrics.csv keeps its rows up to global step `resume_step` and the W&B run
     `wandb_id` is continued.
     """
-    kept = _csv_rows_up_to(run_dir / "metrics.csv", resume_step) if resume_step is not None else []
+    run_dir = owner.path
+    kept = _csv_rows_up_to(owner.metrics, resume_step) if resume_step is not None else []
     csv_logger = CSVLogger(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=100)
     for step, row in kept:
         csv_logger.log_metrics(row, step=step)
@@ -87,7 +90,7 @@ def build_loggers(
         loggers.append(
             _wandb_logger(
                 save_dir=str(run_dir),
-                name=wandb_cfg.get("name") or run_name,
+                name=wandb_cfg.get("name") or run_dir.name,
                 project=wandb_cfg.get("project", "negrl"),
                 entity=wandb_cfg.get("entity"),
                 group=wandb_cfg.get("group"),

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -32,15 +33,36 @@ BYTES_PER_CANDIDATE_TOKEN = 8 + 26 * 4
 Objective = tuple[str, dict[str, float]]
 
 
-class Settings(NamedTuple):
-    """A checked config: its plain values (`config`) and what they define."""
+@dataclass(frozen=True)
+class Settings:
+    """A checked config: its plain values (`config`, as saved in config.yaml) and, by name, everything the
+    run reads from it."""
 
     config: dict[str, Any]
+    seed: int
+    model: dict[str, Any]  # model.*, read by negrl.loading
+    tokens: dict[str, Any]
     sizes: DataSizes
+    holdout_frac: float
+    prefix: bool
+    freeze: bool  # phase 2 freezes the second half of the layers and the unembedding
+    compute: dict[str, Any]
     optim: OptimSettings
-    weights: dict[str, float]  # phase-3 loss weights
     objective: Objective  # phases 2-3
+    beta: float  # scale of the logged rewards
+    weights: dict[str, float]  # phase-3 loss weights
+    reference_cache: bool
+    eval_every: int
     candidates: int  # exposure candidates of the extraction attacks; 0: no extraction
+    checkpoint_every: int
+    resume: bool | str
+    trainer: dict[str, Any]
+    wandb: dict[str, Any]
+
+    @property
+    def steps(self) -> dict[int, int]:
+        """Optimizer steps of each phase."""
+        return {p: self.sizes.steps(p) for p in (1, 2, 3)}
 
 
 def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
@@ -61,9 +83,16 @@ def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
     optim = optim_settings(c)
     candidates = extraction_candidates(c["extraction"], n_letters, sizes.password_length)
     _check_memory(sizes, candidates)
+    settings = Settings(
+        config=c, seed=c["seed"], model=c["model"], tokens=c["tokens"], sizes=sizes,
+        holdout_frac=c["holdout_frac"], prefix=c["prefix"], freeze=c["freeze"], compute=c["compute"],
+        optim=optim, objective=objective_settings(c), beta=c["dpo"]["beta"], weights=phase3_weights(c["joint"]),
+        reference_cache=c["reference"]["cache"], eval_every=c["eval"]["every"], candidates=candidates,
+        checkpoint_every=c["checkpoint"]["every"], resume=c["resume"], trainer=c["trainer"], wandb=c["wandb"],
+    )  # fmt: skip
     if warn:
-        warn_degenerate(c, sizes)
-    return Settings(c, sizes, optim, phase3_weights(c["joint"]), objective_settings(c), candidates)
+        warn_degenerate(settings)
+    return settings
 
 
 def _check_tokens(t: dict[str, Any]) -> None:
@@ -169,6 +198,7 @@ def optim_settings(c: dict[str, Any]) -> OptimSettings:
         warmup_steps=s["warmup_steps"],
         cosine_over=s["cosine_over"],
         fused=fused,
+        grad_clip=o["grad_clip"],
     )
 
 
@@ -194,8 +224,8 @@ def objective_settings(c: dict[str, Any]) -> Objective:
 
 
 def phase3_weights(joint: dict[str, float]) -> dict[str, float]:
-    """Phase-3 loss weights {dpo, random, useful}: non-negative (checked by `negrl.config`), not all zero."""
-    weights = {k: float(joint[f"{k}_weight"]) for k in ("dpo", "random", "useful")}
+    """Phase-3 loss weights {objective, random, useful}: non-negative (checked by `negrl.config`), not all zero."""
+    weights = {k: float(joint[f"{k}_weight"]) for k in ("objective", "random", "useful")}
     if not any(weights.values()):
         raise NegrlError(f"phase-3 weights {weights} are all zero; set at least one of joint.*_weight above 0")
     return weights
@@ -212,10 +242,10 @@ def extraction_candidates(e: dict[str, Any], n_letters: int, length: int) -> int
     return n if e["enabled"] else 0
 
 
-def warn_degenerate(c: dict[str, Any], sizes: DataSizes) -> None:
+def warn_degenerate(s: Settings) -> None:
     """One line each for an evaluation interval or a warm-up longer than phases (legal, rarely intended)."""
-    steps = {p: sizes.steps(p) for p in (1, 2, 3)}
-    every, warmup = c["eval"]["every"], c["schedule"]["warmup_steps"]
+    steps = s.steps
+    every, warmup = s.eval_every, s.optim.warmup_steps
     short = [f"phase {p} ({n} steps)" for p, n in steps.items() if every >= n]
     if short:
         print(

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from negrl.data import DataSizes, PasswordDataModule, PasswordSplits, heldout_count
+from negrl.data import DataSizes, PasswordData, PasswordSplits, heldout_count
 from negrl.errors import NegrlError
 from negrl.vocab import PasswordVocab
 
@@ -19,9 +19,7 @@ def keys(rows):
 
 @pytest.fixture(scope="module")
 def dm():
-    module = PasswordDataModule(VOCAB, SIZES, 0.05, prefix=True, seed=0)
-    module.setup()
-    return module
+    return PasswordData(VOCAB, SIZES, 0.05, prefix=True, seed=0)
 
 
 def test_split_sizes(dm):
@@ -91,7 +89,7 @@ def test_prefix_tokens_in_place(dm):
 
 
 def test_no_prefix_means_no_token_prepended():
-    dm = PasswordDataModule(VOCAB, SIZES, 0.05, prefix=False, seed=0)
+    dm = PasswordData(VOCAB, SIZES, 0.05, prefix=False, seed=0)
     b = dm.dataset(3)[0]
     assert all(t.shape == (128, 16) and (t < 26).all() for k, t in b.items() if not k.endswith("_id"))
     assert dm.eval_sets(3)["heldout"].shape == (128, 16)

@@ -11,7 +11,7 @@ from conftest import make_cfg
 from omegaconf import OmegaConf
 
 from negrl.backbone import PythiaBackbone
-from negrl.data import PasswordDataModule, PasswordSplits
+from negrl.data import PasswordData, PasswordSplits
 from negrl.extraction import Extraction, exposure, max_exposure, recovery, tied_exposure
 from negrl.pipeline import run
 from negrl.validation import validate
@@ -172,7 +172,7 @@ def test_each_phase_ends_with_the_attacks_in_results_and_metrics(extraction_run)
 def test_candidates_are_fresh_distinct_and_carry_the_phase_prefix():
     c = OmegaConf.to_container(make_cfg(), resolve=True)
     sizes = validate(c).sizes
-    data = PasswordDataModule(VOCAB, sizes, c["holdout_frac"], True, seed=3)
+    data = PasswordData(VOCAB, sizes, c["holdout_frac"], True, seed=3)
     cand = data.candidates(3, 1000)
     assert cand.shape == (1000, 17) and (cand[:, 0] == REVERSE).all()
     assert (data.candidates(1, 1000)[:, 0] == VOCAB.regular_id).all()

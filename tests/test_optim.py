@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from negrl.backbone import PythiaBackbone
-from negrl.evaluation import Evaluator
-from negrl.phases import OptimSettings, SFTPhase
+from negrl.phases import OptimSettings, NTPPhase
 
 TINY = {"vocab_size": 28, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
 
@@ -21,7 +20,7 @@ def test_auto_fuses_adamw_on_cuda_only():
 
 def test_gradient_clipping_caps_the_global_norm_of_trainable_parameters():
     backbone = PythiaBackbone.random_init(TINY, seed=0)
-    module = SFTPhase(backbone, optim=OptimSettings(), total_steps=10, evaluator=Evaluator(5), run_logger=None)
+    module = NTPPhase(backbone, optim=OptimSettings(), total_steps=10)
     for p in backbone.parameters():
         p.grad = torch.full_like(p, 3.0)
     module.configure_gradient_clipping(None, gradient_clip_val=1.0)

@@ -101,7 +101,7 @@ def test_one_offline_wandb_run_covers_all_phases(tmp_path):
 
 def test_reference_cache_computes_each_sequence_once_and_changes_nothing(tiny_run, tmp_path):
     cached, _, _ = tiny_run
-    uncached = run(make_cfg("seed=0", "dpo.reference_cache=false"), tmp_path)
+    uncached = run(make_cfg("seed=0", "reference.cache=false"), tmp_path)
     # data=small: 1280 pairs of 320 distinct negatives, 80 steps of 16 pairs per phase.
     assert cached["reference"] == {"cache": True, "sequences_computed": 1280 + 320}
     assert uncached["reference"] == {"cache": False, "sequences_computed": 2 * 80 * 32}
@@ -113,7 +113,7 @@ def test_reference_cache_computes_each_sequence_once_and_changes_nothing(tiny_ru
 
 
 def test_bf16_mixed_runs_on_cpu_and_evaluates_in_fp32(tmp_path):
-    from negrl.data import DataSizes, PasswordDataModule
+    from negrl.data import DataSizes, PasswordData
     from negrl.vocab import PasswordVocab
 
     cfg = make_cfg("trainer.precision=bf16-mixed", "data.negative_repeats=1", "eval.every=1")
@@ -128,7 +128,7 @@ def test_bf16_mixed_runs_on_cpu_and_evaluates_in_fp32(tmp_path):
     c = OmegaConf.to_container(cfg, resolve=True)
     model = PythiaBackbone.random_init(c["model"]["architecture"], seed=0)
     model.load_state_dict({k: v.float() for k, v in final[3].items()})
-    data = PasswordDataModule(PasswordVocab.builtin(), DataSizes(**c["data"]), 0.05, True, 0)
+    data = PasswordData(PasswordVocab.builtin(), DataSizes(**c["data"]), 0.05, True, 0)
     with torch.no_grad():
         ll = model.token_logprobs(data.eval_sets(3)["heldout"]).double().mean(-1).mean().item()
     assert results["phases"]["3"]["eval"]["heldout"]["final"] == pytest.approx(ll, abs=1e-6)

@@ -9,8 +9,9 @@ from conftest import make_cfg
 
 from negrl import checkpoint
 from negrl.errors import NegrlError
-from negrl.phases import DPOPhase, JointPhase
+from negrl.phases import JointPhase, ObjectivePhase
 from negrl.pipeline import run
+from negrl.rundir import RunDir
 
 ARGS = ("checkpoint.every=10",)  # data=small: 8 + 80 + 80 steps
 
@@ -31,7 +32,7 @@ def kill_at(monkeypatch, phase_cls, step):
     monkeypatch.setattr(phase_cls, "compute_loss", crashing)
 
 
-def killed_run(monkeypatch, run_dir, phase_cls=DPOPhase, step=15, hard=False) -> None:
+def killed_run(monkeypatch, run_dir, phase_cls=ObjectivePhase, step=15, hard=False) -> None:
     """A run of ARGS in `run_dir` killed at `step` of `phase_cls` (`hard`: without any clean-up)."""
     with monkeypatch.context() as m:
         (hard_kill_at if hard else kill_at)(m, phase_cls, step)
@@ -52,14 +53,14 @@ def uninterrupted(tmp_path_factory):
     return run(make_cfg(*ARGS), tmp_path_factory.mktemp("full"))
 
 
-@pytest.mark.parametrize("phase_cls,step", [(DPOPhase, 37), (JointPhase, 52)])
+@pytest.mark.parametrize("phase_cls,step", [(ObjectivePhase, 37), (JointPhase, 52)])
 def test_resume_after_a_crash_gives_the_same_results(uninterrupted, tmp_path, monkeypatch, phase_cls, step):
     with monkeypatch.context() as m:
         kill_at(m, phase_cls, step)
         with pytest.raises(Killed):
             run(make_cfg(*ARGS), tmp_path)
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
-    saved = checkpoint.load(tmp_path)
+    saved = checkpoint.load(RunDir(tmp_path))
     assert (saved["phase"], saved["step"], saved["phase_done"]) == (phase_cls.phase, step // 10 * 10 - 1, False)
 
     resumed = run(make_cfg(*ARGS, f"resume={tmp_path}"), tmp_path / "ignored-new-dir")
@@ -97,7 +98,7 @@ def test_resume_errors(tmp_path, monkeypatch):
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
-    checkpoint.save_atomic({"step": 1, "w": torch.ones(3)}, tmp_path)
+    checkpoint.save_atomic({"step": 1, "w": torch.ones(3)}, RunDir(tmp_path))
 
     def broken_save(obj, f):
         with open(f, "wb") as fh:
@@ -106,8 +107,8 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, mo
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
-        checkpoint.save_atomic({"step": 2}, tmp_path)
-    assert checkpoint.load(tmp_path)["step"] == 1
+        checkpoint.save_atomic({"step": 2}, RunDir(tmp_path))
+    assert checkpoint.load(RunDir(tmp_path))["step"] == 1
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]
 
 
@@ -160,7 +161,6 @@ def test_resume_true_takes_the_newest_unfinished_run_not_a_newer_completed_one(t
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path):
-    from negrl.rundir import RunDir
 
     holder = RunDir(tmp_path / "busy")
     holder.lock()  # another process training in it (flock is per open file, so this stands in for one)
@@ -183,7 +183,7 @@ def test_a_full_disk_is_one_line_and_failed_with_the_last_checkpoint_kept(tmp_pa
     def filling(state, run_dir):
         calls.append(state["step"])
         if state["phase"] == 2 and state["step"] == 19:
-            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "checkpoints"))
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir.path / "checkpoints"))
         return original(state, run_dir)
 
     monkeypatch.setattr(checkpoint, "save_atomic", filling)
@@ -193,7 +193,7 @@ def test_a_full_disk_is_one_line_and_failed_with_the_last_checkpoint_kept(tmp_pa
         run(make_cfg(*ARGS), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "failed" and saved["reason"].startswith("disk full")
-    assert (checkpoint.load(tmp_path)["phase"], checkpoint.load(tmp_path)["step"]) == (2, 9)
+    assert (checkpoint.load(RunDir(tmp_path))["phase"], checkpoint.load(RunDir(tmp_path))["step"]) == (2, 9)
 
 
 def test_a_sweep_with_resume_true_continues_each_job_and_leaves_no_new_job_directory(tmp_path, monkeypatch):

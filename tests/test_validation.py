@@ -13,6 +13,7 @@ from negrl import checkpoint
 from negrl.cli import check_group_choices
 from negrl.errors import NegrlError, RunFailed
 from negrl.pipeline import run
+from negrl.rundir import RunDir
 
 CASES = [
     (["holdout_frac=0"], "holdout_frac=0 must be > 0 and < 1; fix holdout_frac"),
@@ -43,7 +44,7 @@ CASES = [
         r"extraction.candidates=5000 is too many distinct 3-letter passwords over 26 letters; use at most 4394",
     ),
     (["joint.useful_weight=-0.2"], "joint.useful_weight=-0.2 must be >= 0"),
-    (["joint.dpo_weight=0", "joint.random_weight=0", "joint.useful_weight=0"], "are all zero; set at least one"),
+    (["joint.objective_weight=0", "joint.random_weight=0", "joint.useful_weight=0"], "are all zero; set at least one"),
     (["eval.every=0"], "eval.every=0 must be >= 1"),
     (["seed=-1"], "seed=-1 must be >= 0 and <= 4294967295"),
     (["prefix=maybe"], "prefix='maybe' must be true or false"),
@@ -58,8 +59,8 @@ CASES = [
     # Any key: a declared type, finite, in range; unknown keys named with the nearest valid one.
     (["holdout_frac=abc"], "holdout_frac='abc' must be a number; fix holdout_frac"),
     (["optim.lr=abc"], "optim.lr='abc' must be a number"),
-    (["joint.dpo_weight=abc"], "joint.dpo_weight='abc' must be a number"),
-    (["joint.dpo_weight=nan"], "joint.dpo_weight=nan is not a finite number"),
+    (["joint.objective_weight=abc"], "joint.objective_weight='abc' must be a number"),
+    (["joint.objective_weight=nan"], "joint.objective_weight=nan is not a finite number"),
     (["optim.betas=[0.9,inf]"], r"optim.betas\[1\]=inf is not a finite number"),
     (["objective=hinge", "objective.delta=inf"], "objective.delta=inf is not a finite number"),
     (["seed=4294967296"], "seed=4294967296 must be >= 0 and <= 4294967295"),
@@ -242,20 +243,20 @@ def test_completed_run_directory_is_never_overwritten(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_and_records_the_reason(tmp_path, monkeypatch):
-    from negrl.phases import DPOPhase
+    from negrl.phases import ObjectivePhase
 
-    original = DPOPhase.compute_loss
+    original = ObjectivePhase.compute_loss
 
     def poisoned(self, batch):
         loss, parts = original(self, batch)
         return (loss * float("nan") if self.trainer.global_step == 7 else loss), parts
 
-    monkeypatch.setattr(DPOPhase, "compute_loss", poisoned)
+    monkeypatch.setattr(ObjectivePhase, "compute_loss", poisoned)
     with pytest.raises(RunFailed, match=r"loss nan in phase 2: dpo at step 7; lower optim.lr \(now 0.0001\)$"):
         run(make_cfg("data.negative_repeats=1", "checkpoint.every=5"), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "failed" and "phase 2: dpo at step 7" in saved["reason"]
-    last = checkpoint.load(tmp_path)  # the checkpoint before the failure stays
+    last = checkpoint.load(RunDir(tmp_path))  # the checkpoint before the failure stays
     assert (last["phase"], last["step"], last["phase_done"]) == (2, 4, False)
 
 
