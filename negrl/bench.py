@@ -26,11 +26,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from negrl.backbone import PythiaBackbone
-from negrl.data import PHASES, PasswordData
+from negrl.data import PasswordData
 from negrl.evaluation import Evaluator
 from negrl.extraction import Extraction
 from negrl.loading import load_model
 from negrl.phases import JointPhase, NTPPhase, ObjectivePhase, PhaseModule
+from negrl.protocol import PHASES
 from negrl.reference import ReferenceLogprobs
 from negrl.runner import make_trainer, quiet_lightning
 from negrl.validation import Settings, validate

@@ -16,12 +16,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from negrl.distributed import RankShard
 from negrl.errors import NegrlError
+from negrl.protocol import EVAL_PREFIX, EVAL_SETS, PHASES
 from negrl.vocab import PasswordVocab
 
-EVAL_SETS = ("heldout", "useful", "random")
-PHASES = (1, 2, 3)
-#: Prefix of each phase's evaluation (phases 1 and 2 regular, phase 3 reverse).
-EVAL_PREFIX = {1: "regular", 2: "regular", 3: "reverse"}
 #: Index of the extraction candidates' stream among the seed's spawned streams (0-4: `PasswordSplits.draw`).
 CANDIDATE_STREAM = 5
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from negrl.backbone import PythiaBackbone, fp32_inference
+from negrl.stats import max_exposure, tied_exposure  # noqa: F401 (part of the attacks' interface)
 
 #: Sequences per forward pass of the extraction (evaluation sets and candidates together).
 CHUNK = 512
@@ -59,16 +60,6 @@ def exposure(ll: torch.Tensor, candidate_ll: torch.Tensor) -> torch.Tensor:
     below = torch.searchsorted(ranked, ll, right=False)
     rank = 1 + (len(ranked) - below_or_tied) + (below_or_tied - below).double() / 2
     return math.log2(len(ranked) + 1) - torch.log2(rank)
-
-
-def max_exposure(n_candidates: int) -> float:
-    """Exposure of a password ranked above every candidate."""
-    return math.log2(n_candidates + 1)
-
-
-def tied_exposure(n_candidates: int) -> float:
-    """Exposure of a password tied with every candidate (a model that cannot tell them apart)."""
-    return math.log2((n_candidates + 1) / (n_candidates / 2 + 1))
 
 
 class Extraction:

@@ -1,4 +1,4 @@
-"""The paper's figures from grouped runs (see `negrl.report`), drawn without pyplot's global state.
+"""The paper's figures from grouped runs (`negrl.groups`), drawn without pyplot's global state.
 
 Each `plot_*` function takes groups and an optional output path, saves a PNG there (Agg) and
 returns the `Figure` (a notebook displays it inline). `make_figures` draws those the data supports.
@@ -11,18 +11,18 @@ import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from negrl import stats
+from negrl.groups import Group
 from negrl.labels import fmt_value, slug, sort_value
+from negrl.protocol import EVAL_SETS
+from negrl.runs import Run
 from negrl.stats import Summary
-
-if TYPE_CHECKING:
-    from negrl.report import Group
 
 COLORS = {"heldout": "tab:red", "useful": "tab:blue", "random": "tab:gray"}
 SET_LABELS = {"heldout": "held-out negatives", "useful": "useful negatives", "random": "random passwords"}
@@ -73,7 +73,7 @@ def _spread(groups: Sequence[Group]) -> str:
     return "mean ± std over seeds; no error bar where n = 1" if any(ones) else "mean ± std over seeds"
 
 
-def _seeds_label(runs: Sequence[Any]) -> str:
+def _seeds_label(runs: Sequence[Run]) -> str:
     """'mean of 3 seeds', or the seed itself when there is one."""
     return f"seed {runs[0].seed}" if len(runs) == 1 else f"mean of {len(runs)} seeds"
 
@@ -156,12 +156,12 @@ def plot_ablations(groups: Sequence[Group], path: Path | str | None = None) -> F
     return _save(fig, path)
 
 
-def mean_curves(group: Group) -> tuple[np.ndarray, dict[str, np.ndarray], list[Any]]:
+def mean_curves(group: Group) -> tuple[np.ndarray, dict[str, np.ndarray], list[Run]]:
     """Steps, the per-set mean LL over the group's seeds at each step (NaN-aware), and the runs with curves."""
     runs = [r for r in group.runs if r.curves is not None]
     steps = np.unique(np.concatenate([r.curves.step for r in runs])) if runs else np.array([], dtype=int)
     means = {}
-    for s in ("heldout", "useful", "random"):
+    for s in EVAL_SETS:
         stack = np.full((len(runs), steps.size), np.nan)
         for i, r in enumerate(runs):
             stack[i, np.searchsorted(steps, r.curves.step)] = r.curves.ll[s]
@@ -176,7 +176,7 @@ def plot_curves(group: Group, path: Path | str | None = None) -> Figure:
     steps, means, runs = mean_curves(group)
     fig = Figure(figsize=(9, 4.5))
     ax = fig.add_subplot()
-    for s in ("heldout", "useful", "random"):
+    for s in EVAL_SETS:
         for r in runs if len(runs) > 1 else []:
             ax.plot(r.curves.step, r.curves.ll[s], color=COLORS[s], lw=0.6, alpha=0.3)
         ax.plot(steps, means[s], color=COLORS[s], lw=2, label=f"{SET_LABELS[s]}, {_seeds_label(runs)}")

@@ -1,6 +1,6 @@
 """How a report names and orders things: knob values as YAML spells them, their sort order, file-name slugs.
 
-Shared by the report's tables (`negrl.report`) and its figures (`negrl.figures`).
+Shared by the grouping (`negrl.groups`), the tables (`negrl.tables`) and the figures (`negrl.figures`).
 """
 
 from __future__ import annotations

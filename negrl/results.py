@@ -6,8 +6,23 @@ import math
 import platform
 from typing import Any
 
-from negrl.extraction import max_exposure, tied_exposure
-from negrl.stats import chance_ll, chance_name, chance_p, letters_of_chance
+from negrl.stats import chance_ll, chance_name, chance_p, letters_of_chance, max_exposure, tied_exposure
+
+
+def metric_summary(phases: dict[int, dict[str, dict[str, float]]], n_letters: int) -> dict[str, Any]:
+    """The paper's metric (the max held-out log-likelihood over phase 3's evaluations) and its random-password
+    control, each against chance `baseline` = log(1/K), K = `n_letters`."""
+    baseline = chance_ll(n_letters)
+    metric = phases[3]["heldout"]["max"]
+    control = phases[3]["random"]["max"]
+    return {
+        "status": "complete",
+        "metric": metric,
+        "delta": metric - baseline,
+        "baseline": baseline,
+        "control": {"metric": control, "delta": control - baseline},
+        "heldout_minus_random": metric - control,
+    }
 
 
 def summarize(
@@ -17,19 +32,11 @@ def summarize(
     n_letters: int,
     extraction: dict[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The final metric and its control from each phase's per-set max/final log-likelihoods, and the
-    extraction attacks of each phase's final model if there are any; `baseline` is log(1/K), K = `n_letters`."""
-    baseline = chance_ll(n_letters)
-    metric = phases[3]["heldout"]["max"]
-    control = phases[3]["random"]["max"]
+    """results.json: the metric and its control (`metric_summary`), each phase's steps, wall time, per-set
+    max/final log-likelihoods and the extraction attacks on its final model (if any), and the versions."""
     extraction = extraction or {}
     results = {
-        "status": "complete",
-        "metric": metric,
-        "delta": metric - baseline,
-        "baseline": baseline,
-        "control": {"metric": control, "delta": control - baseline},
-        "heldout_minus_random": metric - control,
+        **metric_summary(phases, n_letters),
         "phases": {
             str(p): {
                 "steps": steps[p],

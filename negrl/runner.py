@@ -17,13 +17,14 @@ import lightning as L
 from negrl import checkpoint
 from negrl.backbone import PythiaBackbone
 from negrl.callbacks import Checkpointing, Evaluation, ExtractionAttacks, MetricsLogging
-from negrl.data import PHASES, PasswordData
+from negrl.data import PasswordData
 from negrl.distributed import is_rank_zero, sum_over_ranks
 from negrl.errors import RunFailed
 from negrl.evaluation import Evaluator
 from negrl.extraction import Extraction
 from negrl.phases import PhaseModule
 from negrl.progress import PhaseProgressBar, progress_callbacks
+from negrl.protocol import PHASES
 from negrl.record import RunRecord
 from negrl.reference import ReferenceLogprobs
 from negrl.results import summarize, verdict

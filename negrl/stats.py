@@ -132,3 +132,13 @@ def paired_difference(a: Values, b: Values) -> PairedDifference:
     d = summary(x - y)
     test = ttest_1samp(x - y, 0.0)
     return PairedDifference(d.n, d.mean, d.std, test.t, test.p_two_sided, test.p_greater)
+
+
+def max_exposure(n_candidates: int) -> float:
+    """Exposure of a password ranked above every one of `n_candidates` candidates."""
+    return math.log2(n_candidates + 1)
+
+
+def tied_exposure(n_candidates: int) -> float:
+    """Exposure of a password tied with every candidate (a model that cannot tell them apart)."""
+    return math.log2((n_candidates + 1) / (n_candidates / 2 + 1))

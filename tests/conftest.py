@@ -6,13 +6,14 @@ import lzma
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # No test touches the network: the hub is offline for the whole session (before huggingface_hub reads it).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Real tokenizers, carried by the repository: tests/fixtures/tokenizers/<family>/tokenizer.json.xz (see SOURCES.md).
@@ -28,9 +29,9 @@ def make_cfg(*overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=[*FAST, *overrides])
 
 
-@pytest.fixture
-def cfg_factory():
-    return make_cfg
+def make_cfg_dict(*overrides: str) -> dict[str, Any]:
+    """`make_cfg(*overrides)` resolved into plain dicts and lists (what negrl's functions take)."""
+    return OmegaConf.to_container(make_cfg(*overrides), resolve=True)
 
 
 @pytest.fixture(scope="session")

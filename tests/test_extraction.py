@@ -7,8 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_cfg
-from omegaconf import OmegaConf
+from conftest import make_cfg, make_cfg_dict
 
 from negrl.backbone import PythiaBackbone
 from negrl.data import PasswordData, PasswordSplits
@@ -170,7 +169,7 @@ def test_each_phase_ends_with_the_attacks_in_results_and_metrics(extraction_run)
 
 
 def test_candidates_are_fresh_distinct_and_carry_the_phase_prefix():
-    c = OmegaConf.to_container(make_cfg(), resolve=True)
+    c = make_cfg_dict()
     sizes = validate(c).sizes
     data = PasswordData(VOCAB, sizes, c["holdout_frac"], True, seed=3)
     cand = data.candidates(3, 1000)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_cfg
-from omegaconf import OmegaConf
+from conftest import make_cfg_dict
 
 from negrl.label_logprobs import chunk_rows, label_logprobs, logsumexp_rows
 from negrl.loading import load_model
@@ -49,7 +48,7 @@ def test_logsumexp_rows_equals_torch_logsumexp():
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 def test_backbone_compute_settings_agree(attention):
     """Fused or plain log-probs, eager or sdpa attention: the same log-probs and gradients (float rounding)."""
-    c = OmegaConf.to_container(make_cfg(), resolve=True)
+    c = make_cfg_dict()
     backbone, _ = load_model(c["model"], c["tokens"], seed=0)
     tokens = torch.randint(0, 28, (6, 17), generator=torch.Generator().manual_seed(1))
     outs = []

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import make_cfg_dict
 
 from negrl.backbone import PythiaBackbone
 from negrl.errors import NegrlError
@@ -18,12 +18,6 @@ SPEC_LETTER_IDS = {
 }  # fmt: skip
 
 
-def _cfg_dict(*overrides):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(make_cfg(*overrides), resolve=True)
-
-
 def test_gpt_neox_tokenizer_gives_specs_ids(tokenizer_json):
     encode = load_tokenizer_encode(str(tokenizer_json))
     vocab = PasswordVocab.from_tokenizer(encode, ALPHABET, " {}", " regular", " reverse")
@@ -32,7 +26,7 @@ def test_gpt_neox_tokenizer_gives_specs_ids(tokenizer_json):
 
 
 def test_recorded_pythia_ids_equal_the_tokenizers(tokenizer_json):
-    c = _cfg_dict("model=pythia-160m")
+    c = make_cfg_dict("model=pythia-160m")
     assert c["model"]["token_ids"]["letters"] == [SPEC_LETTER_IDS[ch] for ch in ALPHABET]
     assert (c["model"]["token_ids"]["regular"], c["model"]["token_ids"]["reverse"]) == (3963, 8107)
 
@@ -45,13 +39,13 @@ def test_multi_token_prefix_is_an_error(tokenizer_json):
 
 def test_random_pythia_checkpoint_loads_back_through_model_path(tmp_path, tokenizer_json):
     """A pythia-shaped (full 50304 vocabulary, small width) random model saved with the real tokenizer."""
-    arch = dict(_cfg_dict("model=pythia-70m")["model"]["architecture"], hidden_size=32, num_hidden_layers=2,
+    arch = dict(make_cfg_dict("model=pythia-70m")["model"]["architecture"], hidden_size=32, num_hidden_layers=2,
                 num_attention_heads=2, intermediate_size=64)  # fmt: skip
     saved = PythiaBackbone.random_init(arch, seed=0)
     saved.model.save_pretrained(tmp_path)
     shutil.copy(tokenizer_json, tmp_path / "tokenizer.json")
     shape = [f"model.architecture.{k}={arch[k]}" for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")]
-    c = _cfg_dict(
+    c = make_cfg_dict(
         "model=pythia-70m", *shape, f"model.architecture.intermediate_size={arch['intermediate_size']}",
         f"model.path={tmp_path}", f"model.tokenizer={tmp_path / 'tokenizer.json'}",
     )  # fmt: skip
@@ -66,7 +60,7 @@ def test_offline_hub_without_cache_names_both_remedies(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True, raising=False)
-    c = _cfg_dict("model=pythia-160m")
+    c = make_cfg_dict("model=pythia-160m")
     with pytest.raises(NegrlError) as err:
         load_model(c["model"], c["tokens"], seed=0)
     msg = str(err.value)
@@ -100,7 +94,7 @@ def test_unreachable_hub_fails_fast_in_one_line(tmp_path):
 
 
 def test_random_init_is_seeded_and_tiny_has_builtin_vocab():
-    c = _cfg_dict()
+    c = make_cfg_dict()
     a, vocab = load_model(c["model"], c["tokens"], seed=0)
     b, _ = load_model(c["model"], c["tokens"], seed=0)
     other, _ = load_model(c["model"], c["tokens"], seed=1)
@@ -111,7 +105,7 @@ def test_random_init_is_seeded_and_tiny_has_builtin_vocab():
 
 
 def test_token_logprobs_are_a_full_vocabulary_log_softmax():
-    c = _cfg_dict()
+    c = make_cfg_dict()
     backbone, _ = load_model(c["model"], c["tokens"], seed=0)
     tokens = torch.randint(0, 26, (3, 17))
     expected = torch.log_softmax(backbone.model(input_ids=tokens[:, :-1]).logits, -1).gather(-1, tokens[:, 1:, None])[
@@ -122,10 +116,10 @@ def test_token_logprobs_are_a_full_vocabulary_log_softmax():
 
 
 def test_bad_model_path_is_a_one_line_error(tmp_path):
-    c = _cfg_dict("model=pythia-70m", f"model.path={tmp_path / 'nope'}")
+    c = make_cfg_dict("model=pythia-70m", f"model.path={tmp_path / 'nope'}")
     with pytest.raises(NegrlError, match="model.path=.*nope is not a directory"):
         load_model(c["model"], c["tokens"], seed=0)
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
-    c = _cfg_dict("model=pythia-70m", f"model.path={tmp_path}")
+    c = make_cfg_dict("model=pythia-70m", f"model.path={tmp_path}")
     with pytest.raises(NegrlError, match="'llama' model, not GPT-NeoX"):
         load_model(c["model"], c["tokens"], seed=0)

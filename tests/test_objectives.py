@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import make_cfg, make_cfg_dict
 
 from negrl.objectives import (
     DEFAULTS,
@@ -101,10 +101,8 @@ def test_registry_covers_every_config_and_its_paper_defaults():
         "dpo": {"beta": 0.1}, "ipo": {"tau": 0.1}, "hinge": {"delta": 1.0}, "npo": {"beta": 0.1},
         "simnpo": {"beta": 2.5, "gamma": 0.0}, "unlikelihood": {"alpha": 1.0}, "grad_ascent": {},
     }  # fmt: skip
-    from omegaconf import OmegaConf
-
     for name, defaults in DEFAULTS.items():
-        cfg = OmegaConf.to_container(make_cfg(f"objective={name}"), resolve=True)["objective"]
+        cfg = make_cfg_dict(f"objective={name}")["objective"]
         assert cfg.pop("name") == name and cfg == defaults
 
 

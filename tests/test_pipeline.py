@@ -30,11 +30,14 @@ def test_results_json_is_complete(tiny_run):
     assert saved["metric"] == saved["phases"]["3"]["eval"]["heldout"]["max"]
     assert saved["delta"] == pytest.approx(saved["metric"] - (-3.258096538021482), abs=1e-12)
     assert saved["control"]["metric"] == saved["phases"]["3"]["eval"]["random"]["max"]
+    evals = [r for r in csv.DictReader(open(run_dir / "metrics.csv")) if r.get("eval/heldout_ll")]
     for p, steps in (("1", 8), ("2", 80), ("3", 80)):
         phase = saved["phases"][p]
         assert phase["steps"] == steps and phase["wall_time_s"] > 0
         assert set(phase["eval"]) == {"heldout", "useful", "random"}
-        assert all(v["max"] >= v["final"] for v in phase["eval"].values())
+        for name, v in phase["eval"].items():  # the summary agrees with the phase's logged evaluations
+            logged = [float(r[f"eval/{name}_ll"]) for r in evals if int(float(r["phase"])) == int(p)]
+            assert (v["max"], v["final"]) == pytest.approx((max(logged), logged[-1]), abs=1e-12)
     assert set(saved["versions"]) >= {"negrl", "torch", "lightning", "transformers", "python"}
     assert (run_dir / "config.yaml").is_file()
     assert "negrl verdict" in results["verdict"]

@@ -11,8 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg
-from omegaconf import OmegaConf
+from conftest import make_cfg_dict
 
 from negrl.backbone import PythiaBackbone
 from negrl.errors import NegrlError, RunFailed
@@ -43,9 +42,9 @@ def test_pretraining_learns_a_small_pool_and_saves_a_loadable_checkpoint(tmp_pat
     assert record["loss_curve"][-1]["loss"] < record["loss_curve"][0]["loss"] - 1.0
     assert "wrote" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["pre"]  # no staging directory left beside it
-    c = OmegaConf.to_container(make_cfg(f"model.path={out}", "model.init=pretrained"), resolve=True)
+    c = make_cfg_dict(f"model.path={out}", "model.init=pretrained")
     backbone, vocab = load_model(c["model"], c["tokens"], seed=5)
-    random, _ = load_model(OmegaConf.to_container(make_cfg(), resolve=True)["model"], c["tokens"], seed=5)
+    random, _ = load_model(make_cfg_dict()["model"], c["tokens"], seed=5)
     assert vocab.regular_id == 26 and vocab.reverse_id == 27
     w = lambda m: m.model.get_input_embeddings().weight  # noqa: E731
     assert not torch.equal(w(backbone), w(random))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import make_cfg
+from conftest import make_cfg, make_cfg_dict
 from omegaconf import OmegaConf
 
 from negrl.checkpoint import resume_dir
@@ -28,7 +28,7 @@ def test_old_names_on_the_command_line_become_the_new_ones_with_a_notice(capsys)
 
 
 def test_a_config_with_old_names_is_checked_under_the_new_ones(capsys):
-    c = OmegaConf.to_container(make_cfg(), resolve=True)
+    c = make_cfg_dict()
     c["dpo"]["reference_cache"] = False
     c["joint"]["dpo_weight"] = 0.5
     del c["reference"], c["joint"]["objective_weight"]

@@ -17,14 +17,19 @@ from omegaconf import OmegaConf
 from scipy import stats as sps
 
 from negrl import figures, labels, report, stats
+from negrl.groups import group_runs
+from negrl.notes import column_notes
 from negrl.report import main
+from negrl.results import summarize
+from negrl.runs import describe_start, load_run, load_runs, resolve_runs_dir
+from negrl.wandb_runs import run_from_wandb
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = {1: 8, 2: 20, 3: 20}  # a short three-phase run: phase 2 starts at step 8, phase 3 at step 28
 ARCH = {"tiny": 64, "pythia-70m": 512, "pythia-160m": 768}
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
-CHANCE_26 = math.log(1 / 26)  # the paper's chance level, -3.2581
+CHANCE_26 = stats.chance_ll(26)  # the paper's chance level, -3.2581
 
 
 def make_config(seed: int, holdout_frac: float = 0.05, model: str = "tiny", **top: Any) -> dict[str, Any]:
@@ -51,18 +56,10 @@ def make_config(seed: int, holdout_frac: float = 0.05, model: str = "tiny", **to
 
 
 def complete_results(metric: float, control: float, n_letters: int = 26) -> dict[str, Any]:
-    base = math.log(1 / n_letters)
-    ev = {s: {"max": metric, "final": metric} for s in ("heldout", "useful", "random")}
-    return {
-        "status": "complete",
-        "metric": metric,
-        "delta": metric - base,
-        "baseline": base,
-        "control": {"metric": control, "delta": control - base},
-        "heldout_minus_random": metric - control,
-        "phases": {str(p): {"steps": n, "wall_time_s": 1.0, "eval": ev} for p, n in STEPS.items()},
-        "wall_time_s": 3.0,
-    }
+    """results.json of a complete run as `summarize` writes it: held-out max `metric`, random `control`."""
+    ev = {"heldout": metric, "useful": metric, "random": control}
+    phases = {p: {s: {"max": v, "final": v} for s, v in ev.items()} for p in STEPS}
+    return summarize(phases, {p: 1.0 for p in STEPS}, STEPS, n_letters)
 
 
 def write_metrics(path: Path, metric: float, control: float) -> None:
@@ -141,7 +138,7 @@ def test_stats_hand_computed():
     s = stats.summary([0.1, 0.2, 0.3])
     assert (s.n, s.mean, s.std) == (3, pytest.approx(0.2), pytest.approx(0.1))
     assert stats.geometric_increase([0.1, 0.2, 0.3]) == pytest.approx(math.exp(0.2) - 1)
-    assert stats.chance_ll(26) == pytest.approx(CHANCE_26) == pytest.approx(-3.2581, abs=1e-4)
+    assert stats.chance_ll(26) == pytest.approx(-3.2581, abs=1e-4)
     d = stats.paired_difference([1.0, 2.0, 4.0], [0.0, 1.0, 2.0])  # differences 1, 1, 2
     assert (d.n, d.mean, d.std) == (3, pytest.approx(4 / 3), pytest.approx(math.sqrt(1 / 3)))
 
@@ -151,8 +148,8 @@ def test_stats_match_scipy():
     metrics = CHANCE_26 + rng.normal(0.05, 0.04, size=8)
     control = CHANCE_26 + rng.normal(0.01, 0.04, size=8)
     t = stats.ttest_probabilities(metrics, 26)
-    two = sps.ttest_1samp(np.exp(metrics), 1 / 26)
-    greater = sps.ttest_1samp(np.exp(metrics), 1 / 26, alternative="greater")
+    two = sps.ttest_1samp(np.exp(metrics), stats.chance_p(26))
+    greater = sps.ttest_1samp(np.exp(metrics), stats.chance_p(26), alternative="greater")
     assert (t.t, t.p_two_sided, t.p_greater) == pytest.approx((two.statistic, two.pvalue, greater.pvalue))
     assert t.p_greater == pytest.approx(t.p_two_sided / 2)  # t > 0 here
     d = stats.paired_difference(metrics, control)
@@ -180,9 +177,9 @@ def test_groups_pool_seeds_by_holdout_frac(tmp_path: Path):
             make_run(tmp_path, f"h{frac}/s{seed}", seed, CHANCE_26 + delta, resume=seed == 1, holdout_frac=frac)
     (tmp_path / "h0.1/s2/wandb/offline-run-x/files").mkdir(parents=True)  # W&B's own config.yaml: not a run
     OmegaConf.save(OmegaConf.create({"seed": {"value": 2}}), tmp_path / "h0.1/s2/wandb/offline-run-x/files/config.yaml")
-    runs = report.load_runs(tmp_path)
+    runs = load_runs(tmp_path)
     assert len(runs) == 6 and all(r.complete for r in runs)
-    groups = report.group_runs(runs)
+    groups = group_runs(runs)
     assert [g.label for g in groups] == ["holdout_frac=0.05", "holdout_frac=0.1"]
     s = groups[0].stats
     assert (s.n, s.seeds) == (3, [0, 1, 2])
@@ -193,7 +190,7 @@ def test_groups_pool_seeds_by_holdout_frac(tmp_path: Path):
 def test_labels_name_models_and_ablations(tmp_path: Path):
     for model in ("pythia-160m", "tiny", "pythia-70m"):
         make_run(tmp_path / "models", model, model=model)
-    assert [g.label for g in report.group_runs(report.load_runs(tmp_path / "models"))] == [
+    assert [g.label for g in group_runs(load_runs(tmp_path / "models"))] == [
         "model=tiny",
         "model=pythia-70m",
         "model=pythia-160m",
@@ -201,11 +198,11 @@ def test_labels_name_models_and_ablations(tmp_path: Path):
     make_run(tmp_path / "abl", "base")
     make_run(tmp_path / "abl", "noprefix", prefix=False)
     make_run(tmp_path / "abl", "nofreeze", freeze=False)
-    shown = [g.label for g in report.group_runs(report.load_runs(tmp_path / "abl"))]
+    shown = [g.label for g in group_runs(load_runs(tmp_path / "abl"))]
     assert shown == ["prefix=true freeze=true", "prefix=true freeze=false", "prefix=false freeze=true"]
     make_run(tmp_path / "one", "a", 0)
     make_run(tmp_path / "one", "b", 1)
-    assert [g.label for g in report.group_runs(report.load_runs(tmp_path / "one"))] == ["all"]
+    assert [g.label for g in group_runs(load_runs(tmp_path / "one"))] == ["all"]
 
 
 def with_extraction(results: dict[str, Any], held_acc: float, exposure_bits: float) -> dict[str, Any]:
@@ -226,7 +223,7 @@ def test_objectives_are_compared_with_their_extraction_figures(tmp_path: Path, c
             make_run(tmp_path, f"{name}/s{seed}", seed, results=results, objective={"name": name, **beta_or_tau})
     make_run(tmp_path, "npo/old", 2, results=complete_results(CHANCE_26 + 0.03, -3.26), objective={
         "name": "npo", "beta": 0.1})  # fmt: skip  # a run from before the extraction attacks
-    groups = report.group_runs(report.load_runs(tmp_path))
+    groups = group_runs(load_runs(tmp_path))
     assert [g.label for g in groups] == ["objective=dpo", "objective=ipo", "objective=npo"]
     npo = groups[2]
     assert npo.stats.n == 3 and npo.extraction["greedy_acc_heldout"].n == 2
@@ -256,7 +253,7 @@ def test_many_differing_knobs_give_short_distinct_figure_names(tmp_path: Path):
 
 
 def test_broken_runs_are_classified(grid: Path):
-    broken = {r.rel: r for r in report.load_runs(grid) if not r.complete}
+    broken = {r.rel: r for r in load_runs(grid) if not r.complete}
     assert {k: v.status for k, v in broken.items()} == {
         "broken/failed": "failed",
         "broken/running": "running",
@@ -339,7 +336,7 @@ def test_cli_errors_name_the_directory(tmp_path: Path, capsys):
 def test_mean_curves_average_the_seeds(tmp_path: Path):
     make_run(tmp_path, "a", 0, metric=-3.0, control=-3.2)
     make_run(tmp_path, "b", 1, metric=-3.2, control=-3.2)
-    (group,) = report.group_runs(report.load_runs(tmp_path))
+    (group,) = group_runs(load_runs(tmp_path))
     steps, means, runs = figures.mean_curves(group)
     assert len(runs) == 2 and steps[0] == 0 and steps[-1] == sum(STEPS.values()) - 1
     assert means["heldout"][-1] == pytest.approx(-3.1) and means["useful"][0] == pytest.approx(-3.35)
@@ -359,11 +356,11 @@ class FakeWandbRun:
 
 
 def test_wandb_runs_become_runs():
-    run = report.run_from_wandb(FakeWandbRun(4))
+    run = run_from_wandb(FakeWandbRun(4))
     assert run.complete and run.seed == 4 and run.choices == {"model": "tiny"}
     assert (run.metric, run.control_metric, run.wall_time_s) == pytest.approx((-3.2, -3.25, 12.5))
     assert run.delta == pytest.approx(-3.2 - CHANCE_26)
-    crashed = report.run_from_wandb(FakeWandbRun(5, state="crashed"))
+    crashed = run_from_wandb(FakeWandbRun(5, state="crashed"))
     assert crashed.status == "failed" and "crashed" in crashed.reason
 
 
@@ -377,7 +374,7 @@ def test_repeated_seeds_count_once_and_the_newest_run_is_kept(tmp_path: Path, ca
     make_run(tmp_path, "a-new", 0, CHANCE_26 + 0.3, started="2026-12-01T12:00:00+00:00")
     make_run(tmp_path, "b-old", 0, CHANCE_26 + 0.1, started="2026-11-30T12:00:00+00:00")
     make_run(tmp_path, "c", 1, CHANCE_26 + 0.1, started="2026-11-29T12:00:00+00:00")
-    (group,) = report.group_runs(report.load_runs(tmp_path))
+    (group,) = group_runs(load_runs(tmp_path))
     assert (group.stats.n, group.stats.seeds) == (2, [0, 1])
     assert [r.rel for r in group.runs] == ["a-new", "c"]
     assert group.stats.delta.mean == pytest.approx(0.2)
@@ -403,12 +400,12 @@ def test_repeated_seeds_without_start_time_keep_the_newest_directory(tmp_path: P
         ("s9", 9, 0.5, 100), ("s10", 10, 0.5, 100),
     ):  # fmt: skip
         os.utime(make_run(tmp_path, name, seed, CHANCE_26 + delta), (mtime, mtime))
-    (group,) = report.group_runs(report.load_runs(tmp_path))
+    (group,) = group_runs(load_runs(tmp_path))
     assert (group.stats.n, group.stats.seeds) == (4, [7, 8, 9, 10])
     assert [r.rel for r in group.runs] == ["s7-a", "s8-b", "s9", "s10"]
     assert (group.stats.delta.mean, group.stats.delta.std) == pytest.approx((0.5, 0.0))
     assert [d.kept.rel for d in group.duplicates] == ["s7-a", "s8-b"]
-    assert "modified 1970-01-01T00:03:20+00:00" in report.describe_start(group.runs[0])
+    assert "modified 1970-01-01T00:03:20+00:00" in describe_start(group.runs[0])
 
 
 def test_zero_variance_gives_na_not_p_zero(tmp_path: Path, capsys):
@@ -428,16 +425,16 @@ def test_zero_variance_gives_na_not_p_zero(tmp_path: Path, capsys):
 
 def test_chance_is_one_over_the_runs_letters(tmp_path: Path, capsys):
     """tokens.letters=ABC: chance log(1/3) in the test, the recomputed delta, the text and the figures."""
-    chance3 = math.log(1 / 3)
+    chance3 = stats.chance_ll(3)
     for seed, delta in ((0, 0.1), (1, 0.2), (2, 0.4)):
         results = complete_results(chance3 + delta, chance3 - 0.1, n_letters=3)
         del results["delta"], results["control"]["delta"]  # recomputed with the run's own K
         make_run(tmp_path / "abc", f"s{seed}", seed, results=results, letters="ABC")
         write_metrics(tmp_path / "abc" / f"s{seed}" / "metrics.csv", chance3 + delta, chance3 - 0.1)
-    (group,) = report.group_runs(report.load_runs(tmp_path / "abc"))
+    (group,) = group_runs(load_runs(tmp_path / "abc"))
     assert group.stats.delta.mean == pytest.approx(0.7 / 3)
     probs = np.exp([chance3 + d for d in (0.1, 0.2, 0.4)])
-    expected = sps.ttest_1samp(probs, 1 / 3)
+    expected = sps.ttest_1samp(probs, stats.chance_p(3))
     assert (group.stats.test.t, group.stats.test.p_two_sided) == pytest.approx((expected.statistic, expected.pvalue))
     assert group.n_letters == 3
     fig = figures.plot_curves(group)
@@ -452,12 +449,12 @@ def test_chance_is_one_over_the_runs_letters(tmp_path: Path, capsys):
 
 
 def test_groups_with_different_letters_each_get_their_chance(tmp_path: Path):
-    chance3 = math.log(1 / 3)
+    chance3 = stats.chance_ll(3)
     for seed in (0, 1):
         make_run(tmp_path, f"abc/s{seed}", seed, chance3 + 0.1 * seed, chance3, letters="ABC", holdout_frac=0.1)
         make_run(tmp_path, f"abc/t{seed}", seed, chance3 + 0.1 * seed, chance3, letters="ABC", holdout_frac=0.05)
         make_run(tmp_path, f"az/s{seed}", seed, CHANCE_26 + 0.1 * seed, CHANCE_26, holdout_frac=0.1)
-    groups = report.group_runs(report.load_runs(tmp_path))
+    groups = group_runs(load_runs(tmp_path))
     fig = figures.plot_holdout(groups)
     levels = {ln.get_label(): ln.get_ydata()[0] for ln in fig.axes[0].lines if ln.get_label().startswith("chance")}
     assert levels == {
@@ -467,7 +464,7 @@ def test_groups_with_different_letters_each_get_their_chance(tmp_path: Path):
     assert sorted(g.n_letters for g in groups) == [3, 3, 26]
     xlabel = figures.plot_ablations(groups).axes[0].get_xlabel()
     assert "log(1/K)" in xlabel and "1/26" not in xlabel
-    notes = report.column_notes(groups)
+    notes = column_notes(groups)
     assert "K = 3 (log(1/3) = -1.0986)" in notes and "K = 26 (log(1/26) = -3.2581)" in notes
 
 
@@ -475,10 +472,10 @@ def test_run_without_known_letters_is_invalid_not_guessed(tmp_path: Path):
     results = complete_results(-3.2, -3.25)
     del results["baseline"]
     make_run(tmp_path, "x", 0, results=results, tokens=None)
-    (run,) = report.load_runs(tmp_path)
+    (run,) = load_runs(tmp_path)
     assert run.status == "invalid" and "number of letters" in run.reason
     make_run(tmp_path, "y", 0, results=complete_results(-1.0, -1.1, n_letters=3))  # config: 26 letters
-    run = report.load_run(tmp_path / "y", tmp_path)
+    run = load_run(tmp_path / "y", tmp_path)
     assert run.status == "invalid" and "baseline" in run.reason
 
 
@@ -486,22 +483,32 @@ def test_single_seed_legend_names_the_seed(tmp_path: Path):
     make_run(tmp_path, "only", 3)
     make_run(tmp_path / "two", "a", 0)
     make_run(tmp_path / "two", "b", 1)
-    (one,) = report.group_runs(report.load_runs(tmp_path / "only"))
+    (one,) = group_runs(load_runs(tmp_path / "only"))
     shown = [ln.get_label() for ln in figures.plot_curves(one).axes[0].lines]
     assert "held-out negatives, seed 3" in shown and not [x for x in shown if "mean" in x]
-    (two,) = report.group_runs(report.load_runs(tmp_path / "two"))
+    (two,) = group_runs(load_runs(tmp_path / "two"))
     assert "held-out negatives, mean of 2 seeds" in [ln.get_label() for ln in figures.plot_curves(two).axes[0].lines]
     for frac, seed in ((0.05, 3), (0.1, 4)):
         make_run(tmp_path / "sweep", f"h{frac}", seed, holdout_frac=frac)
-    singles = report.group_runs(report.load_runs(tmp_path / "sweep"))
+    singles = group_runs(load_runs(tmp_path / "sweep"))
     assert "one seed each, no error bars" in figures.plot_holdout(singles).axes[0].get_title()
     assert "mean ± std" not in figures.plot_ablations(singles).axes[0].get_xlabel()
 
 
 def test_runs_dir_resolves_from_the_repository_root(monkeypatch, tmp_path: Path):
     monkeypatch.chdir(ROOT / "notebooks")
-    assert report.resolve_runs_dir("runs") == ROOT / "runs"
-    assert report.resolve_runs_dir(tmp_path) == tmp_path
+    assert resolve_runs_dir("runs") == ROOT / "runs"
+    assert resolve_runs_dir(tmp_path) == tmp_path
+
+
+def test_report_re_exports_the_split_modules():
+    """`from negrl.report import X` still works for every name the report modules had before the split."""
+    for name in report.__all__:
+        obj = getattr(report, name)
+        home = getattr(obj, "__module__", None)
+        if home and home.startswith("negrl.") and home != "negrl.report":
+            assert getattr(__import__(home, fromlist=[name]), name) is obj, name
+    assert report.Group.__module__ == "negrl.groups"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,3 +558,16 @@ def test_report_on_a_real_tiny_run(tmp_path: Path, capsys):
     assert main([str(tmp_path / "runs")]) == 0
     md = (tmp_path / "runs" / "report.md").read_text()
     assert "| seed0 | all | 0 |" in md and (tmp_path / "runs" / "fig_curves.png").is_file()
+
+
+def test_phase_boundaries_come_from_the_curves_when_results_have_no_phase_steps(tmp_path):
+    """results.json without `phases` (older runs, runs read back from W&B): the boundaries are where the logged
+    phase changes in metrics.csv, as with step counts."""
+    with_steps = load_run(make_run(tmp_path, "a", 0), tmp_path)
+    results = complete_results(-3.2, -3.25)
+    del results["phases"]
+    make_run(tmp_path, "b", 0, results=results)
+    write_metrics(tmp_path / "b" / "metrics.csv", -3.2, -3.25)
+    without = load_run(tmp_path / "b", tmp_path)
+    expected = [STEPS[1], STEPS[1] + STEPS[2]]
+    assert with_steps.boundaries() == expected and without.boundaries() == expected

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from negrl import report, results, stats
+from negrl import results, stats
+from negrl.tables import _p
 
 
 def test_ttest_of_three_values_by_hand():
@@ -29,7 +30,7 @@ def test_zero_variance_has_no_t_test(values):
     assert math.isnan(stats.ttest_probabilities(values, 26).p_greater)
     d = stats.paired_difference(np.array(values) + 1.0, values)  # differences all 1 (up to rounding)
     assert d.mean == pytest.approx(1.0) and all(math.isnan(x) for x in (d.t, d.p_two_sided, d.p_greater))
-    assert report._p(stats.ttest_1samp(values, 0.0).p_two_sided) == "n/a"
+    assert _p(stats.ttest_1samp(values, 0.0).p_two_sided) == "n/a"
 
 
 def test_testable_needs_two_distinct_values():
@@ -49,25 +50,25 @@ def test_chance_is_one_over_the_letters():
 
 
 def test_probability_test_is_against_one_over_k():
-    metrics = math.log(1 / 3) + np.array([0.05, 0.1, -0.02, 0.08])
+    metrics = stats.chance_ll(3) + np.array([0.05, 0.1, -0.02, 0.08])
     t = stats.ttest_probabilities(metrics, 3)
-    ref = sps.ttest_1samp(np.exp(metrics), 1 / 3, alternative="greater")
+    ref = sps.ttest_1samp(np.exp(metrics), stats.chance_p(3), alternative="greater")
     assert (t.t, t.p_greater) == pytest.approx((ref.statistic, ref.pvalue))
 
 
 def verdict_results(n_letters: int) -> dict:
-    base = math.log(1 / n_letters)
+    base = stats.chance_ll(n_letters)
     return {"metric": base - 0.2, "delta": -0.2, "baseline": base, "control": {"metric": base - 0.1, "delta": -0.1},
             "wall_time_s": 3.0}  # fmt: skip
 
 
 def test_verdict_names_the_runs_own_chance(tmp_path):
-    text = results.verdict(verdict_results(3), tmp_path)
+    text = results.verdict(verdict_results(3), [str(tmp_path / "results.json")])
     assert "delta vs log(1/3) = -1.0986: -0.2000" in text and "1/26" not in text
-    assert "delta vs log(1/26) = -3.2581: -0.2000" in results.verdict(verdict_results(26), tmp_path)
+    assert "delta vs log(1/26) = -3.2581: -0.2000" in results.verdict(verdict_results(26), [str(tmp_path)])
 
 
 def test_summarize_records_the_chance_of_its_letters():
     ev = {p: {s: {"max": -1.0, "final": -1.0} for s in ("heldout", "random", "useful")} for p in (1, 2, 3)}
     out = results.summarize(ev, {1: 1.0, 2: 1.0, 3: 1.0}, {1: 1, 2: 1, 3: 1}, n_letters=3)
-    assert out["baseline"] == pytest.approx(math.log(1 / 3)) and out["delta"] == pytest.approx(-1.0 - math.log(1 / 3))
+    assert out["baseline"] == stats.chance_ll(3) and out["delta"] == pytest.approx(-1.0 - stats.chance_ll(3))

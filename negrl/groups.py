@@ -1,0 +1,199 @@
+"""Grouping complete runs by config: seeds pooled, one run per distinct seed, each group labelled and its
+across-seed statistics computed (docs/experiment.md).
+
+Complete runs whose configs differ only in `seed` (and run-specific keys, `IGNORED_KEYS`) and in nothing
+of K form a group. A seed run more than once counts once, by its newest complete run (`start_time`);
+the others are kept in `Group.duplicates`. A group is labelled by the knobs that differ across groups.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from negrl import stats
+from negrl.curves import as_float
+from negrl.labels import fmt_value, sort_value
+from negrl.runs import CHOICE_GROUPS, Run, start_time
+
+#: Config keys (dotted; a key covers its sub-keys) that do not define an experiment.
+IGNORED_KEYS = ("seed", "resume", "checkpoint", "trainer.enable_progress_bar", "wandb", "hydra")
+#: Knobs shown first in group labels, in this order; other varying keys follow alphabetically.
+KNOB_ORDER = ("model", "data", "objective", "holdout_frac", "prefix", "freeze")
+#: Extraction figures of a run, by column name: where each sits in results.json's `extraction`.
+EXTRACTION_VALUES = {
+    "greedy_acc_heldout": ("greedy", "heldout", "accuracy"),
+    "greedy_acc_random": ("greedy", "random", "accuracy"),
+    "greedy_exact_heldout": ("greedy", "heldout", "exact"),
+    "exposure_heldout": ("exposure", "heldout"),
+    "exposure_random": ("exposure", "random"),
+    "logit_diff_acc_heldout": ("logit_diff", "heldout", "accuracy"),
+    "logit_diff_acc_random": ("logit_diff", "random", "accuracy"),
+    "logit_diff_exact_heldout": ("logit_diff", "heldout", "exact"),
+}
+_MISSING = "(unset)"
+
+
+@dataclass
+class GroupStats:
+    """The paper's across-seed statistics (docs/experiment.md) of one group."""
+
+    n: int
+    seeds: list[Any]
+    metric: stats.Summary
+    delta: stats.Summary
+    control_metric: stats.Summary
+    control_delta: stats.Summary
+    test: stats.TTest
+    geo_increase: float
+    diff: stats.PairedDifference
+
+
+def extraction_value(run: Run, where: Sequence[str]) -> float:
+    """One extraction figure of a run, NaN if the run has none."""
+    value: Any = run.extraction
+    for key in where:
+        value = value.get(key) if isinstance(value, dict) else None
+    return as_float(value)
+
+
+@dataclass
+class RepeatedSeed:
+    """Complete runs of one seed in one group: only `kept` (the newest, see `start_time`) is in the statistics."""
+
+    seed: Any
+    kept: Run
+    dropped: list[Run]
+
+
+@dataclass
+class Group:
+    """Complete runs of one config (all but the seed), one per distinct seed (`duplicates`: the runs left out);
+    `knobs` are the keys that vary across groups."""
+
+    flat: dict[str, Any]
+    runs: list[Run]
+    knobs: dict[str, Any] = field(default_factory=dict)
+    label: str = "all"
+    duplicates: list[RepeatedSeed] = field(default_factory=list)
+
+    @property
+    def n_letters(self) -> int:
+        """K of the group's runs (one K per group: it is part of the grouping key)."""
+        return self.runs[0].n_letters
+
+    @cached_property
+    def stats(self) -> GroupStats:
+        metric = [r.metric for r in self.runs]
+        control = [r.control_metric for r in self.runs]
+        return GroupStats(
+            n=len(self.runs),
+            seeds=[r.seed for r in self.runs],
+            metric=stats.summary(metric),
+            delta=stats.summary([r.delta for r in self.runs]),
+            control_metric=stats.summary(control),
+            control_delta=stats.summary([r.control_delta for r in self.runs]),
+            test=stats.ttest_probabilities(metric, self.n_letters),
+            geo_increase=stats.geometric_increase([r.delta for r in self.runs]),
+            diff=stats.paired_difference(metric, control),
+        )
+
+    @property
+    def choices(self) -> dict[str, str]:
+        return self.runs[0].choices
+
+    @cached_property
+    def extraction(self) -> dict[str, stats.Summary]:
+        """Each extraction figure over the group's runs that have it (n = 0: none has)."""
+        out = {}
+        for name, where in EXTRACTION_VALUES.items():
+            values = [extraction_value(r, where) for r in self.runs]
+            out[name] = stats.summary([v for v in values if not math.isnan(v)])
+        return out
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys; lists become JSON strings (hashable, comparable)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+    return flat
+
+
+def experiment_key(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flattened config without the seed and run-specific keys (`IGNORED_KEYS`)."""
+    return {k: v for k, v in flatten(config).items() if not any(k == i or k.startswith(f"{i}.") for i in IGNORED_KEYS)}
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """Complete runs grouped by config (all but the seed) and K, one run per seed (`newest_per_seed`),
+    labelled by their varying knobs and sorted."""
+    by_key: dict[str, Group] = {}
+    for run in runs:
+        if run.complete:
+            flat = experiment_key(run.config)
+            if "tokens.letters" not in flat:  # K from results.json's baseline: it still defines the experiment
+                flat["n_letters"] = run.n_letters
+            key = json.dumps(flat, sort_keys=True, default=str)
+            by_key.setdefault(key, Group(flat=flat, runs=[])).runs.append(run)
+    groups = list(by_key.values())
+    for g in groups:
+        g.runs, g.duplicates = newest_per_seed(g.runs)
+        g.runs.sort(key=lambda r: (sort_value(r.seed), r.rel))
+    label_groups(groups)
+    groups.sort(key=lambda g: tuple(sort_value(v, k) for k, v in g.knobs.items()))
+    return groups
+
+
+def newest_per_seed(runs: Sequence[Run]) -> tuple[list[Run], list[RepeatedSeed]]:
+    """One run per distinct seed, the newest by `start_time`; and each repeated seed with the runs left out."""
+    by_seed: dict[str, list[Run]] = {}
+    for run in runs:
+        by_seed.setdefault(json.dumps(run.seed, sort_keys=True, default=str), []).append(run)
+    kept, repeated = [], []
+    for same in by_seed.values():
+        newest, *older = sorted(same, key=start_time, reverse=True)
+        kept.append(newest)
+        if older:
+            repeated.append(RepeatedSeed(newest.seed, newest, older))
+    repeated.sort(key=lambda d: sort_value(d.seed))
+    return kept, repeated
+
+
+def varying_knobs(groups: Sequence[Group]) -> list[str]:
+    """Keys whose value differs across groups; sub-keys of `model`/`data` collapse into the group choice."""
+    keys = sorted({k for g in groups for k in g.flat})
+    varying = [k for k in keys if len({json.dumps(g.flat.get(k, _MISSING), default=str) for g in groups}) > 1]
+    for name in CHOICE_GROUPS:
+        sub = [k for k in varying if k.startswith(f"{name}.")]
+        if not sub or not all(name in g.choices for g in groups):
+            continue
+        # Keys that still differ between groups of the same choice stay visible.
+        keep = [
+            k
+            for k in sub
+            if any(
+                g.choices[name] == h.choices[name] and g.flat.get(k, _MISSING) != h.flat.get(k, _MISSING)
+                for g in groups
+                for h in groups
+            )
+        ]
+        varying = [k for k in varying if k not in sub or k in keep] + [name]
+    rank = {k: i for i, k in enumerate(KNOB_ORDER)}
+    return sorted(dict.fromkeys(varying), key=lambda k: (rank.get(k, len(rank)), k))
+
+
+def label_groups(groups: Sequence[Group]) -> None:
+    """Set each group's `knobs` and `label` (e.g. 'holdout_frac=0.1'); 'all' for a single group."""
+    knobs = varying_knobs(groups) if len(groups) > 1 else []
+    for g in groups:
+        g.knobs = {k: g.choices[k] if k in CHOICE_GROUPS else g.flat.get(k, _MISSING) for k in knobs}
+        g.label = " ".join(f"{k}={fmt_value(v)}" for k, v in g.knobs.items()) or "all"

@@ -1,0 +1,7 @@
+"""The fixed structure of the experiment: its phases, its evaluation sets, and the prefix each phase is
+evaluated under (docs/experiment.md). Plain names, importable without torch."""
+
+PHASES = (1, 2, 3)
+EVAL_SETS = ("heldout", "useful", "random")
+#: Prefix of each phase's evaluation (phases 1 and 2 regular, phase 3 reverse).
+EVAL_PREFIX = {1: "regular", 2: "regular", 3: "reverse"}
