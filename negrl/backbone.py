@@ -20,7 +20,6 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from negrl.errors import NegrlError
 from negrl.label_logprobs import label_logprobs, logsumexp_rows
 
-INITS = ("pretrained", "random")
 ATTENTIONS = ("eager", "sdpa")  # Hugging Face attn_implementation values negrl accepts
 
 

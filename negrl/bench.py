@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from negrl.backbone import PythiaBackbone
+from negrl.config import CONF_DIR
 from negrl.data import PasswordData
 from negrl.evaluation import Evaluator
 from negrl.extraction import Extraction
@@ -36,7 +37,6 @@ from negrl.reference import ReferenceLogprobs
 from negrl.runner import make_trainer, quiet_lightning
 from negrl.validation import Settings, validate
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 PAPER_STEPS = {1: 64, 2: 1200, 3: 1200}
 
 
@@ -164,7 +164,7 @@ def bench_settings(model: str, precision: str, device: str) -> dict[str, Setting
         "baseline": ["trainer.precision=32-true", "reference.cache=false", "optim.fused=false",
                      "compute.fused_logprobs=false", "compute.attention=sdpa"],
     }  # fmt: skip
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return {name: validate(compose(config_name="config", overrides=[*common, *extra]), warn=False)
                 for name, extra in configs.items()}  # fmt: skip
 

@@ -21,15 +21,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from negrl import checkpoint
-from negrl.config import deprecation_notice, renamed_key, unknown_key_message
+from negrl.config import CONF_DIR, deprecation_notice, renamed_key, unknown_key_message
 from negrl.distributed import is_rank_zero
 from negrl.errors import NegrlError, RunFailed
 from negrl.pipeline import run
 from negrl.rundir import RunDir, read_json, write_json_atomic
 from negrl.validation import validate
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
 
 RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
 MULTIRUN_FLAGS = ("-m", "--multirun")

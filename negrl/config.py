@@ -13,13 +13,17 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from negrl.errors import NegrlError
+from negrl.schedule import COSINE_SPAN
 
+#: conf/ of the repository: the YAML values of the schema below.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SEED_MAX = 2**32 - 1  # numpy's SeedSequence and torch.manual_seed both take seeds below 2**32
 #: Lightning Trainer settings that do not change negrl's procedure; every other `trainer.*` key is refused.
 TRAINER_KEYS = (
@@ -84,7 +88,7 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     warmup_steps: int = spec(ge=0)
-    cosine_over: str = spec(choices=("phase", "decay"))
+    cosine_over: str = spec(choices=tuple(COSINE_SPAN))
 
 
 @dataclass

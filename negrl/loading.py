@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from negrl.backbone import (
-    INITS,
     PythiaBackbone,
     check_architecture_keys,
     check_checkpoint_dir,
@@ -36,15 +35,14 @@ def load_tokenizer_encode(source: str) -> Callable[[str], list[int]]:
     return lambda text: tok.encode(text, add_special_tokens=False)
 
 
-#: The `tokens.*` that `model.token_ids` in conf/model/pythia-*.yaml were recorded for.
+#: The `tokens.*` that `model.token_ids` (conf/model/base/pythia.yaml, inherited by pythia-*) were recorded for.
 RECORDED_FOR = {"letters": ALPHABET, "letter_format": " {}", "regular_prefix": " regular", "reverse_prefix": " reverse"}
 
 
 def check_model(model_cfg: dict[str, Any]) -> None:
-    """What a `model` config asks for must exist and agree: the init, the checkpoint, its architecture."""
+    """What a `model` config asks for must exist and agree: the init, the checkpoint, its architecture (each
+    value's type and choices are checked by `negrl.config`)."""
     name, init, path = model_cfg.get("name", "?"), model_cfg.get("init", "pretrained"), model_cfg.get("path")
-    if init not in INITS:
-        raise NegrlError(f"model.init={init!r} must be one of {', '.join(INITS)}")
     if path and init == "random":
         raise NegrlError(
             f"model.path={path} loads trained weights but model.init=random; "

@@ -127,9 +127,8 @@ def _grad_ascent(b: PreferenceBatch) -> torch.Tensor:
 
 
 def objective_loss(name: str, batch: PreferenceBatch, params: dict[str, float]) -> torch.Tensor:
-    """The loss of objective `name` with hyper-parameters `params` (those of DEFAULTS[name])."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"objective={name!r} is unknown; choose one of: {', '.join(OBJECTIVES)}")
+    """The loss of objective `name` with hyper-parameters `params` (those of DEFAULTS[name]; both checked by
+    `negrl.validation.objective_settings`)."""
     return OBJECTIVES[name](batch, **params)
 
 

@@ -44,8 +44,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from negrl.backbone import PythiaBackbone
-from negrl.cli import CONF_DIR
-from negrl.config import SEED_MAX
+from negrl.config import CONF_DIR, SEED_MAX
 from negrl.errors import NegrlError, RunFailed
 from negrl.objectives import ntp_loss
 from negrl.phases import OptimSettings, PhaseModule

@@ -5,6 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+#: The cosine's length D for `cosine_over`, from the phase's N steps and W warm-up steps.
+COSINE_SPAN: dict[str, Callable[[int, int], int]] = {
+    "phase": lambda n, w: n,
+    "decay": lambda n, w: max(n - w, 1),
+}
+
 
 def warmup_cosine(warmup_steps: int, total_steps: int, cosine_over: str = "phase") -> Callable[[int], float]:
     """Multiplier of the peak lr at 0-based step s.
@@ -12,9 +18,7 @@ def warmup_cosine(warmup_steps: int, total_steps: int, cosine_over: str = "phase
     s < W: s / W; else (1 + cos(pi * (s - W) / D)) / 2 with D = N (`cosine_over='phase'`,
     the paper's quirk: it never reaches zero) or D = N - W (`cosine_over='decay'`).
     """
-    if cosine_over not in ("phase", "decay"):
-        raise ValueError(f"schedule.cosine_over={cosine_over!r} must be 'phase' or 'decay'")
-    span = total_steps if cosine_over == "phase" else max(total_steps - warmup_steps, 1)
+    span = COSINE_SPAN[cosine_over](total_steps, warmup_steps)  # the choices are checked by negrl.config
 
     def factor(step: int) -> float:
         if step < warmup_steps:

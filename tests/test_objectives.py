@@ -115,11 +115,6 @@ def test_npo_and_reference_free_objectives_ignore_what_they_should():
         assert objective_loss(name, other_ref, DEFAULTS[name]) == objective_loss(name, PREF, DEFAULTS[name])
 
 
-def test_unknown_objective_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="objective='kto' is unknown; choose one of: dpo, ipo, hinge, npo"):
-        objective_loss("kto", PREF, {})
-
-
 @pytest.mark.parametrize("name", ["ipo", "hinge", "npo", "simnpo", "unlikelihood", "grad_ascent"])
 def test_each_objective_runs_phases_2_and_3(name, tmp_path):
     import csv
