@@ -21,6 +21,8 @@ from negrl.errors import NegrlError
 from negrl.label_logprobs import label_logprobs, logsumexp_rows
 
 ATTENTIONS = ("eager", "sdpa")  # Hugging Face attn_implementation values negrl accepts
+#: Names of the final norm in Hugging Face decoders (GPT-NeoX; Llama, Qwen, OLMo, SmolLM, Gemma; GPT-2).
+FINAL_NORMS = ("final_layer_norm", "norm", "ln_f")
 
 
 class PythiaBackbone(nn.Module):
@@ -75,6 +77,17 @@ class PythiaBackbone(nn.Module):
     @property
     def unembedding(self) -> nn.Module:
         return self.model.get_output_embeddings()
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The norm between the last decoder layer and the unembedding (the logit lens reads every layer through it)."""
+        decoder = self.model.get_decoder()
+        for name in FINAL_NORMS:
+            if isinstance(getattr(decoder, name, None), nn.Module):
+                return getattr(decoder, name)
+        raise NegrlError(
+            f"{type(decoder).__name__} has none of the final norms {FINAL_NORMS}; the logit lens needs one"
+        )
 
     def frozen_by_phase2(self) -> Iterator[nn.Parameter]:
         """Parameters the phase-2 freeze holds fixed: `layers[n // 2:]` and the unembedding."""

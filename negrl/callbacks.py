@@ -44,8 +44,9 @@ class Evaluation(Callback):
 
 
 class ExtractionAttacks(Callback):
-    """After the phase's last step, the extraction attacks on its final model (on its device): greedy recovery,
-    exposure among `candidates`, and the logit difference where the phase has an attack reference."""
+    """After the phase's last step, the attacks on its final model (on its device, `negrl.extraction`): greedy
+    recovery, exposure among `candidates`, generation, membership inference and the logit lens; the logit difference
+    and the reference membership attack where the phase has an attack reference (phases 2 and 3)."""
 
     def __init__(self, extraction: Extraction, sets: dict[str, torch.Tensor], candidates: torch.Tensor,
                  record: RunRecord):  # fmt: skip
@@ -53,7 +54,9 @@ class ExtractionAttacks(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if pl_module.step_of(batch_idx) == pl_module.total_steps - 1:
-            result = self.extraction(pl_module.backbone, self.sets, self.candidates, pl_module.attack_reference)
+            result = self.extraction(
+                pl_module.backbone, self.sets, self.candidates, pl_module.attack_reference, pl_module.phase
+            )
             self.record.extraction[pl_module.phase] = result
             pl_module.metrics_row.update(flat_metrics(result))
 

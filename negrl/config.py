@@ -123,6 +123,9 @@ class EvalConfig:
 class ExtractionConfig:
     enabled: bool = spec()
     candidates: int = spec(ge=1)
+    samples: int = spec(ge=1)
+    min_k: float = spec(gt=0, le=1)
+    bootstrap: int = spec(ge=0)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Each `plot_*` function takes groups and an optional output path, saves a PNG there (Agg) and
 returns the `Figure` (a notebook displays it inline). `make_figures` draws those the data supports.
-Chance is drawn at each group's own log(1/K) (K letters), one line per K when groups differ.
+Chance is drawn at each group's own log(1/K) (K letters; 1/K on fig_positions' rates), one line per K when
+groups differ.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from negrl import stats
+from negrl.curves import as_float
 from negrl.groups import Group
 from negrl.labels import fmt_value, slug, sort_value
-from negrl.protocol import EVAL_SETS
+from negrl.protocol import EVAL_PREFIX, EVAL_SETS, PHASES
 from negrl.runs import Run
 from negrl.stats import Summary
 
@@ -196,7 +199,115 @@ def plot_curves(group: Group, path: Path | str | None = None) -> Figure:
     return _save(fig, path)
 
 
+def _legend_below(ax: Axes, ncol: int) -> None:
+    """The legend under the axes (figures with many lines), where it hides no data."""
+    ax.legend(fontsize=7, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+
+
+def has_curves(group: Group) -> bool:
+    """Whether any run of the group has evaluation curves (a readable metrics.csv)."""
+    return any(r.curves is not None for r in group.runs)
+
+
+#: Line style of each phase's model in fig_lens.
+PHASE_STYLES = {1: ":", 2: "--", 3: "-"}
+#: The letter-guessing attacks in fig_positions: where each sits in results.json's `extraction`, its line style and
+#: its name (greedy on the final model, phase 3; the logit difference of the phase-2 model against its reference).
+POSITION_ATTACKS = {
+    "greedy": ("-", f"greedy, final model (phase 3, {EVAL_PREFIX[3]})"),
+    "logit_diff": ("--", f"logit difference, phase 2 vs reference ({EVAL_PREFIX[2]})"),
+}
+
+
+def seed_mean(runs: Sequence[Run], where: Sequence[str]) -> tuple[np.ndarray, int]:
+    """The element-wise mean over `runs` of the list at `where` in results.json (null entries skipped, NaN where no
+    run has a value), and the number of runs that have the list."""
+    lists = [v for v in (r.value(*where) for r in runs) if isinstance(v, list) and v]
+    if not lists:
+        return np.array([], dtype=float), 0
+    stack = np.full((len(lists), max(map(len, lists))), np.nan)
+    for i, values in enumerate(lists):
+        stack[i, : len(values)] = [as_float(v) for v in values]
+    known = np.isfinite(stack)
+    count = known.sum(axis=0)
+    total = np.where(known, stack, 0.0).sum(axis=0)
+    return np.divide(total, count, out=np.full(stack.shape[1], np.nan), where=count > 0), len(lists)
+
+
+def lens_where(phase: int, name: str) -> tuple[str, ...]:
+    """Where the logit lens of set `name` on phase `phase`'s final model sits in results.json."""
+    return ("phases", str(phase), "extraction", "lens", name)
+
+
+def has_lens(group: Group) -> bool:
+    """Whether any run of the group recorded a logit lens."""
+    return any(seed_mean(group.runs, lens_where(p, s))[1] for p in PHASES for s in EVAL_SETS)
+
+
+def plot_lens(group: Group, path: Path | str | None = None) -> Figure:
+    """fig_lens: the logit lens, each layer's mean letter-renormalised log-likelihood (0 = the embeddings) of each
+    set (colour) on each phase's final model (line style), mean over the group's seeds; chance log(1/K)."""
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    for phase in PHASES:
+        for name in EVAL_SETS:
+            mean, n = seed_mean(group.runs, lens_where(phase, name))
+            if n:
+                label = f"{SET_LABELS[name]}, phase {phase} ({EVAL_PREFIX[phase]})"
+                ax.plot(np.arange(mean.size), mean, color=COLORS[name], ls=PHASE_STYLES[phase], marker=".", label=label)
+    _chance_line(ax, [group])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer read out (0 = embeddings, last = the model's output)")
+    ax.set_ylabel("mean letter LL (renormalised over K)")
+    ax.set_title(f"Logit lens of each phase's final model: {group.label} ({_seeds_label(group.runs)})")
+    _legend_below(ax, ncol=3)
+    return _save(fig, path)
+
+
+def positions_where(attack: str, name: str) -> tuple[str, ...]:
+    """Where the per-position recovery rate of `attack` on set `name` sits in results.json."""
+    return ("extraction", attack, name, "position_accuracy")
+
+
+def has_positions(group: Group) -> bool:
+    """Whether any run of the group recorded greedy recovery per letter position."""
+    return any(seed_mean(group.runs, positions_where("greedy", s))[1] for s in ("heldout", "random"))
+
+
+def plot_positions(group: Group, path: Path | str | None = None) -> Figure:
+    """fig_positions: the recovery rate at each letter position (1..L; a position where the letter is given is
+    skipped) of the greedy attack on the final model and, if recorded, of phase 2's logit difference, held-out vs
+    random, mean over the group's seeds; chance 1/K."""
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    length = 0
+    for attack, (style, attack_label) in POSITION_ATTACKS.items():
+        for name in ("heldout", "random"):
+            mean, n = seed_mean(group.runs, positions_where(attack, name))
+            if n:
+                length = max(length, mean.size)
+                label = f"{attack_label}: {SET_LABELS[name]}"
+                ax.plot(np.arange(1, mean.size + 1), mean, color=COLORS[name], ls=style, marker="o", ms=3, label=label)
+    k = group.n_letters
+    ax.axhline(stats.chance_p(k), color="black", lw=0.8, ls=":", label=f"chance 1/{k} = {stats.chance_p(k):.3f}")
+    ax.set_xticks(range(1, length + 1))
+    ax.set_xlim(0.5, length + 0.5)
+    ax.set_xlabel("letter position in the password")
+    ax.set_ylabel("recovery rate (true letter strictly most likely)")
+    ax.set_title(f"Letter-by-letter recovery: {group.label} ({_seeds_label(group.runs)})")
+    _legend_below(ax, ncol=2)
+    return _save(fig, path)
+
+
 Drawer = Callable[[Path | str | None], Figure]
+#: The figures drawn once per group: file stem, the test of whether the group has the data, the drawer, and why a
+#: group without the data is skipped.
+PER_GROUP = (
+    ("fig_curves", has_curves, plot_curves, "no complete run of the group has a readable metrics.csv"),
+    ("fig_lens", has_lens, plot_lens, "no complete run of the group has a logit lens (results.json lens)"),
+    ("fig_positions", has_positions, plot_positions,
+     "no complete run of the group has greedy recovery per letter position (results.json position_accuracy)"),
+)  # fmt: skip
 
 
 def plan(groups: Sequence[Group]) -> tuple[list[tuple[str, Drawer]], list[tuple[str, str]]]:
@@ -219,12 +330,13 @@ def plan(groups: Sequence[Group]) -> tuple[list[tuple[str, Drawer]], list[tuple[
         todo.append(("fig_ablations.png", partial(plot_ablations, groups)))
     else:
         skipped.append(("fig_ablations.png", "needs at least two groups"))
-    for g in groups:
-        name = "fig_curves.png" if len(groups) == 1 else f"fig_curves_{slug(g.label)}.png"
-        if any(r.curves is not None for r in g.runs):
-            todo.append((name, partial(plot_curves, g)))
-        else:
-            skipped.append((name, "no complete run of the group has a readable metrics.csv"))
+    for stem, ready, drawer, why in PER_GROUP:
+        for g in groups:
+            name = f"{stem}.png" if len(groups) == 1 else f"{stem}_{slug(g.label)}.png"
+            if ready(g):
+                todo.append((name, partial(drawer, g)))
+            else:
+                skipped.append((name, why))
     return todo, skipped
 
 

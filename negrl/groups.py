@@ -24,18 +24,48 @@ from negrl.runs import CHOICE_GROUPS, Run, start_time
 IGNORED_KEYS = ("seed", "resume", "checkpoint", "trainer.enable_progress_bar", "wandb", "hydra")
 #: Knobs shown first in group labels, in this order; other varying keys follow alphabetically.
 KNOB_ORDER = ("model", "data", "objective", "holdout_frac", "prefix", "freeze")
-#: Extraction figures of a run, by column name: where each sits in results.json's `extraction`.
+#: Extraction figures of a run, by column name: where each sits in results.json's `extraction` (the final model's
+#: attacks; logit_diff is phase 2's). Runs made before a figure existed (e.g. with greedy's old `exact`) lack it.
 EXTRACTION_VALUES = {
     "greedy_acc_heldout": ("greedy", "heldout", "accuracy"),
     "greedy_acc_random": ("greedy", "random", "accuracy"),
-    "greedy_exact_heldout": ("greedy", "heldout", "exact"),
+    "strength_heldout": ("greedy", "heldout", "strength"),
+    "strength_random": ("greedy", "random", "strength"),
+    "beam_hits_heldout": ("generation", "hits", "beam", "heldout"),
+    "beam_hits_random": ("generation", "hits", "beam", "random"),
+    "sampled_hits_heldout": ("generation", "hits", "sampled", "heldout"),
+    "sampled_hits_random": ("generation", "hits", "sampled", "random"),
+    "generation_n": ("generation", "n"),
     "exposure_heldout": ("exposure", "heldout"),
     "exposure_random": ("exposure", "random"),
     "logit_diff_acc_heldout": ("logit_diff", "heldout", "accuracy"),
     "logit_diff_acc_random": ("logit_diff", "random", "accuracy"),
-    "logit_diff_exact_heldout": ("logit_diff", "heldout", "exact"),
 }
+#: Membership-inference attacks and member sets (each against the random passwords, the non-members).
+MIA_ATTACKS = ("loss", "min_k", "reference")
+MIA_MEMBERS = ("heldout", "useful")
+#: The phases whose membership AUCs are reported, the final model first: where each sits in results.json.
+MIA_PHASES = {3: ("extraction", "membership"), 2: ("phases", "2", "extraction", "membership")}
+#: AUC of an attack that cannot tell members from non-members.
+CHANCE_AUC = 0.5
 _MISSING = "(unset)"
+
+
+@dataclass
+class FinalStats:
+    """The same statistics for the last phase-3 evaluation (results.json `final`), over the runs that have it."""
+
+    delta: stats.Summary
+    test: stats.TTest
+    diff: stats.PairedDifference
+
+
+@dataclass
+class AucStats:
+    """A membership attack's ROC AUC over the runs that have it, and the t-test of AUC = 0.5 across them."""
+
+    auc: stats.Summary
+    test: stats.TTest
 
 
 @dataclass
@@ -51,14 +81,34 @@ class GroupStats:
     test: stats.TTest
     geo_increase: float
     diff: stats.PairedDifference
+    final: FinalStats
 
 
 def extraction_value(run: Run, where: Sequence[str]) -> float:
     """One extraction figure of a run, NaN if the run has none."""
-    value: Any = run.extraction
-    for key in where:
-        value = value.get(key) if isinstance(value, dict) else None
-    return as_float(value)
+    return as_float(run.value("extraction", *where))
+
+
+def finite(values: Sequence[float]) -> list[float]:
+    """The finite values (a run without a figure gives NaN)."""
+    return [v for v in values if math.isfinite(v)]
+
+
+def final_stats(runs: Sequence[Run], n_letters: int) -> FinalStats:
+    """`FinalStats` of `runs`: each test over the runs whose final held-out (and, paired, random) LL is known."""
+    held, control = [r.final_ll("heldout") for r in runs], [r.final_ll("random") for r in runs]
+    pairs = [(h, c) for h, c in zip(held, control) if math.isfinite(h) and math.isfinite(c)]
+    return FinalStats(
+        delta=stats.summary(finite([r.final_delta for r in runs])),
+        test=stats.ttest_probabilities(finite(held), n_letters),
+        diff=stats.paired_difference([h for h, _ in pairs], [c for _, c in pairs]),
+    )
+
+
+def auc_stats(values: Sequence[float]) -> AucStats:
+    """`AucStats` of the finite AUCs among `values`."""
+    known = finite(values)
+    return AucStats(stats.summary(known), stats.ttest_1samp(known, CHANCE_AUC))
 
 
 @dataclass
@@ -100,6 +150,7 @@ class Group:
             test=stats.ttest_probabilities(metric, self.n_letters),
             geo_increase=stats.geometric_increase([r.delta for r in self.runs]),
             diff=stats.paired_difference(metric, control),
+            final=final_stats(self.runs, self.n_letters),
         )
 
     @property
@@ -111,9 +162,18 @@ class Group:
         """Each extraction figure over the group's runs that have it (n = 0: none has)."""
         out = {}
         for name, where in EXTRACTION_VALUES.items():
-            values = [extraction_value(r, where) for r in self.runs]
-            out[name] = stats.summary([v for v in values if not math.isnan(v)])
+            out[name] = stats.summary(finite([extraction_value(r, where) for r in self.runs]))
         return out
+
+    @cached_property
+    def membership(self) -> dict[tuple[int, str, str], AucStats]:
+        """Each (phase, attack, member set)'s AUC over the group's runs that have it (n = 0: none has)."""
+        return {
+            (phase, attack, member): auc_stats([as_float(r.value(*where, attack, member, "auc")) for r in self.runs])
+            for phase, where in MIA_PHASES.items()
+            for attack in MIA_ATTACKS
+            for member in MIA_MEMBERS
+        }
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from negrl import stats
-from negrl.groups import Group
+from negrl.groups import CHANCE_AUC, Group
 
 
 def chance_text(groups: Sequence[Group]) -> str:
@@ -37,6 +37,9 @@ def column_notes(groups: Sequence[Group]) -> str:
   (the paper: +13% over 8 seeds, Pythia-160M, K = 26).
 - **held − random**: per-seed metric − control metric, mean ± std; **paired p**: two-sided paired t-test
   (held-out vs random, same seeds). report.csv also has the one-sided p (held-out > random).
+- **max / final**: the max over phase-3 evaluations (the paper's metric) is biased upward; each *final* column is
+  the same statistic of the last phase-3 evaluation (results.json `final`; older runs: `phases.3.eval`), over the
+  runs that record it (report.csv `final_n`), n/a where none does.
 - n/a: std and p-values are undefined with a single seed (they need n ≥ 2); t and p also with zero variance
   (every seed gives the same value): no t-test, rather than t = ±inf and p = 0.
 - p-values are per group, not corrected for the number of groups compared."""
@@ -47,12 +50,27 @@ def extraction_notes(groups: Sequence[Group]) -> str:
     ks = sorted({g.n_letters for g in groups})
     chance = ", ".join(f"1/{k} = {stats.chance_p(k):.3f}" for k in ks) + (" by the groups' K" if len(ks) > 1 else "")
     return f"""\
-Attacks on the final models (see README, "Extraction"): **greedy acc** is the per-token accuracy of the
-phase-3 model's most likely letter after `reverse` given the true letters before it (chance {chance});
-**exact** the passwords of the evaluation set (`data.eval_size`) it recovers whole (what greedy decoding
-outputs). **exposure**: log2(C + 1) − log2(rank) among C random candidate passwords (results.json has C), the
-random set being the control. **logit-diff**: the phase-2 model against its reference, under `regular`: the
-letter whose log-prob dropped most."""
+Attacks on the final models (see README, "Extraction"), mean ± std over the runs that have them (n; runs made
+before an attack: n/a): **greedy acc** is the per-token accuracy of the phase-3 model's most likely letter after
+`reverse` given the true letters before it (a tie recovers nothing; chance {chance}); **strength** the mean
+extraction strength 1 − k/L, k the letters an attacker must be given before greedy decoding reproduces the rest
+(0 to 1). **beam / sampled hits**: the distinct passwords of the set among the **generated** candidates of beam
+search and of sampling under `reverse`, the random set being the control. **exposure**: log2(C + 1) − log2(rank)
+among C random candidate passwords (results.json has C; ties count against the password). **logit-diff**: the
+phase-2 model against its reference, under `regular`: the letter whose log-prob dropped most."""
+
+
+def membership_notes() -> str:
+    """The notes under the membership-inference table."""
+    return f"""\
+ROC AUC of membership-inference attacks telling members (held-out or useful negatives) from fresh random passwords
+never trained on (the non-members). Negatives are pushed down, so each score is larger for a less likely password:
+**loss** minus its mean token log-likelihood, **min_k** minus the mean of its lowest k% (results.json `min_k`),
+**reference** the phase-1 reference's mean minus the model's (phases 2 and 3). AUC {CHANCE_AUC} is chance; above it
+the attack finds the negatives. Phase 3 is the final model (under `reverse`), phase 2 the model after negative
+reinforcement (under `regular`). Mean ± std over seeds; **p**: two-sided one-sample t-test of the per-seed AUCs
+against {CHANCE_AUC} (n/a with one seed or zero variance). Within each run the AUC has a bootstrap 95% interval over
+passwords (results.json `low`, `high`), not shown here. Attacks that no run of a group has are left out."""
 
 
 REPEATED_NOTES = """\

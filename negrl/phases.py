@@ -107,7 +107,7 @@ class PhaseModule(L.LightningModule):
 
     @property
     def attack_reference(self) -> PythiaBackbone | None:
-        """The reference of the logit-difference attack after this phase (only phase 2 has one)."""
+        """The phase-1 model the attacks compare this phase's model with (phases 2 and 3; None in phase 1)."""
         return None
 
 
@@ -165,8 +165,8 @@ class ObjectivePhase(PhaseModule):
 
     @property
     def attack_reference(self) -> PythiaBackbone | None:
-        """Phase 2's model against its reference (the phase-1 model): the paper's logit-difference attack."""
-        return self.reference if self.phase == 2 else None
+        """The frozen phase-1 model (the logit-difference and reference-membership attacks)."""
+        return self.reference
 
 
 class JointPhase(ObjectivePhase):

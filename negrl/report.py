@@ -20,21 +20,29 @@ from typing import Any
 from negrl import figures
 from negrl.curves import Curves, curves_from_rows, read_curves
 from negrl.groups import (
+    CHANCE_AUC,
     EXTRACTION_VALUES,
     IGNORED_KEYS,
     KNOB_ORDER,
+    MIA_ATTACKS,
+    MIA_MEMBERS,
+    MIA_PHASES,
+    AucStats,
+    FinalStats,
     Group,
     GroupStats,
     RepeatedSeed,
+    auc_stats,
     experiment_key,
     extraction_value,
+    final_stats,
     flatten,
     group_runs,
     label_groups,
     newest_per_seed,
     varying_knobs,
 )
-from negrl.notes import REPEATED_NOTES, chance_text, column_notes, extraction_notes
+from negrl.notes import REPEATED_NOTES, chance_text, column_notes, extraction_notes, membership_notes
 from negrl.protocol import EVAL_SETS
 from negrl.runs import (
     CHOICE_GROUPS,
@@ -55,6 +63,7 @@ from negrl.runs import (
     start_time,
 )
 from negrl.tables import (
+    AUC_COLUMNS,
     CSV_COLUMNS,
     P_FLOOR,
     duplicates_table,
@@ -63,6 +72,7 @@ from negrl.tables import (
     group_row,
     group_table,
     markdown_table,
+    membership_table,
     objectives_table,
     run_table,
     text_table,
@@ -79,13 +89,17 @@ __all__ = [
     "config_letters", "describe_start", "find_run_dirs", "load_run", "load_runs", "repo_root", "resolve_runs_dir",
     "start_time",
     # negrl.groups
-    "EXTRACTION_VALUES", "IGNORED_KEYS", "KNOB_ORDER", "Group", "GroupStats", "RepeatedSeed", "experiment_key",
-    "extraction_value", "flatten", "group_runs", "label_groups", "newest_per_seed", "varying_knobs",
+    "CHANCE_AUC", "EXTRACTION_VALUES", "IGNORED_KEYS", "KNOB_ORDER", "MIA_ATTACKS", "MIA_MEMBERS", "MIA_PHASES",
+    "AucStats", "FinalStats", "Group", "GroupStats", "RepeatedSeed", "auc_stats", "experiment_key",
+    "extraction_value", "final_stats", "flatten", "group_runs", "label_groups", "newest_per_seed", "varying_knobs",
     # negrl.tables and negrl.notes
-    "CSV_COLUMNS", "P_FLOOR", "duplicates_table", "extraction_table", "failed_table", "group_row", "group_table",
-    "markdown_table", "objectives_table", "run_table", "text_table", "write_csv",
-    "REPEATED_NOTES", "chance_text", "column_notes", "extraction_notes",
+    "AUC_COLUMNS", "CSV_COLUMNS", "P_FLOOR", "duplicates_table", "extraction_table", "failed_table", "group_row",
+    "group_table", "markdown_table", "membership_table", "objectives_table", "run_table", "text_table", "write_csv",
+    "REPEATED_NOTES", "chance_text", "column_notes", "extraction_notes", "membership_notes",
 ]  # fmt: skip
+
+
+MEMBERSHIP_TITLE = "Membership inference (ROC AUC)"
 
 
 @dataclass
@@ -144,6 +158,9 @@ def render_markdown(root: Path, report: Report, out: Path) -> str:
         if "objective" in (report.groups[0].knobs if report.groups else {}):
             parts += ["## Objectives compared", markdown_table(*objectives_table(report.groups))]
         parts += ["## Extraction", markdown_table(*extraction_table(report.groups)), extraction_notes(report.groups)]
+    membership = membership_table(report.groups)
+    if membership[1]:
+        parts += [f"## {MEMBERSHIP_TITLE}", markdown_table(*membership), membership_notes()]
     parts += [
         "## Runs",
         markdown_table(*run_table(report.runs, report.groups)) if report.groups else "No complete run.",
@@ -167,6 +184,10 @@ def print_summary(report: Report, stream: Any = None) -> None:
         print(text_table(*group_table(report.groups)), file=stream)
     else:
         print("no complete run", file=stream)
+    membership = membership_table(report.groups)
+    if membership[1]:
+        print(f"\n{MEMBERSHIP_TITLE}:", file=stream)
+        print(text_table(*membership), file=stream)
     if report.left_out:
         print(f"\nrepeated seeds: {report.left_out} run(s) left out; only the newest run of a seed is in the "
               "statistics (by run.started, else directory mtime):", file=stream)  # fmt: skip

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import math
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from negrl.stats import chance_ll, chance_name, chance_p, letters_of_chance, max_exposure, tied_exposure
+from negrl.stats import chance_exposure, chance_ll, chance_name, chance_p, letters_of_chance, max_exposure
+
+if TYPE_CHECKING:
+    from negrl.extraction import AttackSettings
+
+#: How exposure ranks a password tied with candidates (results.json `extraction.exposure_ties`).
+EXPOSURE_TIES = "against the password: rank = 1 + the candidates at least as likely (TF Privacy, the paper)"
 
 
 def metric_summary(phases: dict[int, dict[str, dict[str, float]]], n_letters: int) -> dict[str, Any]:
@@ -22,7 +28,15 @@ def metric_summary(phases: dict[int, dict[str, dict[str, float]]], n_letters: in
         "baseline": baseline,
         "control": {"metric": control, "delta": control - baseline},
         "heldout_minus_random": metric - control,
+        "final": final_summary(phases[3], baseline),
     }
+
+
+def final_summary(phase3: dict[str, dict[str, float]], baseline: float) -> dict[str, float]:
+    """The last phase-3 evaluation of each set, next to the max (which is biased upward): its delta vs chance and
+    held-out minus random."""
+    final = {name: v["final"] for name, v in phase3.items()}
+    return {**final, "delta": final["heldout"] - baseline, "heldout_minus_random": final["heldout"] - final["random"]}
 
 
 def summarize(
@@ -31,6 +45,7 @@ def summarize(
     steps: dict[int, int],
     n_letters: int,
     extraction: dict[int, dict[str, Any]] | None = None,
+    attacks: AttackSettings | None = None,
 ) -> dict[str, Any]:
     """results.json: the metric and its control (`metric_summary`), each phase's steps, wall time, per-set
     max/final log-likelihoods and the extraction attacks on its final model (if any), and the versions."""
@@ -49,23 +64,30 @@ def summarize(
         "wall_time_s": sum(wall_time_s.values()),
         "versions": versions(),
     }
-    if 3 in extraction:
-        results["extraction"] = extraction_summary(extraction, n_letters)
+    if 3 in extraction and attacks is not None:
+        results["extraction"] = extraction_summary(extraction, n_letters, attacks)
     return results
 
 
-def extraction_summary(extraction: dict[int, dict[str, Any]], n_letters: int) -> dict[str, Any]:
-    """The attacks an adversary would run: greedy and exposure on the final model under `reverse`
-    (phase 3), the logit difference of the phase-2 model against its reference (under `regular`)."""
+def extraction_summary(
+    extraction: dict[int, dict[str, Any]], n_letters: int, attacks: AttackSettings
+) -> dict[str, Any]:
+    """The attacks an adversary would run on the final model (phase 3, under `reverse`): greedy, exposure,
+    generation and membership; the logit difference of the phase-2 model against its reference (under `regular`);
+    with the chance levels and the settings they need."""
     final = extraction[3]
     n = final["candidates"]
+    chance = chance_exposure(n)
     out = {
         "candidates": n,
         "chance_accuracy": chance_p(n_letters),
         "max_exposure": max_exposure(n),
-        "tied_exposure": tied_exposure(n),
-        "greedy": final["greedy"],
-        "exposure": final["exposure"],
+        "chance_exposure": chance.mean,
+        "chance_exposure_std": chance.std,
+        "exposure_ties": EXPOSURE_TIES,
+        "min_k": attacks.min_k,
+        "bootstrap": attacks.bootstrap,
+        **{key: final[key] for key in ("greedy", "exposure", "generation", "membership")},
     }
     if "logit_diff" in extraction.get(2, {}):
         out["logit_diff"] = extraction[2]["logit_diff"]
@@ -108,6 +130,12 @@ def verdict(results: dict[str, Any], files: list[str], wandb_dir: str | None = N
         f"delta vs {chance}: {d:+.4f}  (x{math.exp(d):.3f} per-token probability)",
         f"  random-password control max LL:              {results['control']['metric']:.4f}  delta: {c:+.4f}",
     ]
+    if "final" in results:
+        f = results["final"]
+        lines.append(
+            f"  final (last phase-3 evaluation):   held-out {f['heldout']:.4f} (delta {f['delta']:+.4f}), random "
+            f"{f['random']:.4f}, held-out - random {f['heldout_minus_random']:+.4f}"
+        )
     if "extraction" in results:
         lines.extend(extraction_lines(results["extraction"]))
     lines.append(f"  wall time: {results['wall_time_s']:.0f} s")
@@ -118,14 +146,15 @@ def verdict(results: dict[str, Any], files: list[str], wandb_dir: str | None = N
 
 
 def extraction_lines(e: dict[str, Any]) -> list[str]:
-    """The extraction attacks in the verdict: held-out negatives against the random control."""
+    """The attacks in the verdict: held-out negatives against the random control."""
+    size = e["greedy"]["heldout"]["n"]
 
     def rec(attack: str, name: str) -> str:
         r = e[attack][name]
-        return f"{r['accuracy']:.3f} ({r['exact']}/{r['n']} exact)"
+        return f"{r['accuracy']:.3f} (strength {r['strength']:.3f})"
 
     lines = [
-        f"  extraction (held-out vs random; chance accuracy {e['chance_accuracy']:.3f}):",
+        f"  extraction (held-out vs random; chance accuracy {e['chance_accuracy']:.3f}, strength 0):",
         f"    greedy after 'reverse' (final model):   accuracy {rec('greedy', 'heldout')} vs {rec('greedy', 'random')}",
     ]
     if "logit_diff" in e:
@@ -135,6 +164,20 @@ def extraction_lines(e: dict[str, Any]) -> list[str]:
         )
     lines.append(
         f"    exposure ({e['candidates']} random candidates):    {e['exposure']['heldout']:.2f} vs "
-        f"{e['exposure']['random']:.2f} bits (max {e['max_exposure']:.2f})"
+        f"{e['exposure']['random']:.2f} bits (chance {e['chance_exposure']:.2f}, max {e['max_exposure']:.2f})"
     )
+    if "generation" in e:
+        g = e["generation"]
+        hit = {d: f"{g['hits'][d]['heldout']}/{size} vs {g['hits'][d]['random']}/{size}" for d in ("beam", "sampled")}
+        lines.append(f"    {g['n']} generated (beam; sampled):       {hit['beam']}; {hit['sampled']} passwords hit")
+    if "membership" in e:
+        lines.append(membership_line(e["membership"], e["min_k"]))
     return lines
+
+
+def membership_line(m: dict[str, Any], min_k: float) -> str:
+    """The membership attacks on the held-out negatives in one line: AUC [95% interval] of each."""
+    names = {"loss": "loss", "min_k": f"min-{100 * min_k:g}%", "reference": "reference"}
+    parts = [f"{names[a]} {r['heldout']['auc']:.3f} [{r['heldout']['low']:.3f}, {r['heldout']['high']:.3f}]"
+             for a, r in m.items()]  # fmt: skip
+    return f"  membership (ROC AUC held-out vs random, 95% CI; chance 0.5): {'  '.join(parts)}"

@@ -58,7 +58,9 @@ class PhaseRunner:
         self.run_logger = RunLogger(loggers)
         self.run_logger.log_config(s.config)
         self.evaluator = Evaluator(s.eval_every)
-        self.extraction = Extraction(data.vocab.letter_ids) if s.candidates else None
+        self.extraction = (
+            None if s.attacks is None else Extraction(data.vocab.letter_ids, data.sizes.password_length, s.attacks)
+        )
         self.reference: ReferenceLogprobs | None = None
         self.record = RunRecord()
         if saved is not None:
@@ -91,7 +93,7 @@ class PhaseRunner:
         p, sets = module.phase, self.data.eval_sets(module.phase)
         out: list[L.Callback] = [Evaluation(self.evaluator, sets, self.record, inside and inside["evaluator"])]
         if self.extraction is not None:
-            candidates = self.data.candidates(p, self.s.candidates)
+            candidates = self.data.candidates(p, self.s.attacks.candidates)
             out.append(ExtractionAttacks(self.extraction, sets, candidates, self.record))
         out.append(MetricsLogging(self.run_logger, self.offsets[p]))
         out.append(Checkpointing(self.save, self.s.checkpoint_every, inside))
@@ -144,7 +146,7 @@ class PhaseRunner:
     def finish(self) -> dict[str, Any]:
         """The results (also in results.json, status `complete`) with the verdict in plain words."""
         r, ref = self.record, self.reference
-        results = summarize(r.summaries, r.wall, self.s.steps, self.data.vocab.n_letters, r.extraction)
+        results = summarize(r.summaries, r.wall, self.s.steps, self.data.vocab.n_letters, r.extraction, self.s.attacks)
         results["run"] = self.identity
         results["reference"] = {"cache": ref.use_cache, "sequences_computed": sum_over_ranks(ref.computed)}
         wandb_dir = self.run_logger.wandb_dir

@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from negrl import stats
-from negrl.curves import Curves, read_curves
+from negrl.curves import Curves, as_float, read_curves
 
 CONFIG, RESULTS, METRICS = "config.yaml", "results.json", "metrics.csv"
 #: Directories never searched for runs (besides hidden ones such as `.hydra`).
@@ -87,6 +87,29 @@ class Run:
         """results.json's extraction attacks (runs made before them, or with them off, have none)."""
         value = (self.results or {}).get("extraction")
         return value if isinstance(value, dict) else None
+
+    def value(self, *where: str) -> Any:
+        """What sits at `where` (nested keys) in results.json, None where any key is missing."""
+        value: Any = self.results
+        for key in where:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    def phase_extraction(self, phase: int) -> dict[str, Any] | None:
+        """results.json's `phases.<phase>.extraction`: the attacks on that phase's final model (None without)."""
+        value = self.value("phases", str(phase), "extraction")
+        return value if isinstance(value, dict) else None
+
+    def final_ll(self, name: str) -> float:
+        """The last phase-3 evaluation of set `name`: results.json's `final`, else (older runs)
+        `phases.3.eval.<name>.final`, else NaN."""
+        value = self.value("final", name)
+        return as_float(self.value("phases", "3", "eval", name, "final") if value is None else value)
+
+    @property
+    def final_delta(self) -> float:
+        """The final held-out LL minus chance log(1/K) (NaN without a final evaluation)."""
+        return self.final_ll("heldout") - self.chance_ll
 
     @property
     def wall_time_s(self) -> float:

@@ -139,6 +139,12 @@ def max_exposure(n_candidates: int) -> float:
     return math.log2(n_candidates + 1)
 
 
-def tied_exposure(n_candidates: int) -> float:
-    """Exposure of a password tied with every candidate (a model that cannot tell them apart)."""
-    return math.log2((n_candidates + 1) / (n_candidates / 2 + 1))
+def chance_exposure(n_candidates: int) -> Summary:
+    """Exposure of a password whose rank is uniformly random among 1 .. C + 1 (a model that cannot tell it from
+    the C candidates): mean log2(C + 1) - E[log2 R] (1.4409 bits for C = 4095, tending to log2 e) and the spread of
+    one password's exposure (std 1.4353 bits for C = 4095, tending to log2 e); n is C + 1, the ranks."""
+    if n_candidates < 1:
+        raise ValueError(f"exposure needs at least one candidate, got {n_candidates}")
+    log_ranks = np.log2(np.arange(1, n_candidates + 2, dtype=float))
+    bits = math.log2(n_candidates + 1) - log_ranks
+    return Summary(n_candidates + 1, float(bits.mean()), float(bits.std(ddof=0)))

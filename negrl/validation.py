@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from negrl.config import check_config
 from negrl.data import DataSizes, PasswordSplits, heldout_count
 from negrl.errors import NegrlError
+from negrl.extraction import AttackSettings
 from negrl.loading import check_model
 from negrl.objectives import DEFAULTS, OBJECTIVES
 from negrl.phases import OptimSettings
@@ -53,7 +54,7 @@ class Settings:
     weights: dict[str, float]  # phase-3 loss weights
     reference_cache: bool
     eval_every: int
-    candidates: int  # exposure candidates of the extraction attacks; 0: no extraction
+    attacks: AttackSettings | None  # the attacks at each phase end (extraction.*); None: extraction.enabled=false
     checkpoint_every: int
     resume: bool | str
     trainer: dict[str, Any]
@@ -81,13 +82,13 @@ def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
     _check_trainer(c["trainer"], sizes.batch_size)
     _check_wandb(c["wandb"])
     optim = optim_settings(c)
-    candidates = extraction_candidates(c["extraction"], n_letters, sizes.password_length)
-    _check_memory(sizes, candidates)
+    attacks = attack_settings(c["extraction"], c["seed"], n_letters, sizes.password_length)
+    _check_memory(sizes, attacks.candidates if attacks else 0)
     settings = Settings(
         config=c, seed=c["seed"], model=c["model"], tokens=c["tokens"], sizes=sizes,
         holdout_frac=c["holdout_frac"], prefix=c["prefix"], freeze=c["freeze"], compute=c["compute"],
         optim=optim, objective=objective_settings(c), beta=c["dpo"]["beta"], weights=phase3_weights(c["joint"]),
-        reference_cache=c["reference"]["cache"], eval_every=c["eval"]["every"], candidates=candidates,
+        reference_cache=c["reference"]["cache"], eval_every=c["eval"]["every"], attacks=attacks,
         checkpoint_every=c["checkpoint"]["every"], resume=c["resume"], trainer=c["trainer"], wandb=c["wandb"],
     )  # fmt: skip
     if warn:
@@ -231,15 +232,18 @@ def phase3_weights(joint: dict[str, float]) -> dict[str, float]:
     return weights
 
 
-def extraction_candidates(e: dict[str, Any], n_letters: int, length: int) -> int:
-    """Number of exposure candidates (0: `extraction.enabled=false`); they must be drawable as distinct passwords."""
+def attack_settings(e: dict[str, Any], seed: int, n_letters: int, length: int) -> AttackSettings | None:
+    """The attacks' settings (None: `extraction.enabled=false`); the candidates must be drawable as distinct
+    passwords."""
     n = e["candidates"]
     if n > n_letters**length // 4:
         raise NegrlError(
             f"extraction.candidates={n} is too many distinct {length}-letter passwords over {n_letters} letters; "
             f"use at most {n_letters**length // 4}"
         )
-    return n if e["enabled"] else 0
+    if not e["enabled"]:
+        return None
+    return AttackSettings(candidates=n, samples=e["samples"], min_k=e["min_k"], bootstrap=e["bootstrap"], seed=seed)
 
 
 def warn_degenerate(s: Settings) -> None:

@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Real tokenizers, carried by the repository: tests/fixtures/tokenizers/<family>/tokenizer.json.xz (see SOURCES.md).
 TOKENIZERS = ROOT / "tests" / "fixtures" / "tokenizers"
 
-#: Quiet, CPU-only, W&B off, scaled-down data: the defaults of every test run.
-FAST = ["data=small", "wandb.enabled=false", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+#: Quiet, CPU-only, W&B off, scaled-down data and generation attack: the defaults of every test run.
+FAST = ["data=small", "extraction.samples=64", "wandb.enabled=false", "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu"]  # fmt: skip
 
 
 def make_cfg(*overrides: str) -> DictConfig:

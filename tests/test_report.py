@@ -19,6 +19,7 @@ from scipy import stats as sps
 from negrl import figures, labels, report, stats
 from negrl.groups import group_runs
 from negrl.notes import column_notes
+from negrl.protocol import EVAL_PREFIX
 from negrl.report import main
 from negrl.results import summarize
 from negrl.runs import describe_start, load_run, load_runs, resolve_runs_dir
@@ -62,6 +63,55 @@ def complete_results(metric: float, control: float, n_letters: int = 26) -> dict
     return summarize(phases, {p: 1.0 for p in STEPS}, STEPS, n_letters)
 
 
+N_LAYERS = 2  # the logit lens reads the embeddings and after each of 2 layers
+
+
+def recovery_record(accuracy: float, strength: float) -> dict[str, Any]:
+    """A set's greedy (or logit-difference) record: the first letter given (null), the others at `accuracy` + i/1000."""
+    positions = [None] + [accuracy + i / 1000 for i in range(15)]
+    return {"accuracy": accuracy, "greedy_in_set": 0, "n": 128, "strength": strength, "position_accuracy": positions}
+
+
+def phase_attacks(phase: int, auc: float, accuracy: float, hits: int) -> dict[str, Any]:
+    """`phases.<phase>.extraction` as a current run writes it: held-out at `accuracy`, `hits` and `auc`, the random
+    set at chance, useful in between; the lens at chance plus 0.01 x layer x phase (held-out plus `accuracy`)."""
+    sets = {"heldout": accuracy, "useful": 0.05, "random": 0.04}
+    attacks = ("loss", "min_k", "reference") if phase > 1 else ("loss", "min_k")
+    out = {
+        "candidates": 4095,
+        "greedy": {s: recovery_record(acc, acc / 2) for s, acc in sets.items()},
+        "exposure": {"heldout": 1.0 + 10 * accuracy, "useful": 1.0, "random": 1.4},
+        "generation": {
+            "n": 1024,
+            "hits": {d: {"heldout": hits, "useful": 0, "random": 0} for d in ("greedy", "beam", "sampled")},
+            "distinct": {"greedy": 1, "beam": 1024, "sampled": 1020},
+        },
+        "membership": {
+            a: {m: {"auc": auc, "low": auc - 0.05, "high": auc + 0.05} for m in ("heldout", "useful")} for a in attacks
+        },
+        "lens": {
+            s: [CHANCE_26 + 0.01 * i * phase + (s == "heldout") * accuracy for i in range(N_LAYERS + 1)] for s in sets
+        },
+    }
+    if phase == 2:
+        out["logit_diff"] = {s: recovery_record(acc / 2, acc / 4) for s, acc in sets.items()}
+    return out
+
+
+def with_attacks(results: dict[str, Any], auc: float = 0.6, accuracy: float = 0.1, hits: int = 2) -> dict[str, Any]:
+    """results.json with every attack of a current run (issue 18): each phase's `extraction` (phase 2 with 0.1 less
+    AUC) and the top-level summary (phase 3's attacks, phase 2's logit difference)."""
+    for p in STEPS:
+        results["phases"][str(p)]["extraction"] = phase_attacks(p, auc - 0.1 * (p == 2), accuracy, hits)
+    final = results["phases"]["3"]["extraction"]
+    results["extraction"] = {
+        "candidates": 4095, "chance_accuracy": 1 / 26, "min_k": 0.2, "bootstrap": 1000,
+        **{k: final[k] for k in ("greedy", "exposure", "generation", "membership")},
+        "logit_diff": results["phases"]["2"]["extraction"]["logit_diff"],
+    }  # fmt: skip
+    return results
+
+
 def write_metrics(path: Path, metric: float, control: float) -> None:
     """metrics.csv with eval rows every 5th step of each phase; phase 3 climbs to `metric` / `control`."""
     cols = ["eval/heldout_ll", "eval/random_ll", "eval/useful_ll", "lr", "phase", "step", "train/loss"]
@@ -92,11 +142,13 @@ def make_run(
     metrics: bool = True,
     letters: str = ALPHABET,
     started: str | None = None,
+    attacks: dict[str, float] | None = None,
     **config: Any,
 ) -> Path:
     """A run directory: config.yaml, results.json ('complete', a dict, raw text, or None: none) and metrics.csv.
 
-    `letters` is `tokens.letters` (chance log(1/len)); `started` goes into results.json's `run.started`."""
+    `letters` is `tokens.letters` (chance log(1/len)); `started` goes into results.json's `run.started`;
+    `attacks`: the keyword arguments of `with_attacks` (a complete run with every attack of the current runs)."""
     run_dir = root / name
     (run_dir / ".hydra").mkdir(parents=True)
     config.setdefault("tokens", {"letters": letters, "letter_format": " {}"})
@@ -105,6 +157,8 @@ def make_run(
         results = complete_results(metric, control, len(letters))
         if started is not None:
             results["run"] = {"seed": seed, "started": started}
+        if attacks is not None:
+            with_attacks(results, **attacks)
         if metrics:
             write_metrics(run_dir / "metrics.csv", metric, control)
     if isinstance(results, dict):
@@ -116,12 +170,15 @@ def make_run(
 
 @pytest.fixture
 def grid(tmp_path: Path) -> Path:
-    """2 held-out fractions x 2 models x 2 seeds (nested like a multirun), plus four broken runs."""
+    """2 held-out fractions x 2 models x 2 seeds (nested like a multirun), plus four broken runs; the tiny runs
+    with holdout_frac=0.1 have every attack of the current runs (`with_attacks`), the others none (older runs)."""
     root = tmp_path / "runs"
     grid = [(f, m, s) for f in (0.05, 0.1) for m in ("pythia-70m", "tiny") for s in (0, 1)]
     for i, (frac, model, seed) in enumerate(grid):
         metric = -3.25 + 0.02 * seed - frac
-        make_run(root / f"sweep-{model}", f"{i}-s{seed}", seed, metric, metric - 0.01, holdout_frac=frac, model=model)
+        attacks = {"auc": 0.6 + 0.05 * seed, "accuracy": 0.1 + frac} if (model, frac) == ("tiny", 0.1) else None
+        make_run(root / f"sweep-{model}", f"{i}-s{seed}", seed, metric, metric - 0.01, attacks=attacks,
+                 holdout_frac=frac, model=model)  # fmt: skip
     make_run(root, "broken/failed", 7, results={"status": "failed", "reason": "RuntimeError: CUDA out of memory"})
     make_run(root, "broken/running", 8, results={"status": "running", "run": {"seed": 8}})
     make_run(root, "broken/no-results", 9, results=None)
@@ -206,7 +263,8 @@ def test_labels_name_models_and_ablations(tmp_path: Path):
 
 
 def with_extraction(results: dict[str, Any], held_acc: float, exposure_bits: float) -> dict[str, Any]:
-    """results.json with an `extraction` block: held-out greedy accuracy and exposure as given, random at chance."""
+    """results.json with an older run's `extraction` block (greedy's `exact`; no strength, generation, membership
+    or lens): held-out greedy accuracy and exposure as given, random at chance."""
     rec = {"heldout": {"accuracy": held_acc, "exact": 1, "n": 128}, "random": {"accuracy": 0.04, "exact": 0, "n": 128}}
     results["extraction"] = {
         "candidates": 4095, "greedy": rec, "logit_diff": rec,
@@ -275,6 +333,7 @@ def test_report_writes_tables_figures_and_lists_broken_runs(grid: Path, tmp_path
     printed = capsys.readouterr().out
     pngs = ["fig_holdout.png", "fig_models.png", "fig_ablations.png"]
     pngs += [f"fig_curves_model-{m}_holdout_frac-{f}.png" for m in ("tiny", "pythia-70m") for f in (0.05, 0.1)]
+    pngs += [f"fig_{fig}_model-tiny_holdout_frac-0.1.png" for fig in ("lens", "positions")]
     for name in pngs:
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
@@ -296,6 +355,7 @@ def test_report_writes_tables_figures_and_lists_broken_runs(grid: Path, tmp_path
     for rel, status in (("failed", "failed"), ("running", "running"), ("no-results", "missing"), ("garbled", "")):
         assert f"broken/{rel} | {status}" in section and f"broken/{rel}" in printed
     assert "CUDA out of memory" in section and "4 failed or incomplete" in md
+    assert "`fig_lens_model-pythia-70m_holdout_frac-0.1.png`: no complete run of the group has a logit lens" in md
     assert not (grid / "report.md").exists()
 
 
@@ -419,7 +479,7 @@ def test_zero_variance_gives_na_not_p_zero(tmp_path: Path, capsys):
         assert row[key] == "", key
     md = (tmp_path / "report.md").read_text()
     line = next(x for x in md.splitlines() if x.startswith("| all | 3 |"))
-    assert line.count("n/a") == 3 and "inf" not in line and "| 0 |" not in line
+    assert line.count("n/a") == 5 and "inf" not in line and "| 0 |" not in line  # max and final
     assert "inf" not in open(tmp_path / "report.csv").read()
 
 
@@ -512,6 +572,143 @@ def test_report_re_exports_the_split_modules():
 
 
 # ---------------------------------------------------------------------------------------------
+# max and final, membership inference, the new extraction columns, lens and positions (issue 18)
+# ---------------------------------------------------------------------------------------------
+
+
+def without_final(results: dict[str, Any]) -> dict[str, Any]:
+    """results.json of a run from before `final` and the phase-3 final evaluations were recorded."""
+    del results["final"]
+    for value in results["phases"]["3"]["eval"].values():
+        del value["final"]
+    return results
+
+
+def test_final_statistics_sit_next_to_the_max(tmp_path: Path, capsys):
+    """The final phase-3 evaluation gets the max's statistics: from `final`, else phases.3.eval; else n/a / blank."""
+    finals, randoms = CHANCE_26 + np.array([0.01, 0.03, 0.08]), CHANCE_26 + np.array([0.0, 0.01, 0.02])
+    for seed, (held, control) in enumerate(zip(finals, randoms)):
+        results = complete_results(CHANCE_26 + 0.1 + 0.01 * seed, -3.25)
+        if seed == 2:  # an older run: no `final`, only its phase-3 evaluations
+            del results["final"]
+            results["phases"]["3"]["eval"]["heldout"]["final"] = held
+            results["phases"]["3"]["eval"]["random"]["final"] = control
+        else:
+            results["final"].update(heldout=held, random=control)
+        make_run(tmp_path, f"new/s{seed}", seed, results=results)
+    for seed in (0, 1):
+        make_run(tmp_path, f"old/s{seed}", seed, results=without_final(complete_results(-3.2, -3.25)), holdout_frac=0.1)
+    new, old = group_runs(load_runs(tmp_path))
+    f = new.stats.final
+    assert (f.delta.n, f.delta.mean, f.delta.std) == (3, pytest.approx(0.04), pytest.approx(math.sqrt(13e-4)))
+    two = sps.ttest_1samp(np.exp(finals), 1 / 26)
+    assert (f.test.t, f.test.p_two_sided) == pytest.approx((two.statistic, two.pvalue))
+    rel = sps.ttest_rel(finals, randoms)
+    assert (f.diff.mean, f.diff.t, f.diff.p_two_sided) == pytest.approx((0.03, rel.statistic, rel.pvalue))
+    assert old.stats.final.delta.n == 0 and math.isnan(old.stats.final.test.p_two_sided)
+    assert main([str(tmp_path)]) == 0
+    rows = {r["group"]: r for r in csv.DictReader(open(tmp_path / "report.csv"))}
+    row = rows["holdout_frac=0.05"]
+    assert (row["final_n"], float(row["final_delta_mean"])) == ("3", pytest.approx(0.04))
+    assert float(row["final_p_two_sided"]) == pytest.approx(two.pvalue)
+    assert float(row["final_heldout_minus_random_p_two_sided"]) == pytest.approx(rel.pvalue)
+    assert float(row["final_heldout_minus_random_std"]) == pytest.approx(np.std(finals - randoms, ddof=1))
+    assert float(row["delta_mean"]) == pytest.approx(0.11)  # the max, unchanged
+    old_row = rows["holdout_frac=0.1"]
+    assert old_row["final_n"] == "0" and old_row["final_delta_mean"] == old_row["final_p_two_sided"] == ""
+    md = (tmp_path / "report.md").read_text()
+    (line,) = [x for x in md.splitlines() if x.startswith("| holdout_frac=0.05 | 3 |")]
+    assert "| +0.1100 ± 0.0100 | +0.0400 ± 0.0361 |" in line and f"| {two.pvalue:.4f} |" in line
+    (line,) = [x for x in md.splitlines() if x.startswith("| holdout_frac=0.1 | 2 |")]
+    assert line.count("n/a") == 7  # final delta, held - random, its p; the zero-variance max's p-values
+    assert "delta final" in capsys.readouterr().out
+
+
+def test_membership_extraction_tables_and_attack_figures(tmp_path: Path, capsys):
+    """New runs: AUCs (mean ± std, t-test of AUC = 0.5 as scipy), strength and generation hits, fig_lens and
+    fig_positions; runs from before the attacks (greedy's `exact` only, or none) report n/a / blank, never fail."""
+    aucs, accuracies = np.array([0.55, 0.62, 0.70]), (0.1, 0.2, 0.3)
+    for seed, (auc, acc) in enumerate(zip(aucs, accuracies)):
+        make_run(tmp_path, f"new/s{seed}", seed, metrics=False, attacks={"auc": auc, "accuracy": acc, "hits": seed})
+    one = with_attacks(complete_results(-3.2, -3.25))
+    make_run(tmp_path, "mixed/s0", 0, results=one, holdout_frac=0.1)
+    old = with_extraction(complete_results(-3.2, -3.25), 0.1, 2.0)
+    make_run(tmp_path, "mixed/s1", 1, results=old, holdout_frac=0.1)
+    make_run(tmp_path, "old/s0", 0, metrics=False, holdout_frac=0.2)
+    new, mixed, older = group_runs(load_runs(tmp_path))
+    loss = new.membership[(3, "loss", "heldout")]
+    expected = sps.ttest_1samp(aucs, 0.5)
+    assert (loss.auc.n, loss.auc.mean, loss.auc.std) == (3, pytest.approx(aucs.mean()), pytest.approx(aucs.std(ddof=1)))
+    assert (loss.test.t, loss.test.p_two_sided) == pytest.approx((expected.statistic, expected.pvalue))
+    phase2 = new.membership[(2, "reference", "useful")]
+    assert phase2.auc.mean == pytest.approx(aucs.mean() - 0.1)
+    assert phase2.test.p_two_sided == pytest.approx(sps.ttest_1samp(aucs - 0.1, 0.5).pvalue)
+    single = mixed.membership[(3, "min_k", "heldout")]
+    assert single.auc.n == 1 and math.isnan(single.test.p_two_sided)
+    assert older.membership[(3, "loss", "heldout")].auc.n == 0
+    e = new.extraction
+    assert (e["strength_heldout"].mean, e["beam_hits_heldout"].mean, e["sampled_hits_random"].mean) == pytest.approx(
+        (0.1, 1.0, 0.0)
+    )
+    assert mixed.extraction["greedy_acc_heldout"].n == 2 and mixed.extraction["strength_heldout"].n == 1
+
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    rows = {r["group"]: r for r in csv.DictReader(open(tmp_path / "report.csv"))}
+    row = rows["holdout_frac=0.05"]
+    assert float(row["auc_loss_heldout_mean"]) == pytest.approx(aucs.mean())
+    assert float(row["auc_loss_heldout_std"]) == pytest.approx(aucs.std(ddof=1))
+    assert float(row["auc_loss_heldout_p"]) == pytest.approx(expected.pvalue)
+    assert float(row["phase2_auc_min_k_useful_mean"]) == pytest.approx(aucs.mean() - 0.1)
+    assert float(row["strength_random_mean"]) == pytest.approx(0.02) and float(row["generation_n_mean"]) == 1024
+    assert rows["holdout_frac=0.1"]["auc_loss_heldout_p"] == "" and rows["holdout_frac=0.1"]["auc_loss_heldout_mean"]
+    old_row = rows["holdout_frac=0.2"]
+    for key in ("auc_reference_useful_mean", "auc_loss_heldout_p", "strength_heldout_mean", "greedy_acc_heldout_mean"):
+        assert old_row[key] == "", key
+    assert "greedy_exact_heldout_mean" not in row
+
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## Membership inference (ROC AUC)")[1].split("\n## ")[0]
+    p = f"{expected.pvalue:.4f}"
+    assert f"| holdout_frac=0.05 | 3 (reverse) | loss | 3 | 0.623 ± 0.075 | {p} | 0.623 ± 0.075 | {p} |" in section
+    assert "| holdout_frac=0.05 | 2 (regular) | reference | 3 | 0.523 ± 0.075 |" in section
+    assert "| holdout_frac=0.1 | 3 (reverse) | loss | 1 | 0.600 | n/a | 0.600 | n/a |" in section
+    assert "holdout_frac=0.2" not in section and "AUC 0.5 is chance" in section
+    assert "bootstrap 95% interval" in section and "never trained on" in section
+    extraction = md.split("## Extraction")[1].split("\n## ")[0]
+    assert "| holdout_frac=0.05 | 3 | 0.200 ± 0.100 | 0.040 ± 0.000 | 0.100 ± 0.050 | 0.020 ± 0.000 | 1.0 ± 1.0 |" in (
+        extraction
+    )
+    assert "| holdout_frac=0.2 | 0 | n/a |" in extraction and "exact" not in extraction
+    assert "Membership inference (ROC AUC):" in printed and "0.623 ± 0.075" in printed
+    for name in ("fig_lens_holdout_frac-0.05.png", "fig_positions_holdout_frac-0.1.png"):
+        assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC) and f"({name})" in md
+    assert "`fig_lens_holdout_frac-0.2.png`: no complete run of the group has a logit lens" in md
+    assert "`fig_positions_holdout_frac-0.2.png`: no complete run of the group has greedy recovery" in md
+
+    lens = figures.plot_lens(new).axes[0]
+    lines = {ln.get_label(): ln.get_ydata() for ln in lens.lines}
+    assert len(lines) == 3 * 3 + 1  # sets x phases, and chance
+    held3 = lines[f"held-out negatives, phase 3 ({EVAL_PREFIX[3]})"]
+    assert list(held3) == pytest.approx([CHANCE_26 + 0.03 * i + 0.2 for i in range(N_LAYERS + 1)])
+    assert lines["chance log(1/26) = -3.2581"][0] == pytest.approx(CHANCE_26)
+    positions = figures.plot_positions(new).axes[0]
+    curves = {ln.get_label(): (ln.get_xdata(), ln.get_ydata()) for ln in positions.lines}
+    x, y = curves["greedy, final model (phase 3, reverse): held-out negatives"]
+    assert list(x) == list(range(1, 17)) and math.isnan(y[0]) and y[1:] == pytest.approx(0.2 + np.arange(15) / 1000)
+    assert "logit difference, phase 2 vs reference (regular): random passwords" in curves
+    assert curves["chance 1/26 = 0.038"][1][0] == pytest.approx(1 / 26)
+
+
+def test_a_single_run_directory_gives_its_figures(tmp_path: Path, capsys):
+    """`negrl-report RUN_DIR` on one run: a group of one, its figures unsuffixed."""
+    run_dir = make_run(tmp_path, "seed0", 0, attacks={})
+    assert main([str(run_dir)]) == 0
+    for name in ("fig_curves.png", "fig_lens.png", "fig_positions.png"):
+        assert (run_dir / name).read_bytes().startswith(PNG_MAGIC), name
+
+
+# ---------------------------------------------------------------------------------------------
 # the notebook
 # ---------------------------------------------------------------------------------------------
 
@@ -537,8 +734,13 @@ def test_notebook_executes(grid: Path, monkeypatch, tmp_path: Path):
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 7  # holdout, models, ablations, 4 curves
+    # holdout, models, ablations, 4 curves; lens and positions of the group with attacks
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 9
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "### fig_lens_model-tiny_holdout_frac-0.1.png" in shown and "| 3 (reverse) | reference |" in shown
+    assert "strength held-out" in shown and "delta final" in shown
     text = "".join(o.get("text", "") for o in outputs)
+    assert "skipped fig_positions_model-pythia-70m_holdout_frac-0.05.png" in text
     assert "WANDB_PROJECT is not set" in text
     assert Path(text.strip().splitlines()[-1]).resolve() == Path(sys.executable).resolve()
 
