@@ -201,7 +201,7 @@ def plot_curves(group: Group, path: Path | str | None = None) -> Figure:
 
 def _legend_below(ax: Axes, ncol: int) -> None:
     """The legend under the axes (figures with many lines), where it hides no data."""
-    ax.legend(fontsize=7, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    ax.legend(fontsize=7, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False, handlelength=4)
 
 
 def has_curves(group: Group) -> bool:
