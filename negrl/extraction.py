@@ -35,11 +35,10 @@ import torch
 from negrl import generation, membership
 from negrl.backbone import PythiaBackbone, fp32_inference
 from negrl.lens import letter_lens
+from negrl.protocol import MIA_MEMBERS, MIA_NONMEMBERS
 
 #: Sequences per forward pass of the extraction (evaluation sets and candidates together).
 CHUNK = 512
-#: The non-member set of the membership attacks, and the member sets.
-NONMEMBERS, MEMBERS = "random", ("heldout", "useful")
 
 
 @dataclass(frozen=True)
@@ -214,15 +213,13 @@ class Extraction:
         }
         if reference_ll is not None:
             scores["reference"] = {n: membership.reference_scores(token_ll[n], reference_ll[n]) for n in token_ll}
-        members = [n for n in MEMBERS if n in token_ll] if NONMEMBERS in token_ll else []
-        seeds = self.rng(phase, 1).spawn(len(scores) * len(members))
-        out, i = {}, 0
-        for attack, by_set in scores.items():
-            out[attack] = {}
-            for name in members:
-                seed = int(seeds[i].generate_state(1)[0])
-                out[attack][name] = asdict(membership.auc_interval(by_set[name], by_set[NONMEMBERS], s.bootstrap, seed))
-                i += 1
+        members = [n for n in MIA_MEMBERS if n in token_ll] if MIA_NONMEMBERS in token_ll else []
+        pairs = [(attack, name) for attack in scores for name in members]
+        out: dict[str, dict[str, dict[str, float]]] = {attack: {} for attack in scores}
+        for (attack, name), seq in zip(pairs, self.rng(phase, 1).spawn(len(pairs))):
+            by_set, seed = scores[attack], int(seq.generate_state(1)[0])
+            interval = membership.auc_interval(by_set[name], by_set[MIA_NONMEMBERS], s.bootstrap, seed)
+            out[attack][name] = asdict(interval)
         return out
 
 

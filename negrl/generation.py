@@ -17,9 +17,6 @@ import torch
 
 from negrl.backbone import PythiaBackbone, fp32_inference
 
-#: Decoders in the order results.json gives them.
-DECODERS = ("greedy", "beam", "sampled")
-
 NextLetter = Callable[[torch.Tensor], torch.Tensor]  # token ids [B, t] -> letter log-probs [B, K]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from negrl import stats
 from negrl.curves import as_float
 from negrl.labels import fmt_value, sort_value
+from negrl.protocol import MIA_ATTACKS, MIA_MEMBERS
 from negrl.runs import CHOICE_GROUPS, Run, start_time
 
 #: Config keys (dotted; a key covers its sub-keys) that do not define an experiment.
@@ -41,9 +42,6 @@ EXTRACTION_VALUES = {
     "logit_diff_acc_heldout": ("logit_diff", "heldout", "accuracy"),
     "logit_diff_acc_random": ("logit_diff", "random", "accuracy"),
 }
-#: Membership-inference attacks and member sets (each against the random passwords, the non-members).
-MIA_ATTACKS = ("loss", "min_k", "reference")
-MIA_MEMBERS = ("heldout", "useful")
 #: The phases whose membership AUCs are reported, the final model first: where each sits in results.json.
 MIA_PHASES = {3: ("extraction", "membership"), 2: ("phases", "2", "extraction", "membership")}
 #: AUC of an attack that cannot tell members from non-members.

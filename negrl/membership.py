@@ -25,9 +25,6 @@ import torch
 from scipy.stats import mannwhitneyu
 from torchmetrics.functional.classification import binary_auroc
 
-#: The attacks, in the order results.json and the report give them.
-ATTACKS = ("loss", "min_k", "reference")
-
 
 @dataclass(frozen=True)
 class AucInterval:

@@ -5,3 +5,7 @@ PHASES = (1, 2, 3)
 EVAL_SETS = ("heldout", "useful", "random")
 #: Prefix of each phase's evaluation (phases 1 and 2 regular, phase 3 reverse).
 EVAL_PREFIX = {1: "regular", 2: "regular", 3: "reverse"}
+#: Membership inference: its attacks, the member sets (negatives) and the non-member set (never trained on).
+MIA_ATTACKS = ("loss", "min_k", "reference")
+MIA_MEMBERS = ("heldout", "useful")
+MIA_NONMEMBERS = "random"

@@ -24,8 +24,6 @@ from negrl.groups import (
     EXTRACTION_VALUES,
     IGNORED_KEYS,
     KNOB_ORDER,
-    MIA_ATTACKS,
-    MIA_MEMBERS,
     MIA_PHASES,
     AucStats,
     FinalStats,
@@ -43,7 +41,7 @@ from negrl.groups import (
     varying_knobs,
 )
 from negrl.notes import REPEATED_NOTES, chance_text, column_notes, extraction_notes, membership_notes
-from negrl.protocol import EVAL_SETS
+from negrl.protocol import EVAL_SETS, MIA_ATTACKS, MIA_MEMBERS
 from negrl.runs import (
     CHOICE_GROUPS,
     CONFIG,

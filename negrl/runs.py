@@ -95,11 +95,6 @@ class Run:
             value = value.get(key) if isinstance(value, dict) else None
         return value
 
-    def phase_extraction(self, phase: int) -> dict[str, Any] | None:
-        """results.json's `phases.<phase>.extraction`: the attacks on that phase's final model (None without)."""
-        value = self.value("phases", str(phase), "extraction")
-        return value if isinstance(value, dict) else None
-
     def final_ll(self, name: str) -> float:
         """The last phase-3 evaluation of set `name`: results.json's `final`, else (older runs)
         `phases.3.eval.<name>.final`, else NaN."""

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from negrl import stats
-from negrl.groups import EXTRACTION_VALUES, MIA_ATTACKS, MIA_MEMBERS, MIA_PHASES, Group
+from negrl.groups import EXTRACTION_VALUES, MIA_PHASES, Group
 from negrl.labels import fmt_value
-from negrl.protocol import EVAL_PREFIX
+from negrl.protocol import EVAL_PREFIX, MIA_ATTACKS, MIA_MEMBERS
 from negrl.runs import Run, describe_start
 
 Table = tuple[list[str], list[list[str]]]
