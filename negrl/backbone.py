@@ -1,36 +1,50 @@
-"""The GPT-NeoX (Pythia) backbone: loading, the phase-2 freeze, per-token log-probs."""
+"""The backbone of a run: any Hugging Face causal LM (negrl.families) with the few operations the three phases
+need: the phase-2 freeze, the optional BOS as context, per-token log-probs."""
 
 from __future__ import annotations
 
 import copy
-import difflib
-import json
-import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from negrl.errors import NegrlError
+from negrl.families import (
+    build_config,
+    check_checkpoint_dir,
+    check_finite_weights,
+    decoder_layers,
+    hub_reachable,
+    hub_unreachable_message,
+    without_dropout,
+)
 from negrl.label_logprobs import label_logprobs, logsumexp_rows
 
 ATTENTIONS = ("eager", "sdpa")  # Hugging Face attn_implementation values negrl accepts
 #: Names of the final norm in Hugging Face decoders (GPT-NeoX; Llama, Qwen, OLMo, SmolLM, Gemma; GPT-2).
 FINAL_NORMS = ("final_layer_norm", "norm", "ln_f")
+#: What phase 2 does with an unembedding that is the input embedding (`model.tied`; negrl.loading unties first
+#: for "untie").
+TIED_CHOICES = ("untie", "freeze", "train")
 
 
-class PythiaBackbone(nn.Module):
-    """A GPT-NeoX causal LM with the few operations the three phases need."""
+class Backbone(nn.Module):
+    """A Hugging Face causal LM with the few operations the three phases need.
 
-    def __init__(self, model: GPTNeoXForCausalLM):
+    `bos_id`: a token put before every sequence as context only (the families whose tokenizer starts text with
+    one): every output keeps the shape and positions of the sequence without it, so it is never a label.
+    `tied`: with input and output embeddings one matrix, whether phase 2 freezes it ("freeze") or leaves it
+    trainable ("train"). Training updates `tunable` parameters only: all of them, or an adapter's."""
+
+    def __init__(self, model: nn.Module, bos_id: int | None = None, tied: str = "freeze"):
         super().__init__()
         self.model = model
+        self.bos_id, self.tied = bos_id, tied
+        self.shared_at_load: bool | None = None  # whether the loaded model tied its embeddings (negrl.loading)
+        self.mark_tunable()
         self.set_compute(fused_logprobs=True, attention="eager")
 
     def set_compute(self, fused_logprobs: bool, attention: str) -> None:
@@ -41,28 +55,32 @@ class PythiaBackbone(nn.Module):
 
     # ---- construction -------------------------------------------------------------
     @classmethod
-    def random_init(cls, architecture: dict[str, Any], seed: int) -> PythiaBackbone:
-        """A freshly initialised GPT-NeoX of the given architecture (no dropout), seeded."""
-        config = GPTNeoXConfig(**{"hidden_dropout": 0.0, "attention_dropout": 0.0, **architecture})
+    def random_init(cls, architecture: dict, seed: int, model_type: str = "gpt_neox") -> Backbone:
+        """A freshly initialised model of the family `model_type` and the given architecture (no dropout), seeded."""
+        config = build_config(model_type, architecture)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = GPTNeoXForCausalLM(config)
+            model = AutoModelForCausalLM.from_config(config)
         return cls(model.float())
 
     @classmethod
-    def from_checkpoint(cls, path: str) -> PythiaBackbone:
-        """Load a saved GPT-NeoX checkpoint directory (`save_pretrained` layout)."""
-        check_checkpoint_dir(path)
-        model = GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float32)
+    def from_checkpoint(cls, path: str, model_type: str = "gpt_neox", architecture: dict | None = None,
+                        model_name: str = "?") -> Backbone:  # fmt: skip
+        """Load a saved checkpoint directory (`save_pretrained` layout) of the family `model_type`."""
+        check_checkpoint_dir(path, model_type, architecture or {}, model_name)
+        config = without_dropout(AutoConfig.from_pretrained(path))
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32)
         check_finite_weights(model, f"model.path={path}")
         return cls(model)
 
     @classmethod
-    def from_hub(cls, hub_id: str, revision: str | None = None) -> PythiaBackbone:
+    def from_hub(cls, hub_id: str, revision: str | None = None) -> Backbone:
         """Load pretrained weights from the Hugging Face hub or its local cache."""
+        local = not hub_reachable()
         try:
-            model = GPTNeoXForCausalLM.from_pretrained(
-                hub_id, revision=revision, dtype=torch.float32, local_files_only=not hub_reachable()
+            config = without_dropout(AutoConfig.from_pretrained(hub_id, revision=revision, local_files_only=local))
+            model = AutoModelForCausalLM.from_pretrained(
+                hub_id, config=config, revision=revision, dtype=torch.float32, local_files_only=local
             )
         except OSError as err:
             raise NegrlError(hub_unreachable_message(hub_id, err)) from None
@@ -72,11 +90,23 @@ class PythiaBackbone(nn.Module):
     # ---- structure ----------------------------------------------------------------
     @property
     def layers(self) -> nn.ModuleList:
-        return self.model.get_decoder().layers
+        return decoder_layers(self.model)
 
     @property
     def unembedding(self) -> nn.Module:
         return self.model.get_output_embeddings()
+
+    @property
+    def shares_embeddings(self) -> bool:
+        """Whether the unembedding is the input embedding (tied weights)."""
+        return self.unembedding.weight is self.model.get_input_embeddings().weight
+
+    def untie_embeddings(self) -> None:
+        """Give the unembedding its own copy of a shared input/output matrix (equal values, trained apart)."""
+        if self.shares_embeddings:
+            self.unembedding.weight = nn.Parameter(self.unembedding.weight.detach().clone())
+            self.model.config.tie_word_embeddings = False
+            self.mark_tunable()
 
     @property
     def final_norm(self) -> nn.Module:
@@ -89,15 +119,23 @@ class PythiaBackbone(nn.Module):
             f"{type(decoder).__name__} has none of the final norms {FINAL_NORMS}; the logit lens needs one"
         )
 
+    def mark_tunable(self) -> None:
+        """Record the parameters training may update: those requiring gradients now (all of a plain model;
+        an adapter's after negrl.adapters wraps it)."""
+        self.tunable = frozenset(name for name, p in self.model.named_parameters() if p.requires_grad)
+
     def frozen_by_phase2(self) -> Iterator[nn.Parameter]:
-        """Parameters the phase-2 freeze holds fixed: `layers[n // 2:]` and the unembedding."""
+        """Parameters the phase-2 freeze holds fixed: `layers[n // 2:]` and the unembedding (a shared input/output
+        matrix only with `tied="freeze"`)."""
         for layer in self.layers[len(self.layers) // 2 :]:
             yield from layer.parameters()
-        yield from self.unembedding.parameters()
+        if not (self.shares_embeddings and self.tied == "train"):
+            yield from self.unembedding.parameters()
 
     def set_trainable(self, all_trainable: bool = True, freeze_second_half: bool = False) -> None:
-        """Make everything trainable, then optionally apply the phase-2 freeze."""
-        self.model.requires_grad_(all_trainable)
+        """Make every tunable parameter trainable (or none), then optionally apply the phase-2 freeze."""
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(all_trainable and name in self.tunable)
         if freeze_second_half:
             for p in self.frozen_by_phase2():
                 p.requires_grad_(False)
@@ -105,13 +143,36 @@ class PythiaBackbone(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def frozen_copy(self) -> PythiaBackbone:
+    def trainable_count(self, freeze_second_half: bool = False) -> int:
+        """How many weights a phase trains (each shared matrix once), without changing what is trainable."""
+        frozen = {id(p) for p in self.frozen_by_phase2()} if freeze_second_half else set()
+        return sum(
+            p.numel() for name, p in self.model.named_parameters() if name in self.tunable and id(p) not in frozen
+        )
+
+    def frozen_copy(self) -> Backbone:
         """A detached, frozen copy (the DPO reference model)."""
         ref = copy.deepcopy(self)
         ref.requires_grad_(False)
         return ref.eval()
 
     # ---- computation --------------------------------------------------------------
+    def lm(self, inputs: torch.Tensor, **kwargs):
+        """The model's output over `inputs` [B, t] (the BOS, if any, put before them as context)."""
+        if self.bos_id is not None:
+            inputs = torch.cat([inputs.new_full((inputs.shape[0], 1), self.bos_id), inputs], dim=1)
+        return self.model(input_ids=inputs, **kwargs)
+
+    @property
+    def context_tokens(self) -> int:
+        """Positions the backbone puts before a sequence (the BOS): outputs drop them."""
+        return 0 if self.bos_id is None else 1
+
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits [B, t, V] over `inputs` [B, t], in the model's dtype, the BOS position dropped."""
+        logits = self.lm(inputs).logits
+        return logits[:, self.context_tokens :] if self.context_tokens else logits
+
     def token_logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Log-prob of every label under next-token prediction: tokens [B, T] -> [B, T-1], in fp32.
 
@@ -119,7 +180,7 @@ class PythiaBackbone(nn.Module):
         Fused (default): chunked over rows with a hand-written backward (`negrl.label_logprobs`), no
         [B, T, V] fp32 tensor is kept; plain: gather minus logsumexp of the fp32 logits under autograd.
         """
-        logits, labels = self.model(input_ids=tokens[:, :-1]).logits, tokens[:, 1:]
+        logits, labels = self.logits(tokens[:, :-1]), tokens[:, 1:]
         if self.fused_logprobs:
             return label_logprobs(logits, labels)
         logits = logits.float()
@@ -134,7 +195,7 @@ class PythiaBackbone(nn.Module):
 
     def next_token_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits [B, T-1, V] in fp32 predicting tokens[:, 1:] from the tokens before each."""
-        return self.model(input_ids=tokens[:, :-1]).logits.float()
+        return self.logits(tokens[:, :-1]).float()
 
 
 @contextmanager
@@ -149,90 +210,3 @@ def fp32_inference(backbone: nn.Module) -> Iterator[None]:
             yield
     finally:
         backbone.train(was_training)
-
-
-#: Files of a save_pretrained() directory that hold the weights (one of them must exist).
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-#: Architecture keys that fix the shapes of the weights: a checkpoint must agree with `model=` on each.
-SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-
-
-def check_checkpoint_dir(path: str, architecture: dict[str, Any] | None = None, model_name: str = "?") -> None:
-    """`path` must be a save_pretrained() directory of a GPT-NeoX model with weights, of the architecture
-    that `model=` records (each of SHAPE_KEYS it gives)."""
-    if not Path(path).is_dir():
-        raise NegrlError(f"model.path={path} is not a directory; give a save_pretrained() checkpoint directory")
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise NegrlError(f"model.path={path} has no config.json; point it at a save_pretrained() directory")
-    try:
-        saved = json.loads(config_file.read_text())
-        model_type = saved.get("model_type")
-    except (ValueError, AttributeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise NegrlError(f"model.path={path}: config.json is not a valid JSON object ({reason}); re-save it") from None
-    if model_type != "gpt_neox":
-        raise NegrlError(f"model.path={path} holds a {model_type!r} model, not GPT-NeoX; negrl needs a Pythia model")
-    if not any((Path(path) / f).is_file() for f in WEIGHT_FILES):
-        raise NegrlError(
-            f"model.path={path} has no weights ({' or '.join(WEIGHT_FILES[::2])}); re-save it with save_pretrained()"
-        )
-    differ = [f"{k} {saved[k]} vs {architecture[k]}" for k in SHAPE_KEYS if k in (architecture or {}) and k in saved
-              and saved[k] != architecture[k]]  # fmt: skip
-    if differ:
-        raise NegrlError(
-            f"model.path={path} does not match model={model_name} ({', '.join(differ)}: checkpoint vs model=); "
-            "choose the model= of the checkpoint's architecture"
-        )
-
-
-#: Older GPT-NeoX config keys that transformers still reads (into `rope_parameters`), as Pythia's config.json has.
-LEGACY_ARCHITECTURE_KEYS = ("rotary_pct", "rotary_emb_base")
-
-
-def check_architecture_keys(architecture: dict[str, Any], model_name: str) -> None:
-    """Every `model.architecture` key must be a GPT-NeoX config key (a typo would be silently ignored)."""
-    known = set(GPTNeoXConfig().to_dict()) | set(LEGACY_ARCHITECTURE_KEYS)
-    for key in architecture:
-        if key not in known:
-            near = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f"did you mean model.architecture.{near[0]}?" if near else "see transformers' GPTNeoXConfig"
-            raise NegrlError(f"model.architecture.{key} (model={model_name}) is not a GPT-NeoX setting; {hint}")
-
-
-def check_finite_weights(model: nn.Module, source: str) -> None:
-    """Refuse loaded weights with NaN or infinite values (they would fail, or mislead, hours later)."""
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise NegrlError(f"{source}: weight {name} holds non-finite values; use another checkpoint")
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the Hugging Face hub can be reached: not HF_HUB_OFFLINE, and a TCP connection to its endpoint
-    opens within `timeout_s`. When it cannot, loading reads only the local cache (one quick error, not a
-    minute of retries)."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
-    except OSError:
-        return False
-    return True
-
-
-def hub_unreachable_message(hub_id: str, err: BaseException) -> str:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else " (unreachable: cache only)"
-    return (
-        f"cannot load {hub_id} from the Hugging Face hub or its cache{offline}: {reason[:160]}; "
-        "connect once to cache it, or pass model.path=DIR (a saved checkpoint), or model.init=random"
-    )

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from negrl.backbone import PythiaBackbone
+from negrl.backbone import Backbone
 from negrl.config import CONF_DIR
 from negrl.data import PasswordData
 from negrl.evaluation import Evaluator
@@ -116,7 +116,7 @@ def _reference_computed(module: PhaseModule) -> int:
     return 0 if ref is None else ref.computed
 
 
-def phase_module(phase: int, s: Settings, backbone: PythiaBackbone, reference: ReferenceLogprobs) -> PhaseModule:
+def phase_module(phase: int, s: Settings, backbone: Backbone, reference: ReferenceLogprobs) -> PhaseModule:
     """The pipeline's module of `phase` under settings `s` (at the paper's phase length, for its schedule)."""
     negative = dict(objective=s.objective, beta=s.beta, optim=s.optim, total_steps=PAPER_STEPS[phase])
     if phase == 1:
@@ -172,7 +172,7 @@ def bench_settings(model: str, precision: str, device: str) -> dict[str, Setting
 def run_bench(model: str, steps: int, precision: str, device: str) -> dict[str, Any]:
     settings = bench_settings(model, precision, device)
     s = settings["optimized"]
-    backbone, vocab = load_model(s.model, s.tokens, s.seed)
+    backbone, vocab = load_model(s.model, s.tokens, s.seed, s.adapter)
     backbone.to(device)
     reference = backbone.frozen_copy()
     data = PasswordData(vocab, s.sizes, s.holdout_frac, s.prefix, s.seed)

@@ -57,6 +57,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = spec()
+    model_type: str = spec()  # the transformers model type (config.json's), e.g. gpt_neox, llama (negrl.families)
     init: str = spec(choices=("pretrained", "random"))
     vocab: str = spec(choices=("builtin", "tokenizer"))
     path: str | None = spec(None)
@@ -65,6 +66,8 @@ class ModelConfig:
     tokenizer: str | None = spec(None)
     architecture: dict[str, Any] = spec()  # keys checked against the model's config class (negrl.backbone)
     token_ids: dict[str, Any] | None = spec(None)
+    tied: str = spec("untie", choices=("untie", "freeze", "train"))  # a shared input/output embedding in phase 2
+    lora_targets: list[str] | None = spec(None)  # the family's projections that adapter=lora adapts
 
 
 @dataclass
@@ -73,6 +76,15 @@ class TokensConfig:
     letter_format: str = spec()
     regular_prefix: str = spec()
     reverse_prefix: str = spec()
+    bos: Any = spec("auto", choices=("auto", True, False))
+
+
+@dataclass
+class AdapterConfig:
+    name: str = spec(choices=("none", "lora"))
+    rank: int = spec(ge=1)
+    alpha: float = spec(gt=0)
+    target_modules: list[str] | None = spec(None)
 
 
 @dataclass
@@ -167,6 +179,7 @@ class Config:
     prefix: bool = spec()
     freeze: bool = spec()
     model: ModelConfig = spec()
+    adapter: AdapterConfig = spec()
     data: DataConfig = spec()
     objective: dict[str, Any] = spec()
     tokens: TokensConfig = spec()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from negrl.backbone import PythiaBackbone, fp32_inference
+from negrl.backbone import Backbone, fp32_inference
 from negrl.metrics import MeanTokenLogLikelihood, RunningMax
 
 
@@ -34,7 +34,7 @@ class Evaluator:
         return step % self.every == 0
 
     @torch.inference_mode()
-    def evaluate(self, backbone: PythiaBackbone) -> dict[str, float]:
+    def evaluate(self, backbone: Backbone) -> dict[str, float]:
         """Evaluate every set; returns `eval/<set>_ll` and its running max `eval/<set>_ll_max`."""
         device = next(backbone.parameters()).device
         tokens = torch.cat(list(self.sets.values())).to(device)

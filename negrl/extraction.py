@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from negrl import generation, membership
-from negrl.backbone import PythiaBackbone, fp32_inference
+from negrl.backbone import Backbone, fp32_inference
 from negrl.lens import letter_lens
 from negrl.protocol import MIA_MEMBERS, MIA_NONMEMBERS
 
@@ -125,7 +125,7 @@ class Extraction:
         self._letter_index = torch.full((max(letter_ids) + 1,), -1, dtype=torch.long)
         self._letter_index[self.letter_ids] = torch.arange(len(self.letter_ids))
 
-    def letter_logprobs(self, backbone: PythiaBackbone, tokens: torch.Tensor) -> torch.Tensor:
+    def letter_logprobs(self, backbone: Backbone, tokens: torch.Tensor) -> torch.Tensor:
         """[N, T-1, K] log-probs of every letter at every label position, chunked, in fp32 on the CPU."""
         device = next(backbone.parameters()).device
         with fp32_inference(backbone):
@@ -147,10 +147,10 @@ class Extraction:
 
     def __call__(
         self,
-        backbone: PythiaBackbone,
+        backbone: Backbone,
         sets: dict[str, torch.Tensor],
         candidates: torch.Tensor,
-        reference: PythiaBackbone | None = None,
+        reference: Backbone | None = None,
         phase: int = 0,
     ) -> dict[str, Any]:
         """{"candidates": C, "greedy": {set: Recovery}, "exposure": {set: mean bits}, "generation", "membership",
@@ -184,7 +184,7 @@ class Extraction:
             out["lens"] = letter_lens(backbone, sets, self.letter_ids.tolist(), labels_by_set, self.chunk)
         return out
 
-    def generation(self, backbone: PythiaBackbone, sets: dict[str, torch.Tensor], phase: int) -> dict[str, Any]:
+    def generation(self, backbone: Backbone, sets: dict[str, torch.Tensor], phase: int) -> dict[str, Any]:
         """N candidates of each decoder under the sets' prefix, and the distinct passwords of each set they hit."""
         n, length = self.settings.samples, self.length
         first = next(iter(sets.values()))

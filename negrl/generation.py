@@ -15,12 +15,12 @@ from collections.abc import Callable
 
 import torch
 
-from negrl.backbone import PythiaBackbone, fp32_inference
+from negrl.backbone import Backbone, fp32_inference
 
 NextLetter = Callable[[torch.Tensor], torch.Tensor]  # token ids [B, t] -> letter log-probs [B, K]
 
 
-def next_letter(backbone: PythiaBackbone, letter_ids: torch.Tensor, chunk: int) -> NextLetter:
+def next_letter(backbone: Backbone, letter_ids: torch.Tensor, chunk: int) -> NextLetter:
     """The model's next-letter log-probs after each sequence, renormalised over the letters (the log-softmax of
     the letters' logits at the last position only), fp32, on the CPU."""
     device = next(backbone.parameters()).device
@@ -28,7 +28,7 @@ def next_letter(backbone: PythiaBackbone, letter_ids: torch.Tensor, chunk: int) 
 
     def step(tokens: torch.Tensor) -> torch.Tensor:
         with fp32_inference(backbone):
-            parts = [backbone.model(input_ids=p.to(device), logits_to_keep=1).logits[:, -1, ids].float().cpu()
+            parts = [backbone.lm(p.to(device), logits_to_keep=1).logits[:, -1, ids].float().cpu()
                      for p in tokens.split(chunk)]  # fmt: skip
         return torch.log_softmax(torch.cat(parts).double(), dim=-1)
 

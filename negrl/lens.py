@@ -4,7 +4,7 @@ The residual stream entering layer 0 (the embeddings; index 0) and after each de
 through the model's final norm and its unembedding, as if the network stopped there. Per layer and set: the mean
 log-likelihood of the true letters, renormalised over the K letters, so chance is log(1/K) at every layer; the
 last index is the model's own output (renormalised over the letters). Captured with forward hooks on the decoder
-layers, so it holds for any decoder-only model whose final norm `PythiaBackbone.final_norm` finds.
+layers, so it holds for any decoder-only model whose final norm `Backbone.final_norm` finds.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from negrl.backbone import PythiaBackbone, fp32_inference
+from negrl.backbone import Backbone, fp32_inference
 
 
 def _hidden(value) -> torch.Tensor:
     return value[0] if isinstance(value, (tuple, list)) else value
 
 
-def residual_streams(backbone: PythiaBackbone, tokens: torch.Tensor) -> list[torch.Tensor]:
+def residual_streams(backbone: Backbone, tokens: torch.Tensor) -> list[torch.Tensor]:
     """[n_layers + 1] residual streams [B, T-1, H] over `tokens[:, :-1]`: entering layer 0, then after each layer."""
     captured: list[torch.Tensor] = []
     layers = backbone.layers
@@ -32,14 +32,14 @@ def residual_streams(backbone: PythiaBackbone, tokens: torch.Tensor) -> list[tor
     hooks = [layers[0].register_forward_pre_hook(before_first, with_kwargs=True)]
     hooks += [layer.register_forward_hook(lambda m, args, out: captured.append(_hidden(out))) for layer in layers]
     try:
-        backbone.model(input_ids=tokens[:, :-1])
+        backbone.lm(tokens[:, :-1])
     finally:
         for hook in hooks:
             hook.remove()
-    return captured
+    return [h[:, backbone.context_tokens :] for h in captured]
 
 
-def letter_lens(backbone: PythiaBackbone, sets: dict[str, torch.Tensor], letter_ids: Sequence[int],
+def letter_lens(backbone: Backbone, sets: dict[str, torch.Tensor], letter_ids: Sequence[int],
                 labels: dict[str, torch.Tensor], chunk: int = 512) -> dict[str, list[float]]:  # fmt: skip
     """Per set: the mean letter-renormalised log-likelihood of its labels [N, T-1] (letter indices) at each of the
     n_layers + 1 read-out points, in fp32 no-grad passes of `chunk` sequences."""

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from negrl.backbone import PythiaBackbone
+from negrl.backbone import Backbone
 from negrl.errors import RunFailed
 from negrl.objectives import PreferenceBatch, ntp_loss, objective_loss, preference_stats
 from negrl.reference import ReferenceLogprobs
@@ -51,7 +51,7 @@ class PhaseModule(L.LightningModule):
     phase: int = 0
     name: str = ""
 
-    def __init__(self, backbone: PythiaBackbone, *, optim: OptimSettings, total_steps: int):
+    def __init__(self, backbone: Backbone, *, optim: OptimSettings, total_steps: int):
         super().__init__()
         self.backbone = backbone
         self.optim, self.total_steps = optim, total_steps
@@ -106,7 +106,7 @@ class PhaseModule(L.LightningModule):
         return f"non-finite loss {loss.item()} in {self.name} at step {step}{where}; {hint}"
 
     @property
-    def attack_reference(self) -> PythiaBackbone | None:
+    def attack_reference(self) -> Backbone | None:
         """The phase-1 model the attacks compare this phase's model with (phases 2 and 3; None in phase 1)."""
         return None
 
@@ -129,7 +129,7 @@ class ObjectivePhase(PhaseModule):
 
     def __init__(
         self,
-        backbone: PythiaBackbone,
+        backbone: Backbone,
         reference: ReferenceLogprobs,
         *,
         objective: tuple[str, dict[str, float]],
@@ -164,7 +164,7 @@ class ObjectivePhase(PhaseModule):
         return loss, {self.objective: loss.detach(), **stats}
 
     @property
-    def attack_reference(self) -> PythiaBackbone | None:
+    def attack_reference(self) -> Backbone | None:
         """The frozen phase-1 model (the logit-difference and reference-membership attacks)."""
         return self.reference
 

@@ -35,7 +35,7 @@ def run(
     with RunDir(run_dir).claimed(writer=is_rank_zero()) as owner, quiet_lightning():
         L.seed_everything(s.seed, workers=True, verbose=False)
         # The password vocabulary, the backbone and every password of the run, from one seed.
-        backbone, vocab = load_model(s.model, s.tokens, s.seed)
+        backbone, vocab = load_model(s.model, s.tokens, s.seed, s.adapter)
         backbone.set_compute(**s.compute)
         data = PasswordData(vocab, s.sizes, s.holdout_frac, s.prefix, s.seed)
         warn_degenerate(s)  # after the last check that can refuse the run

@@ -43,7 +43,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from negrl.backbone import PythiaBackbone
+from negrl.backbone import Backbone
 from negrl.config import CONF_DIR, SEED_MAX
 from negrl.errors import NegrlError, RunFailed
 from negrl.objectives import ntp_loss
@@ -139,8 +139,8 @@ class LetterCorpus:
         return torch.from_numpy(np.concatenate([self.memorise(n // 2), self.copy(n - n // 2)]))
 
 
-def load_architecture(model: str) -> dict[str, Any]:
-    """conf/model/NAME.yaml's architecture (with its defaults); only built-in-vocabulary models."""
+def load_architecture(model: str) -> tuple[str, dict[str, Any]]:
+    """conf/model/NAME.yaml's model type and architecture (with its defaults); only built-in-vocabulary models."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
 
@@ -153,10 +153,10 @@ def load_architecture(model: str) -> dict[str, Any]:
     m = OmegaConf.to_container(cfg.model, resolve=True)
     if m.get("vocab") != "builtin":
         raise NegrlError(f"--model={model} uses a tokenizer vocabulary; pretrain only built-in ones (tiny, tiny-h*)")
-    return m["architecture"]
+    return m["model_type"], m["architecture"]
 
 
-def letter_accuracy(backbone: PythiaBackbone, tokens: torch.Tensor, positions: list[int]) -> float:
+def letter_accuracy(backbone: Backbone, tokens: torch.Tensor, positions: list[int]) -> float:
     """Greedy next-token accuracy at the given token positions (each >= 1) of every sequence."""
     with torch.inference_mode():
         predicted = backbone.next_token_logits(tokens).argmax(-1)
@@ -205,9 +205,9 @@ class LossCurve(Callback):
 
 def pretrain(model: str, steps: int, out: Path, *, pool: int, seed: int, batch: int, lr: float) -> dict[str, Any]:
     """Train, save to `out`, return the record written to out/pretraining.json."""
-    architecture = load_architecture(model)
+    model_type, architecture = load_architecture(model)
     n_letters = len(ALPHABET)
-    backbone = PythiaBackbone.random_init(architecture, seed)
+    backbone = Backbone.random_init(architecture, seed, model_type)
     corpus = LetterCorpus(n_letters, pool, seed)
     optim = OptimSettings(lr=lr, warmup_steps=min(100, steps // 10), cosine_over="decay")
     curve, started = LossCurve(steps), time.perf_counter()
@@ -248,7 +248,7 @@ def check_out(out: Path) -> None:
         raise NegrlError(f"--out={out} cannot be created: {parent} is not writable; give a directory you can write to")
 
 
-def save(backbone: PythiaBackbone, record: dict[str, Any], out: Path) -> None:
+def save(backbone: Backbone, record: dict[str, Any], out: Path) -> None:
     """Write the checkpoint and pretraining.json to the new directory `out`, whole or not at all."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from negrl.backbone import PythiaBackbone
+from negrl.backbone import Backbone
 from negrl.objectives import sequence_logprob
 
 
 class ReferenceLogprobs:
     """Sequence log-probs under the frozen reference `model`, cached (`use_cache`) or recomputed every time."""
 
-    def __init__(self, model: PythiaBackbone, n_pairs: int, n_negatives: int, use_cache: bool = True):
+    def __init__(self, model: Backbone, n_pairs: int, n_negatives: int, use_cache: bool = True):
         self.model, self.use_cache = model, use_cache
         self.cache = {
             "chosen": torch.full((n_pairs,), float("nan"), dtype=torch.float64),

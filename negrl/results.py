@@ -130,6 +130,8 @@ def verdict(results: dict[str, Any], files: list[str], wandb_dir: str | None = N
         f"delta vs {chance}: {d:+.4f}  (x{math.exp(d):.3f} per-token probability)",
         f"  random-password control max LL:              {results['control']['metric']:.4f}  delta: {c:+.4f}",
     ]
+    if "model" in results:
+        lines.append(model_line(results["model"]))
     if "final" in results:
         f = results["final"]
         lines.append(
@@ -181,3 +183,16 @@ def membership_line(m: dict[str, Any], min_k: float) -> str:
     parts = [f"{names[a]} {r['heldout']['auc']:.3f} [{r['heldout']['low']:.3f}, {r['heldout']['high']:.3f}]"
              for a, r in m.items()]  # fmt: skip
     return f"  membership (ROC AUC held-out vs random, 95% CI; chance 0.5): {'  '.join(parts)}"
+
+
+def model_line(m: dict[str, Any]) -> str:
+    """The model in the verdict: family, init, embeddings, BOS, adapter and trainable weights per phase."""
+    tied = {None: "separate embeddings", "untie": "tied embeddings untied at load", "freeze": "tied embeddings "
+            "(frozen in phase 2)", "train": "tied embeddings (trained in phase 2)"}[m["tied"]]  # fmt: skip
+    bos = f"BOS {m['bos_id']} before every sequence" if m["bos_id"] is not None else "no BOS"
+    adapter = f"LoRA rank {m['adapter']['rank']}" if m["adapter"] else "full fine-tuning"
+    t = m["trainable_parameters"]
+    return (
+        f"  model: {m['name']} ({m['model_type']}, {m['init']}), {tied}, {bos}; {adapter}: trains "
+        f"{t['1']:,} / {t['2']:,} / {t['3']:,} of {m['parameters']:,} weights in phases 1 / 2 / 3"
+    )

@@ -15,13 +15,14 @@ from typing import Any
 import lightning as L
 
 from negrl import checkpoint
-from negrl.backbone import PythiaBackbone
+from negrl.backbone import Backbone
 from negrl.callbacks import Checkpointing, Evaluation, ExtractionAttacks, MetricsLogging
 from negrl.data import PasswordData
 from negrl.distributed import is_rank_zero, sum_over_ranks
 from negrl.errors import RunFailed
 from negrl.evaluation import Evaluator
 from negrl.extraction import Extraction
+from negrl.loading import model_record
 from negrl.phases import PhaseModule
 from negrl.progress import PhaseProgressBar, progress_callbacks
 from negrl.protocol import PHASES
@@ -32,7 +33,7 @@ from negrl.rundir import RunDir
 from negrl.tracking import RunLogger, build_loggers
 from negrl.validation import Settings
 
-PhaseEndHook = Callable[[int, PythiaBackbone], None]
+PhaseEndHook = Callable[[int, Backbone], None]
 
 
 class PhaseRunner:
@@ -41,7 +42,7 @@ class PhaseRunner:
     A resumed run (`settings.resume`) starts from the directory's checkpoint: the phases it finished are
     skipped, the one it was in continues after the checkpoint's step."""
 
-    def __init__(self, s: Settings, owner: RunDir, backbone: PythiaBackbone, data: PasswordData,
+    def __init__(self, s: Settings, owner: RunDir, backbone: Backbone, data: PasswordData,
                  why: str | None = None, on_phase_end: PhaseEndHook | None = None):  # fmt: skip
         self.s, self.owner, self.backbone, self.data, self.on_phase_end = s, owner, backbone, data, on_phase_end
         self.writer = is_rank_zero()
@@ -148,6 +149,7 @@ class PhaseRunner:
         r, ref = self.record, self.reference
         results = summarize(r.summaries, r.wall, self.s.steps, self.data.vocab.n_letters, r.extraction, self.s.attacks)
         results["run"] = self.identity
+        results["model"] = model_record(self.backbone, self.s.model, self.s.adapter, self.s.freeze)
         results["reference"] = {"cache": ref.use_cache, "sequences_computed": sum_over_ranks(ref.computed)}
         wandb_dir = self.run_logger.wandb_dir
         self.run_logger.finish("success", {"metric": results["metric"], "delta": results["delta"]})

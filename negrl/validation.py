@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from negrl.adapters import target_modules
 from negrl.config import check_config
 from negrl.data import DataSizes, PasswordSplits, heldout_count
 from negrl.errors import NegrlError
@@ -42,6 +43,7 @@ class Settings:
     config: dict[str, Any]
     seed: int
     model: dict[str, Any]  # model.*, read by negrl.loading
+    adapter: dict[str, Any]  # adapter.*: none (full fine-tuning) or lora (negrl.adapters)
     tokens: dict[str, Any]
     sizes: DataSizes
     holdout_frac: float
@@ -77,7 +79,9 @@ def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
     PasswordSplits.check_counts(sizes, n_held)
     n_letters = len(c["tokens"]["letters"])
     _check_tokens(c["tokens"])
-    check_model(c["model"])
+    check_model(c["model"], c["tokens"])
+    if c["adapter"]["name"] != "none":
+        target_modules(c["adapter"], c["model"])
     _check_draw(sizes, n_letters)
     _check_trainer(c["trainer"], sizes.batch_size)
     _check_wandb(c["wandb"])
@@ -85,7 +89,7 @@ def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
     attacks = attack_settings(c["extraction"], c["seed"], n_letters, sizes.password_length)
     _check_memory(sizes, attacks.candidates if attacks else 0)
     settings = Settings(
-        config=c, seed=c["seed"], model=c["model"], tokens=c["tokens"], sizes=sizes,
+        config=c, seed=c["seed"], model=c["model"], adapter=c["adapter"], tokens=c["tokens"], sizes=sizes,
         holdout_frac=c["holdout_frac"], prefix=c["prefix"], freeze=c["freeze"], compute=c["compute"],
         optim=optim, objective=objective_settings(c), beta=c["dpo"]["beta"], weights=phase3_weights(c["joint"]),
         reference_cache=c["reference"]["cache"], eval_every=c["eval"]["every"], attacks=attacks,

@@ -15,11 +15,13 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 
 @dataclass(frozen=True)
 class PasswordVocab:
-    """Token ids of the password letters and of the two prefix tokens."""
+    """Token ids of the password letters, of the two prefix tokens, and of the BOS put before every sequence as
+    context (None: no BOS)."""
 
     letter_ids: tuple[int, ...]
     regular_id: int
     reverse_id: int
+    bos_id: int | None = None
 
     def __post_init__(self) -> None:
         if len(set(self.letter_ids)) != len(self.letter_ids):
@@ -31,6 +33,8 @@ class PasswordVocab:
             )
         if {self.regular_id, self.reverse_id} & set(self.letter_ids):
             raise NegrlError("a prefix token is also a letter token; choose prefix words that are not letters")
+        if self.bos_id is not None and self.bos_id in {self.regular_id, self.reverse_id, *self.letter_ids}:
+            raise NegrlError(f"the BOS token id {self.bos_id} is also a letter or prefix token; set tokens.bos=false")
 
     @property
     def n_letters(self) -> int:

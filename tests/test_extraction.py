@@ -12,7 +12,7 @@ from conftest import make_cfg, make_cfg_dict
 from scipy.stats import mannwhitneyu
 
 from negrl import generation, membership
-from negrl.backbone import PythiaBackbone
+from negrl.backbone import Backbone
 from negrl.data import PasswordData, PasswordSplits
 from negrl.extraction import AttackSettings, Extraction, exposure, recovery, strength
 from negrl.lens import letter_lens
@@ -49,11 +49,11 @@ class HandMadeLM(torch.nn.Module):
         return SimpleNamespace(logits=(logits + self.anchor)[:, -logits_to_keep:])
 
     def set_attn_implementation(self, attention: str) -> None:
-        """No attention to choose (PythiaBackbone sets one on every model)."""
+        """No attention to choose (Backbone sets one on every model)."""
 
 
-def hand_made(passwords=None, boost=0.0) -> PythiaBackbone:
-    return PythiaBackbone(HandMadeLM(passwords, boost))
+def hand_made(passwords=None, boost=0.0) -> Backbone:
+    return Backbone(HandMadeLM(passwords, boost))
 
 
 #: The attacks' settings of the hand-made tests (hand-made models have no layers: no logit lens).
@@ -64,8 +64,8 @@ def attacks(chunk: int = 512, lens: bool = False, **settings) -> Extraction:
     return Extraction(VOCAB.letter_ids, 16, replace(SETTINGS, **settings), chunk=chunk, lens=lens)
 
 
-def tiny_model(layers: int = 2, seed: int = 0) -> PythiaBackbone:
-    return PythiaBackbone.random_init(
+def tiny_model(layers: int = 2, seed: int = 0) -> Backbone:
+    return Backbone.random_init(
         dict(vocab_size=28, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
              max_position_embeddings=32, rotary_pct=0.25),
         seed=seed,

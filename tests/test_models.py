@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_cfg_dict
 
-from negrl.backbone import PythiaBackbone
+from negrl.backbone import Backbone
 from negrl.errors import NegrlError
 from negrl.loading import load_model, load_tokenizer_encode
 from negrl.vocab import ALPHABET, PasswordVocab
@@ -41,7 +41,7 @@ def test_random_pythia_checkpoint_loads_back_through_model_path(tmp_path, tokeni
     """A pythia-shaped (full 50304 vocabulary, small width) random model saved with the real tokenizer."""
     arch = dict(make_cfg_dict("model=pythia-70m")["model"]["architecture"], hidden_size=32, num_hidden_layers=2,
                 num_attention_heads=2, intermediate_size=64)  # fmt: skip
-    saved = PythiaBackbone.random_init(arch, seed=0)
+    saved = Backbone.random_init(arch, seed=0)
     saved.model.save_pretrained(tmp_path)
     shutil.copy(tokenizer_json, tmp_path / "tokenizer.json")
     shape = [f"model.architecture.{k}={arch[k]}" for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")]
@@ -121,5 +121,5 @@ def test_bad_model_path_is_a_one_line_error(tmp_path):
         load_model(c["model"], c["tokens"], seed=0)
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     c = make_cfg_dict("model=pythia-70m", f"model.path={tmp_path}")
-    with pytest.raises(NegrlError, match="'llama' model, not GPT-NeoX"):
+    with pytest.raises(NegrlError, match="holds a 'llama' model, but model=pythia-70m is 'gpt_neox'"):
         load_model(c["model"], c["tokens"], seed=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from negrl.backbone import PythiaBackbone
+from negrl.backbone import Backbone
 from negrl.phases import NTPPhase, OptimSettings
 
 TINY = {"vocab_size": 28, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
@@ -27,7 +27,7 @@ def test_auto_fuses_adamw_on_cuda_and_false_turns_it_off():
 
 
 def test_gradient_clipping_caps_the_global_norm_of_trainable_parameters():
-    backbone = PythiaBackbone.random_init(TINY, seed=0)
+    backbone = Backbone.random_init(TINY, seed=0)
     module = NTPPhase(backbone, optim=OptimSettings(), total_steps=10)
     for p in backbone.parameters():
         p.grad = torch.full_like(p, 3.0)

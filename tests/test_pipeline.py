@@ -126,10 +126,10 @@ def test_bf16_mixed_runs_on_cpu_and_evaluates_in_fp32(tmp_path):
     # The logged phase-3 evaluation equals an fp32 evaluation of the final weights.
     from omegaconf import OmegaConf
 
-    from negrl.backbone import PythiaBackbone
+    from negrl.backbone import Backbone
 
     c = OmegaConf.to_container(cfg, resolve=True)
-    model = PythiaBackbone.random_init(c["model"]["architecture"], seed=0)
+    model = Backbone.random_init(c["model"]["architecture"], seed=0)
     model.load_state_dict({k: v.float() for k, v in final[3].items()})
     data = PasswordData(PasswordVocab.builtin(), DataSizes(**c["data"]), 0.05, True, 0)
     with torch.no_grad():

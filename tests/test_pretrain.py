@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import make_cfg_dict
 
-from negrl.backbone import PythiaBackbone
+from negrl.backbone import Backbone
 from negrl.errors import NegrlError, RunFailed
 from negrl.loading import load_model
 from negrl.pretrain import BLOCK, SEED_MAX, LetterCorpus, load_architecture, main, save
@@ -131,7 +131,7 @@ def test_a_failed_save_leaves_what_was_there_and_no_partial_checkpoint(tmp_path)
     out = tmp_path / "pre"
     out.mkdir()  # appeared while training
     (out / "mine.txt").write_text("keep")
-    backbone = PythiaBackbone.random_init(load_architecture("tiny"), 0)
+    backbone = Backbone.random_init(load_architecture("tiny")[1], 0)
     with pytest.raises(RunFailed, match="cannot write --out=.*: it appeared during training"):
         save(backbone, {"steps": 1}, out)
     assert [p.name for p in tmp_path.iterdir()] == ["pre"] and [p.name for p in out.iterdir()] == ["mine.txt"]
@@ -153,6 +153,6 @@ def test_console_script_lr_inf_is_one_line_exit_2_and_writes_nothing(tmp_path):
 
 
 def test_architecture_comes_from_the_model_config():
-    assert load_architecture("tiny-h128")["hidden_size"] == 128
+    assert load_architecture("tiny-h128")[1]["hidden_size"] == 128
     with pytest.raises(NegrlError):
         load_architecture("pythia-160m")

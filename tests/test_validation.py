@@ -92,19 +92,22 @@ def test_bad_config_is_a_one_line_error_before_any_work(overrides, message, tmp_
     assert not run_dir.exists()
 
 
-def test_model_path_that_is_not_gpt_neox(tmp_path):
+def test_model_path_of_another_family_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
-    with pytest.raises(NegrlError, match="holds a 'llama' model, not GPT-NeoX"):
+    with pytest.raises(
+        NegrlError,
+        match="holds a 'llama' model, but model=pythia-70m is 'gpt_neox'; choose the model= of the checkpoint's family",
+    ):
         run(make_cfg("model=pythia-70m", f"model.path={tmp_path}"), tmp_path / "run")
 
 
 def test_a_checkpoint_of_another_architecture_than_model_is_refused(tmp_path):
     """`model=tiny model.path=DIR` with a 128-wide checkpoint: refused, naming both (it would train the
     128-wide model while config.yaml records tiny's 64)."""
-    from negrl.backbone import PythiaBackbone
+    from negrl.backbone import Backbone
 
     wide = make_cfg("model=tiny-h128").model.architecture
-    PythiaBackbone.random_init(dict(wide), seed=0).model.save_pretrained(tmp_path / "h128")
+    Backbone.random_init(dict(wide), seed=0).model.save_pretrained(tmp_path / "h128")
     with pytest.raises(NegrlError, match=r"does not match model=tiny \(hidden_size 128 vs 64, intermediate_size"):
         run(make_cfg("model.init=pretrained", f"model.path={tmp_path / 'h128'}"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -112,10 +115,10 @@ def test_a_checkpoint_of_another_architecture_than_model_is_refused(tmp_path):
 
 @pytest.mark.parametrize("corrupt", ["config", "weights", "nan"])
 def test_a_broken_checkpoint_is_refused_in_one_line(tmp_path, corrupt):
-    from negrl.backbone import PythiaBackbone
+    from negrl.backbone import Backbone
 
     ckpt = tmp_path / "ckpt"
-    backbone = PythiaBackbone.random_init(dict(make_cfg().model.architecture), seed=0)
+    backbone = Backbone.random_init(dict(make_cfg().model.architecture), seed=0)
     if corrupt == "nan":
         backbone.model.get_input_embeddings().weight.data[0, 0] = float("nan")
     backbone.model.save_pretrained(ckpt)
@@ -164,7 +167,9 @@ def test_degenerate_but_legal_settings_warn_in_one_line(capsys):
 
 
 def test_unknown_model_name_lists_the_choices():
-    with pytest.raises(NegrlError, match="model=pythia-9b is unknown; choose one of: pythia-160m, pythia-1b"):
+    with pytest.raises(
+        NegrlError, match="model=pythia-9b is unknown; choose one of: gemma-3-270m, gpt2, .*, pythia-160m, pythia-1b"
+    ):
         check_group_choices(["seed=1", "model=pythia-9b"])
     with pytest.raises(NegrlError, match="data=huge is unknown; choose one of: paper, small"):
         check_group_choices(["data=huge"])
