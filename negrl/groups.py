@@ -24,7 +24,7 @@ from negrl.runs import CHOICE_GROUPS, Run, start_time
 #: Config keys (dotted; a key covers its sub-keys) that do not define an experiment.
 IGNORED_KEYS = ("seed", "resume", "checkpoint", "trainer.enable_progress_bar", "wandb", "hydra")
 #: Knobs shown first in group labels, in this order; other varying keys follow alphabetically.
-KNOB_ORDER = ("model", "data", "objective", "holdout_frac", "prefix", "freeze")
+KNOB_ORDER = ("model", "adapter", "data", "objective", "holdout_frac", "prefix", "freeze")
 #: Extraction figures of a run, by column name: where each sits in results.json's `extraction` (the final model's
 #: attacks; logit_diff is phase 2's). Runs made before a figure existed (e.g. with greedy's old `exact`) lack it.
 EXTRACTION_VALUES = {

@@ -26,7 +26,7 @@ CONFIG, RESULTS, METRICS = "config.yaml", "results.json", "metrics.csv"
 #: Directories never searched for runs (besides hidden ones such as `.hydra`).
 SKIPPED_DIRS = {"checkpoints", "wandb", "__pycache__"}
 #: Config groups whose many sub-keys collapse into one knob named by the group's choice.
-CHOICE_GROUPS = ("model", "data", "objective")
+CHOICE_GROUPS = ("model", "adapter", "data", "objective")
 
 
 class ReportError(Exception):
@@ -273,9 +273,9 @@ def hydra_choices(path: Path) -> dict[str, str]:
 
 
 def config_choices(config: Mapping[str, Any] | None) -> dict[str, str]:
-    """`model` and `objective` named by their configs' own `name` key."""
+    """`model`, `adapter` and `objective` named by their configs' own `name` key."""
     choices = {}
-    for group in ("model", "objective"):
+    for group in ("model", "adapter", "objective"):
         value = (config or {}).get(group)
         if isinstance(value, dict) and value.get("name"):
             choices[group] = str(value["name"])

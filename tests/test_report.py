@@ -299,6 +299,25 @@ def test_objectives_are_compared_with_their_extraction_figures(tmp_path: Path, c
     assert "objective=ipo" in capsys.readouterr().out
 
 
+def test_families_and_adapters_are_grouped_and_compared(tmp_path: Path):
+    """experiment=families-cpu x lora: one group per (family, adapter), labelled by both, in the comparison table."""
+    for model in ("tiny", "pythia-70m"):
+        for adapter in ({"name": "none"}, {"name": "lora", "rank": 8, "alpha": 16.0, "target_modules": None}):
+            for seed in (0, 1):
+                metric = CHANCE_26 + 0.01 * (seed + 1) + (0.02 if adapter["name"] == "lora" else 0)
+                make_run(tmp_path, f"{model}-{adapter['name']}/s{seed}", seed, metric=metric, model=model,
+                         adapter=adapter)  # fmt: skip
+    groups = group_runs(load_runs(tmp_path))
+    assert [g.label for g in groups] == [
+        "model=tiny adapter=lora", "model=tiny adapter=none", "model=pythia-70m adapter=lora",
+        "model=pythia-70m adapter=none",
+    ]  # fmt: skip
+    assert [g.stats.n for g in groups] == [2, 2, 2, 2]
+    assert main([str(tmp_path)]) == 0
+    rows = {r["group"]: r for r in csv.DictReader(open(tmp_path / "report.csv"))}
+    assert rows["model=tiny adapter=lora"]["adapter"] == "lora" and rows["model=tiny adapter=none"]["model"] == "tiny"
+
+
 def test_many_differing_knobs_give_short_distinct_figure_names(tmp_path: Path):
     """Groups that differ in many keys: each fig_curves_<group>.png name stays short enough for the file system."""
     for i in range(3):

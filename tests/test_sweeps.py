@@ -60,9 +60,9 @@ def test_a_range_in_a_single_run_is_a_clear_error():
 PRESETS = {
     "paper-main": 8, "paper-holdout": 45, "paper-models": 20, "paper-ablations": 15,
     "paper-main-cpu": 8, "paper-holdout-cpu": 45, "paper-models-cpu": 15, "paper-ablations-cpu": 15,
-    "objectives": 56, "objectives-cpu": 56,
+    "objectives": 56, "objectives-cpu": 56, "families": 30, "families-cpu": 30, "lora": 16, "lora-cpu": 16,
 }  # fmt: skip
-ON_PYTHIA_160M = ("paper-main", "paper-holdout", "paper-ablations", "paper-models", "objectives")
+ON_PYTHIA_160M = ("paper-main", "paper-holdout", "paper-ablations", "paper-models", "objectives", "families", "lora")
 
 
 @pytest.mark.parametrize("preset,n", PRESETS.items())
@@ -84,6 +84,28 @@ def test_each_preset_is_a_complete_sweep_of_valid_configs(preset, n):
     assert ("pythia-160m" in models) == (preset in ON_PYTHIA_160M)
     if preset.endswith("-cpu"):
         assert all(m.startswith("tiny") for m in models)
+
+
+@pytest.mark.parametrize("preset", ["families", "families-cpu"])
+def test_families_preset_runs_one_model_of_each_family_with_paper_defaults(preset):
+    from omegaconf import OmegaConf
+
+    families = {}
+    for job in jobs([f"experiment={preset}"]):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            c = OmegaConf.to_container(compose(config_name="config", overrides=[f"experiment={preset}", *job]))
+        families.setdefault(c["model"]["model_type"], set()).add(c["model"]["name"])
+        assert c["adapter"]["name"] == "none" and c["data"]["n_negatives"] == 2560  # the paper's scale
+    assert set(families) == {"gpt_neox", "gpt2", "llama", "qwen2", "olmo2"} and len(families["llama"]) == 2
+
+
+@pytest.mark.parametrize("preset", ["lora", "lora-cpu"])
+def test_lora_preset_pairs_adapters_with_full_fine_tuning_per_seed(preset):
+    runs = jobs([f"experiment={preset}"])
+    pairs = {tuple(sorted(a for a in job if not a.startswith("adapter="))) for job in runs}
+    assert len(pairs) == 8 and sorted(a for job in runs for a in job if a.startswith("adapter=")) == (
+        ["adapter=lora"] * 8 + ["adapter=none"] * 8
+    )
 
 
 def test_ablation_preset_runs_the_baseline_and_each_ablation():
