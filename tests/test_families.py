@@ -5,6 +5,7 @@ model.path, and adapters that leave every base weight bit-identical."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -197,3 +198,63 @@ def test_an_adapter_target_the_model_lacks_is_refused_in_one_line(tmp_path):
     with pytest.raises(NegrlError, match=r"adapter target 'q_proj' is not a module of model=tiny") as err:
         run(make_cfg("adapter=lora", "adapter.target_modules=[q_proj]"), tmp_path / "run")
     assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+
+
+def test_lora_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, monkeypatch):
+    from test_resume import Killed, kill_at
+
+    from negrl.phases import ObjectivePhase
+
+    args = (*FEW, "adapter=lora", "checkpoint.every=3")
+    want = run(make_cfg(*args), tmp_path / "full")
+    with monkeypatch.context() as m:
+        kill_at(m, ObjectivePhase, 7)
+        with pytest.raises(Killed):
+            run(make_cfg(*args), tmp_path / "killed")
+    got = run(make_cfg(*args, f"resume={tmp_path / 'killed'}"), tmp_path / "unused")
+    assert got["metric"] == pytest.approx(want["metric"], abs=1e-6)
+    for p in ("1", "2", "3"):
+        for name, v in want["phases"][p]["eval"].items():
+            assert got["phases"][p]["eval"][name] == pytest.approx(v, abs=1e-6)
+    assert got["model"]["trainable_parameters"] == want["model"]["trainable_parameters"]
+
+
+def test_lora_under_bf16_mixed_keeps_the_base_weights(tmp_path):
+    results, states, _ = run_phases(tmp_path, "model=tiny-llama-3.2", "adapter=lora", "trainer.precision=bf16-mixed")
+    base = {k for k in states[1] if "lora_" not in k}
+    assert not moved(states[1], states[3]) & base and math.isfinite(results["metric"])
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "complete"
+
+
+def readme_family_table() -> dict[str, list[str]]:
+    from conftest import ROOT
+
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 9 and cells[2] and "/" in cells[7]:
+            rows[cells[0].strip("`")] = cells
+    return rows
+
+
+@pytest.mark.parametrize("model", ["pythia-160m", "gpt2", "smollm2-135m", "qwen2.5-0.5b", "llama-3.2-1b", "olmo-2-1b"])
+def test_the_readme_family_table_is_what_each_full_size_model_trains(model):
+    """Built on the meta device (no memory, no weights): the hub id, family, embeddings, BOS and the trainable
+    weights of phases 1 and 2 with and without LoRA are the README's."""
+    from negrl.loading import model_record
+
+    row = readme_family_table()[model]
+    counts, records = [], []
+    for adapter in ("none", "lora"):
+        c = make_cfg_dict(f"model={model}", "model.init=random", f"adapter={adapter}")
+        with torch.device("meta"):
+            backbone, _ = load_model(c["model"], c["tokens"], 0, c["adapter"])
+        record = model_record(backbone, c["model"], c["adapter"], freeze=True)
+        t = record["trainable_parameters"]
+        records.append(record)
+        counts.append(f"{t['1']:,} / {t['2']:,}")
+    assert row[1:5] == [
+        c["model"]["hub_id"], c["model"]["model_type"], "tied" if record["tied_embeddings"] else "separate",
+        "no" if record["bos_id"] is None else str(record["bos_id"]),
+    ]  # fmt: skip
+    assert (row[6], row[7], row[8]) == (f"{records[0]['parameters']:,}", *counts)  # weights: without adapters
