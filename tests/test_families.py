@@ -258,3 +258,20 @@ def test_the_readme_family_table_is_what_each_full_size_model_trains(model):
         "no" if record["bos_id"] is None else str(record["bos_id"]),
     ]  # fmt: skip
     assert (row[6], row[7], row[8]) == (f"{records[0]['parameters']:,}", *counts)  # weights: without adapters
+
+
+def test_lora_under_ddp_with_two_processes_gives_the_single_process_result(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import FAST, ROOT
+
+    args = (*FEW, "adapter=lora", "model=tiny-llama-3.2", "checkpoint.every=0")
+    single = run(make_cfg(*args), tmp_path / "one")
+    cmd = [sys.executable, "train.py", *FAST, *args, "trainer.devices=2", f"hydra.run.dir={tmp_path}/two"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr + proc.stdout
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["status"] == "complete" and abs(two["metric"] - single["metric"]) < 1e-6
+    assert two["model"]["trainable_parameters"] == single["model"]["trainable_parameters"]
