@@ -32,6 +32,7 @@ TWINS = {
     "tiny-qwen2.5": ("model.model.layers", "model.lm_head.weight"),
     "tiny-llama-3.2": ("model.model.layers", "model.lm_head.weight"),
     "tiny-olmo-2": ("model.model.layers", "model.lm_head.weight"),
+    "tiny-gemma-3": ("model.model.layers", "model.lm_head.weight"),
 }
 #: A few steps per phase: 4 + 9 + 9 steps, small evaluation and attacks.
 FEW = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64", "data.eval_size=8",
@@ -127,7 +128,7 @@ def test_each_family_freezes_exactly_its_second_half_and_unembedding(model, tmp_
     frozen = sum(counts[k] for k in second_half | {unembedding})
     assert saved["model"]["trainable_parameters"] == {"1": sum(counts.values()), "2": sum(counts.values()) - frozen,
                                                       "3": sum(counts.values())}  # fmt: skip
-    assert saved["model"]["tied_embeddings"] == (backbone.model.config.model_type in ("gpt2", "llama", "qwen2"))
+    assert saved["model"]["tied_embeddings"] == (backbone.model.config.model_type in ("gpt2", "llama", "qwen2", "gemma3_text"))
 
 
 @pytest.mark.parametrize("tied", ["untie", "freeze", "train"])
