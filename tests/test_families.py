@@ -128,7 +128,9 @@ def test_each_family_freezes_exactly_its_second_half_and_unembedding(model, tmp_
     frozen = sum(counts[k] for k in second_half | {unembedding})
     assert saved["model"]["trainable_parameters"] == {"1": sum(counts.values()), "2": sum(counts.values()) - frozen,
                                                       "3": sum(counts.values())}  # fmt: skip
-    assert saved["model"]["tied_embeddings"] == (backbone.model.config.model_type in ("gpt2", "llama", "qwen2", "gemma3_text"))
+    assert saved["model"]["tied_embeddings"] == (
+        backbone.model.config.model_type in ("gpt2", "llama", "qwen2", "gemma3_text")
+    )
 
 
 @pytest.mark.parametrize("tied", ["untie", "freeze", "train"])
