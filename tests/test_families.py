@@ -172,7 +172,7 @@ def test_a_saved_checkpoint_loads_back_through_model_path(model, tmp_path):
         load_model(c["model"], c["tokens"], seed=0)
 
 
-@pytest.mark.parametrize("model", ["tiny", "tiny-gpt2", "tiny-llama-3.2"])
+@pytest.mark.parametrize("model", sorted(TWINS))
 def test_lora_leaves_base_weights_and_frozen_adapters_bit_identical(model, tmp_path):
     results, states, backbone = run_phases(tmp_path, f"model={model}", "adapter=lora")
     names = set(states[1])
