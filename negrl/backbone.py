@@ -14,7 +14,6 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from negrl.errors import NegrlError
 from negrl.families import (
     build_config,
-    check_checkpoint_dir,
     check_finite_weights,
     decoder_layers,
     hub_reachable,
@@ -26,9 +25,6 @@ from negrl.label_logprobs import label_logprobs, logsumexp_rows
 ATTENTIONS = ("eager", "sdpa")  # Hugging Face attn_implementation values negrl accepts
 #: Names of the final norm in Hugging Face decoders (GPT-NeoX; Llama, Qwen, OLMo, SmolLM, Gemma; GPT-2).
 FINAL_NORMS = ("final_layer_norm", "norm", "ln_f")
-#: What phase 2 does with an unembedding that is the input embedding (`model.tied`; negrl.loading unties first
-#: for "untie").
-TIED_CHOICES = ("untie", "freeze", "train")
 
 
 class Backbone(nn.Module):
@@ -64,21 +60,26 @@ class Backbone(nn.Module):
         return cls(model.float())
 
     @classmethod
-    def from_checkpoint(cls, path: str, model_type: str = "gpt_neox", architecture: dict | None = None,
-                        model_name: str = "?") -> Backbone:  # fmt: skip
-        """Load a saved checkpoint directory (`save_pretrained` layout) of the family `model_type`."""
-        check_checkpoint_dir(path, model_type, architecture or {}, model_name)
+    def from_checkpoint(cls, path: str) -> Backbone:
+        """Load a saved checkpoint directory (`save_pretrained` layout; negrl.loading.check_model checks it first)."""
         config = without_dropout(AutoConfig.from_pretrained(path))
         model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32)
         check_finite_weights(model, f"model.path={path}")
         return cls(model)
 
     @classmethod
-    def from_hub(cls, hub_id: str, revision: str | None = None) -> Backbone:
-        """Load pretrained weights from the Hugging Face hub or its local cache."""
+    def from_hub(cls, hub_id: str, revision: str | None = None, model_type: str = "gpt_neox",
+                 model_name: str = "?") -> Backbone:  # fmt: skip
+        """Load pretrained weights of the family `model_type` from the Hugging Face hub or its local cache (the
+        family is checked on the config, before any weights are read)."""
         local = not hub_reachable()
         try:
             config = without_dropout(AutoConfig.from_pretrained(hub_id, revision=revision, local_files_only=local))
+            if config.model_type != model_type:
+                raise NegrlError(
+                    f"{hub_id} is a {config.model_type!r} model, but model={model_name} is {model_type!r}; "
+                    "fix model.hub_id or model.model_type"
+                )
             model = AutoModelForCausalLM.from_pretrained(
                 hub_id, config=config, revision=revision, dtype=torch.float32, local_files_only=local
             )

@@ -54,11 +54,6 @@ def load_tokenizer(source: str) -> TextTokenizer:
     )
 
 
-def load_tokenizer_encode(source: str) -> Encode:
-    """`encode(text) -> ids` (no special tokens) of a tokenizer.json file, a directory or a hub id."""
-    return load_tokenizer(source).encode
-
-
 #: The `tokens.*` that `model.token_ids` (conf/model/*.yaml) were recorded for.
 RECORDED_FOR = {"letters": ALPHABET, "letter_format": " {}", "regular_prefix": " regular", "reverse_prefix": " reverse"}
 
@@ -105,16 +100,11 @@ def load_model(
     model_type, name = model_cfg["model_type"], model_cfg.get("name", "?")
     builtin = model_cfg.get("vocab", "tokenizer") == "builtin"
     if path:
-        backbone = Backbone.from_checkpoint(path, model_type, dict(model_cfg["architecture"]), name)
+        backbone = Backbone.from_checkpoint(path)
     elif init == "random":
         backbone = Backbone.random_init(dict(model_cfg["architecture"]), seed, model_type)
     else:
-        backbone = Backbone.from_hub(hub_id, model_cfg.get("revision"))
-        if backbone.model.config.model_type != model_type:
-            raise NegrlError(
-                f"{hub_id} is a {backbone.model.config.model_type!r} model, but model={name} is {model_type!r}; "
-                "fix model.hub_id or model.model_type"
-            )
+        backbone = Backbone.from_hub(hub_id, model_cfg.get("revision"), model_type, name)
 
     if builtin:
         vocab = PasswordVocab.builtin(len(tokens_cfg["letters"]))
@@ -190,7 +180,7 @@ def model_record(backbone: Backbone, model_cfg: dict[str, Any], adapter_cfg: dic
         "tied_embeddings": bool(backbone.shared_at_load),
         "tied": model_cfg.get("tied", "untie") if backbone.shared_at_load else None,
         "bos_id": backbone.bos_id,
-        "adapter": {k: v for k, v in adapter_cfg.items()} if adapter != "none" else None,
-        "parameters": sum(p.numel() for p in {id(p): p for p in backbone.model.parameters()}.values()),
+        "adapter": dict(adapter_cfg) if adapter != "none" else None,
+        "parameters": sum(p.numel() for p in backbone.model.parameters()),  # a shared matrix once
         "trainable_parameters": {**trains, "3": trains["1"]},
     }

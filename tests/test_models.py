@@ -8,7 +8,7 @@ from conftest import make_cfg_dict
 
 from negrl.backbone import Backbone
 from negrl.errors import NegrlError
-from negrl.loading import load_model, load_tokenizer_encode
+from negrl.loading import load_model, load_tokenizer
 from negrl.vocab import ALPHABET, PasswordVocab
 
 SPEC_LETTER_IDS = {
@@ -19,7 +19,7 @@ SPEC_LETTER_IDS = {
 
 
 def test_gpt_neox_tokenizer_gives_specs_ids(tokenizer_json):
-    encode = load_tokenizer_encode(str(tokenizer_json))
+    encode = load_tokenizer(str(tokenizer_json)).encode
     vocab = PasswordVocab.from_tokenizer(encode, ALPHABET, " {}", " regular", " reverse")
     assert dict(zip(ALPHABET, vocab.letter_ids)) == SPEC_LETTER_IDS
     assert (vocab.regular_id, vocab.reverse_id) == (3963, 8107)
@@ -32,7 +32,7 @@ def test_recorded_pythia_ids_equal_the_tokenizers(tokenizer_json):
 
 
 def test_multi_token_prefix_is_an_error(tokenizer_json):
-    encode = load_tokenizer_encode(str(tokenizer_json))
+    encode = load_tokenizer(str(tokenizer_json)).encode
     with pytest.raises(NegrlError, match="'regularly backwards' is .* tokens .* change tokens.regular_prefix"):
         PasswordVocab.from_tokenizer(encode, ALPHABET, " {}", "regularly backwards", " reverse")
 
