@@ -187,6 +187,10 @@ class Backbone(nn.Module):
         logits = logits.float()
         return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`token_logprobs`, as the module's call (what `torch.func.functional_call` runs over stacked weights)."""
+        return self.token_logprobs(tokens)
+
     def candidate_logprobs(self, tokens: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary log-prob of each candidate token (e.g. the 26 letters) at every label
         position: tokens [B, T], candidate_ids [K] -> [B, T-1, K], in fp32."""

@@ -35,7 +35,7 @@ class Evaluation(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.evaluator.due(pl_module.step_of(batch_idx)):
-            metrics = self.evaluator.evaluate(pl_module.backbone)
+            metrics = pl_module.evaluate(self.evaluator)
             pl_module.metrics_row.update(metrics)
             pl_module.log("heldout_ll", metrics["eval/heldout_ll"], prog_bar=True, logger=False)
 

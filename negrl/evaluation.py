@@ -33,13 +33,22 @@ class Evaluator:
         """Whether to evaluate right after the update of 0-based step `step`."""
         return step % self.every == 0
 
+    @property
+    def tokens(self) -> torch.Tensor:
+        """Every set's sequences, in one tensor [N, T] (the sets in order)."""
+        return torch.cat(list(self.sets.values()))
+
     @torch.inference_mode()
     def evaluate(self, backbone: Backbone) -> dict[str, float]:
         """Evaluate every set; returns `eval/<set>_ll` and its running max `eval/<set>_ll_max`."""
         device = next(backbone.parameters()).device
-        tokens = torch.cat(list(self.sets.values())).to(device)
         with fp32_inference(backbone):
-            logprobs = backbone.token_logprobs(tokens)
+            logprobs = backbone.token_logprobs(self.tokens.to(device))
+        return self.record(logprobs)
+
+    def record(self, logprobs: torch.Tensor) -> dict[str, float]:
+        """Take the per-token log-probs [N, T-1] of `tokens` (computed elsewhere, e.g. for stacked seeds at once):
+        returns `eval/<set>_ll` and `eval/<set>_ll_max`."""
         out = {}
         for name, lp in zip(self.sets, logprobs.split([len(t) for t in self.sets.values()])):
             metric = self.ll[name]

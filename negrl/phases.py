@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from negrl.backbone import Backbone
 from negrl.errors import RunFailed
+from negrl.evaluation import Evaluator
 from negrl.objectives import PreferenceBatch, ntp_loss, objective_loss, preference_stats
 from negrl.reference import ReferenceLogprobs
 from negrl.schedule import warmup_cosine
@@ -58,9 +59,16 @@ class PhaseModule(L.LightningModule):
         self.start_step = 0  # > 0: a resumed run continues the phase after a checkpoint's step
         self.metrics_row: dict[str, torch.Tensor | float] = {}
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The phase's loss on a batch and the parts worth logging."""
+    def compute_loss(
+        self, batch: dict[str, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The phase's loss on a batch and the parts worth logging. `reference`: the batch's reference log-probs
+        (chosen, rejected) where the caller has them (stacked seeds, negrl.stacked); else the phase looks them up."""
         raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """`compute_loss`, as the module's call (what `torch.func.functional_call` runs over stacked weights)."""
+        return self.compute_loss(batch, reference)
 
     def apply_trainable(self) -> None:
         """Set which backbone parameters this phase trains (all, unless the phase says otherwise)."""
@@ -74,7 +82,11 @@ class PhaseModule(L.LightningModule):
         return self.start_step + batch_idx
 
     def configure_optimizers(self):
-        opt = self.optim.adamw(self.backbone.trainable_parameters())
+        return self.optimizer_and_schedule(self.backbone.trainable_parameters())
+
+    def optimizer_and_schedule(self, params: list[torch.nn.Parameter]) -> dict:
+        """A fresh AdamW over `params` under the phase's warm-up/cosine schedule, stepped every step."""
+        opt = self.optim.adamw(params)
         factor = warmup_cosine(self.optim.warmup_steps, self.total_steps, self.optim.cosine_over)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, factor), "interval": "step"}}
 
@@ -87,23 +99,30 @@ class PhaseModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts = self.compute_loss(batch)
         if not torch.isfinite(loss):
-            raise RunFailed(self.non_finite_message(loss, parts, self.step_of(batch_idx)))
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        row = {"train/loss": loss.detach(), **{f"train/{k}": v for k, v in parts.items()}}
+            raise RunFailed(self.non_finite_message(loss, parts, self.step_of(batch_idx), str(self.trainer.precision)))
+        row = self.step_row(loss, parts, self.trainer.optimizers[0].param_groups[0]["lr"])
         # Under DDP each process saw 1/N of the batch: log the mean over processes (= the global batch's).
-        row = {k: self.trainer.strategy.reduce(v, reduce_op="mean") for k, v in row.items()}
-        self.metrics_row = {**row, "lr": torch.tensor(lr)}
+        self.metrics_row = {k: self.trainer.strategy.reduce(v, reduce_op="mean") for k, v in row.items()}
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 
-    def non_finite_message(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], step: int) -> str:
+    @staticmethod
+    def step_row(loss: torch.Tensor, parts: dict[str, torch.Tensor], lr: float) -> dict[str, torch.Tensor]:
+        """The step's metrics row before the callbacks add theirs: the loss, its parts, the learning rate."""
+        return {"train/loss": loss.detach(), **{f"train/{k}": v for k, v in parts.items()}, "lr": torch.tensor(lr)}
+
+    def non_finite_message(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], step: int, precision: str) -> str:
         """Which part of the loss went non-finite, and a remedy that fits this run's precision."""
         bad = [f"{k}={v.item():g}" for k, v in parts.items() if v.numel() == 1 and not torch.isfinite(v)]
         where = f" ({', '.join(bad)})" if bad else ""
         hint = f"lower optim.lr (now {self.optim.lr:g})"
-        if str(self.trainer.precision) != "32-true":
+        if precision != "32-true":
             hint += " or try trainer.precision=32-true"
         return f"non-finite loss {loss.item()} in {self.name} at step {step}{where}; {hint}"
+
+    def evaluate(self, evaluator: Evaluator) -> dict[str, float]:
+        """The evaluation sets' log-likelihoods under the current weights (the Evaluation callback's call)."""
+        return evaluator.evaluate(self.backbone)
 
     @property
     def attack_reference(self) -> Backbone | None:
@@ -116,7 +135,7 @@ class NTPPhase(PhaseModule):
 
     phase, name = 1, "phase 1: NTP"
 
-    def compute_loss(self, batch):
+    def compute_loss(self, batch, reference=None):
         loss = ntp_loss(self.backbone.token_logprobs(batch["random"]))
         return loss, {"ntp_random": loss.detach()}
 
@@ -149,18 +168,19 @@ class ObjectivePhase(PhaseModule):
     def apply_trainable(self) -> None:
         self.backbone.set_trainable(True, freeze_second_half=self.freeze)
 
-    def _forward(self, batch: dict[str, torch.Tensor], extra: tuple[str, ...] = ()):
+    def _forward(self, batch: dict[str, torch.Tensor], reference=None, extra: tuple[str, ...] = ()):
         """One forward pass over chosen, rejected and `extra` sequences; the objective's loss, reward
-        stats, and the extra sequences' per-token log-probs."""
+        stats, and the extra sequences' per-token log-probs. `reference`: as in `compute_loss`."""
         chosen, rejected = batch["chosen"], batch["rejected"]
         parts = [chosen, rejected, *(batch[k] for k in extra)]
         logprobs = self.backbone.token_logprobs(torch.cat(parts)).split([len(p) for p in parts])
-        pref = PreferenceBatch(logprobs[0], logprobs[1], *self.reference_logprobs(batch))
+        reference = self.reference_logprobs(batch) if reference is None else reference
+        pref = PreferenceBatch(logprobs[0], logprobs[1], *reference)
         loss = objective_loss(self.objective, pref, self.objective_params)
         return loss, preference_stats(pref, self.beta), dict(zip(extra, logprobs[2:]))
 
-    def compute_loss(self, batch):
-        loss, stats, _ = self._forward(batch)
+    def compute_loss(self, batch, reference=None):
+        loss, stats, _ = self._forward(batch, reference)
         return loss, {self.objective: loss.detach(), **stats}
 
     @property
@@ -179,8 +199,8 @@ class JointPhase(ObjectivePhase):
         super().__init__(backbone, reference, freeze=False, **kwargs)
         self.weights = weights
 
-    def compute_loss(self, batch):
-        objective, stats, logprobs = self._forward(batch, extra=("random", "useful"))
+    def compute_loss(self, batch, reference=None):
+        objective, stats, logprobs = self._forward(batch, reference, extra=("random", "useful"))
         ntp_random, ntp_useful = ntp_loss(logprobs["random"]), ntp_loss(logprobs["useful"])
         w = self.weights
         loss = w["objective"] * objective + w["random"] * ntp_random + w["useful"] * ntp_useful

@@ -1,22 +1,27 @@
-"""`run(cfg, run_dir)`: the whole experiment of docs/experiment.md, top to bottom."""
+"""`run(cfg, run_dir)`: the whole experiment of docs/experiment.md, top to bottom; `run_stacked`: the same for
+several seeds of one configuration at once (negrl.stacked)."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig
 
-from negrl.checkpoint import resume_dir
+from negrl.backbone import Backbone
+from negrl.checkpoint import numeric_config, resume_dir
 from negrl.data import PasswordData
 from negrl.distributed import is_rank_zero
+from negrl.errors import NegrlError, RunFailed
 from negrl.loading import load_model
 from negrl.phases import JointPhase, NTPPhase, ObjectivePhase
 from negrl.reference import ReferenceLogprobs
 from negrl.rundir import RunDir
 from negrl.runner import PhaseEndHook, PhaseRunner, quiet_lightning
-from negrl.validation import validate, warn_degenerate
+from negrl.stacked import StackedRunner, StackHook
+from negrl.validation import Settings, validate, warn_degenerate
 
 
 def run(
@@ -29,27 +34,76 @@ def run(
     each phase. `search`: where `resume=true` looks for the run to continue (a glob; default: beside `run_dir`).
     """
     s = validate(cfg, warn=False)
-    why = None
-    if s.resume:
-        run_dir, why = resume_dir(s.resume, search or str(Path(run_dir).parent / "*"), s.config)
+    run_dir, why = _resumed(s, run_dir, search)
     with RunDir(run_dir).claimed(writer=is_rank_zero()) as owner, quiet_lightning():
-        L.seed_everything(s.seed, workers=True, verbose=False)
-        # The password vocabulary, the backbone and every password of the run, from one seed.
-        backbone, vocab = load_model(s.model, s.tokens, s.seed, s.adapter)
-        backbone.set_compute(**s.compute)
-        data = PasswordData(vocab, s.sizes, s.holdout_frac, s.prefix, s.seed)
+        runner, backbone = _seed_runner(s, owner, why, on_phase_end)
         warn_degenerate(s)  # after the last check that can refuse the run
-        runner = PhaseRunner(s, owner, backbone, data, why, on_phase_end)
-        negative = dict(objective=s.objective, beta=s.beta, optim=s.optim)  # phases 2-3: DPO or another objective
-        with runner.recording_failure():
-            # Phase 1: next-token prediction on random passwords (regular prefix).
-            runner.fit(NTPPhase(backbone, optim=s.optim, total_steps=s.steps[1]))
-            # The reference: a frozen copy of the model at the end of phase 1 (each sequence's log-prob cached).
-            reference = runner.attach_reference(ReferenceLogprobs(
-                backbone.frozen_copy(), s.sizes.dpo_size, s.sizes.n_negatives, use_cache=s.reference_cache
-            ))  # fmt: skip
-            # Phase 2: the objective, random over negative passwords; second half and unembedding frozen.
-            runner.fit(ObjectivePhase(backbone, reference, freeze=s.freeze, total_steps=s.steps[2], **negative))
-            # Phase 3: the objective + NTP(random, regular) + NTP(useful negatives, reverse), all trainable.
-            runner.fit(JointPhase(backbone, reference, weights=s.weights, total_steps=s.steps[3], **negative))
-        return runner.finish()
+        return three_phases(runner, backbone, s)
+
+
+def run_stacked(
+    cfgs: list[DictConfig], run_dirs: list[Path], on_phase_end: StackHook | None = None,
+    searches: list[str | None] | None = None,
+) -> list[dict[str, Any] | RunFailed]:  # fmt: skip
+    """`run` for seeds of one configuration (configs equal but for `seed`), trained stacked in one process; each
+    seed writes its own run directory as a separate run would. Returns each seed's results or its failure."""
+    settings = [validate(c, warn=False) for c in cfgs]
+    check_stackable(settings)
+    resumed = [_resumed(s, d, q) for s, d, q in zip(settings, run_dirs, searches or [None] * len(cfgs))]
+    with ExitStack() as claims:
+        owners = [claims.enter_context(RunDir(d).claimed()) for d, _ in resumed]
+        claims.enter_context(quiet_lightning())
+        seeds = [_seed_runner(s, owner, why) for s, owner, (_, why) in zip(settings, owners, resumed)]
+        warn_degenerate(settings[0])
+        group = StackedRunner([r for r, _ in seeds], [b for _, b in seeds], on_phase_end)
+        return three_phases(group, group.backbone, settings[0])
+
+
+def three_phases(runner: PhaseRunner | StackedRunner, backbone: Backbone, s: Settings) -> Any:
+    """The paper's method on `backbone` (the run's, or a stack's template), its bookkeeping in `runner`."""
+    negative = dict(objective=s.objective, beta=s.beta, optim=s.optim)  # phases 2-3: DPO or another objective
+    with runner.recording_failure():
+        # Phase 1: next-token prediction on random passwords (regular prefix).
+        runner.fit(NTPPhase(backbone, optim=s.optim, total_steps=s.steps[1]))
+        # The reference: a frozen copy of the model at the end of phase 1 (each sequence's log-prob cached).
+        reference = runner.attach_reference(ReferenceLogprobs(
+            backbone.frozen_copy(), s.sizes.dpo_size, s.sizes.n_negatives, use_cache=s.reference_cache
+        ))  # fmt: skip
+        # Phase 2: the objective, random over negative passwords; second half and unembedding frozen.
+        runner.fit(ObjectivePhase(backbone, reference, freeze=s.freeze, total_steps=s.steps[2], **negative))
+        # Phase 3: the objective + NTP(random, regular) + NTP(useful negatives, reverse), all trainable.
+        runner.fit(JointPhase(backbone, reference, weights=s.weights, total_steps=s.steps[3], **negative))
+    return runner.finish()
+
+
+def _resumed(s: Settings, run_dir: Path, search: str | None) -> tuple[Path, str | None]:
+    """The run directory (with `resume`, the run it continues) and why."""
+    if not s.resume:
+        return run_dir, None
+    return resume_dir(s.resume, search or str(Path(run_dir).parent / "*"), s.config)
+
+
+def _seed_runner(
+    s: Settings, owner: RunDir, why: str | None, on_phase_end: PhaseEndHook | None = None
+) -> tuple[PhaseRunner, Backbone]:
+    """One seed's backbone (the password vocabulary, the backbone and every password of the run, from one seed)
+    and the runner of its bookkeeping."""
+    L.seed_everything(s.seed, workers=True, verbose=False)
+    backbone, vocab = load_model(s.model, s.tokens, s.seed, s.adapter)
+    backbone.set_compute(**s.compute)
+    data = PasswordData(vocab, s.sizes, s.holdout_frac, s.prefix, s.seed)
+    return PhaseRunner(s, owner, backbone, data, why, on_phase_end), backbone
+
+
+def check_stackable(settings: list[Settings]) -> None:
+    """Stacked seeds share everything but the seed, on one device."""
+    first = numeric_config({**settings[0].config, "seed": 0})
+    for s in settings[1:]:
+        if numeric_config({**s.config, "seed": 0}) != first:
+            raise NegrlError(
+                f"seeds {settings[0].seed} and {s.seed} differ in more than the seed; stacked runs share one "
+                "config (hydra/launcher=stacked groups them so)"
+            )
+    devices = settings[0].config["trainer"].get("devices", 1)
+    if devices not in (1, [0]) and not (isinstance(devices, list) and len(devices) == 1):
+        raise NegrlError(f"trainer.devices={devices}: stacked seeds train on one device; use trainer.devices=1")

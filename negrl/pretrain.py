@@ -169,11 +169,11 @@ class PretrainPhase(PhaseModule):
 
     phase, name = 0, "pretraining"
 
-    def compute_loss(self, batch):
+    def compute_loss(self, batch, reference=None):
         loss = ntp_loss(self.backbone.token_logprobs(batch["text"]))
         return loss, {}
 
-    def non_finite_message(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], step: int) -> str:
+    def non_finite_message(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], step: int, precision: str) -> str:
         return f"non-finite loss {loss.item()} at step {step}; lower --lr (it is {self.optim.lr:g})"
 
 

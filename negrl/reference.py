@@ -9,6 +9,7 @@ the reference model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,39 +18,72 @@ from negrl.backbone import Backbone
 from negrl.objectives import sequence_logprob
 
 
+@dataclass
+class Pending:
+    """Sequences of a batch for the reference model: `tokens` [N, T], and for the cache which (chosen or rejected,
+    key) each row is, in order (empty without the cache: every sequence, chosen then rejected)."""
+
+    keys: list[tuple[str, torch.Tensor]]
+    tokens: torch.Tensor
+
+
 class ReferenceLogprobs:
     """Sequence log-probs under the frozen reference `model`, cached (`use_cache`) or recomputed every time."""
 
     def __init__(self, model: Backbone, n_pairs: int, n_negatives: int, use_cache: bool = True):
         self.model, self.use_cache = model, use_cache
+        self.n_pairs, self.n_negatives = n_pairs, n_negatives
         self.cache = {
             "chosen": torch.full((n_pairs,), float("nan"), dtype=torch.float64),
             "rejected": torch.full((n_negatives,), float("nan"), dtype=torch.float64),
         }
         self.computed = 0  # sequences that went through the reference model (for tests and benchmarks)
+        self.fresh = torch.empty(0)  # without the cache: the last batch's values
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference log-probs [B] of the batch's chosen and rejected sequences."""
+        todo = self.pending(batch)
+        if len(todo.tokens):
+            self.store(todo, sequence_logprob(self.model.token_logprobs(todo.tokens)))
+        return self.lookup(batch, todo)
+
+    def pending(self, batch: dict[str, torch.Tensor]) -> Pending:
+        """The sequences of `batch` the reference model has to compute: each distinct uncached one once (every
+        chosen and rejected sequence without the cache)."""
         chosen, rejected = batch["chosen"], batch["rejected"]
         if not self.use_cache:
-            self.computed += len(chosen) + len(rejected)
-            ref = sequence_logprob(self.model.token_logprobs(torch.cat([chosen, rejected])))
-            return ref.split([len(chosen), len(rejected)])
+            return Pending([], torch.cat([chosen, rejected]))
         parts = {"chosen": (chosen, batch["chosen_id"].cpu()), "rejected": (rejected, batch["rejected_id"].cpu())}
-        todo = []  # sequences not cached yet, each distinct key once
-        for name, (tokens, keys) in parts.items():
-            missing = torch.isnan(self.cache[name][keys])
-            keys_missing, first = _unique_first(keys[missing])
-            todo.append((name, keys_missing, tokens[missing.nonzero().squeeze(1).to(tokens.device)][first]))
-        new_tokens = torch.cat([t for _, _, t in todo])
-        if len(new_tokens):
-            self.computed += len(new_tokens)
-            values = sequence_logprob(self.model.token_logprobs(new_tokens)).double().cpu()
-            for (name, keys, _), v in zip(todo, values.split([len(t) for _, _, t in todo])):
-                self.cache[name][keys] = v
-        device = chosen.device
-        return tuple(self.cache[name][keys].to(device=device, dtype=torch.float32) for name, (_, keys) in parts.items())
+        keys, tokens = [], []  # sequences not cached yet, each distinct key once
+        for name, (seqs, ids) in parts.items():
+            missing = torch.isnan(self.cache[name][ids])
+            ids_missing, first = _unique_first(ids[missing])
+            keys.append((name, ids_missing))
+            tokens.append(seqs[missing.nonzero().squeeze(1).to(seqs.device)][first])
+        return Pending(keys, torch.cat(tokens))
+
+    def store(self, todo: Pending, values: torch.Tensor) -> None:
+        """Take the reference's sequence log-probs [len(todo.tokens)] of the pending sequences."""
+        self.computed += len(todo.tokens)
+        if not self.use_cache:
+            self.fresh = values.float()
+            return
+        values = values.double().cpu()
+        for (name, keys), v in zip(todo.keys, values.split([len(k) for _, k in todo.keys])):
+            self.cache[name][keys] = v
+
+    def lookup(self, batch: dict[str, torch.Tensor], todo: Pending) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's reference log-probs (chosen [B], rejected [B]), once `store` has taken `todo`'s."""
+        chosen = batch["chosen"]
+        if not self.use_cache:
+            return self.fresh.split([len(chosen), len(batch["rejected"])])
+        ids = {"chosen": batch["chosen_id"].cpu(), "rejected": batch["rejected_id"].cpu()}
+        return tuple(self.cache[name][keys].to(device=chosen.device, dtype=torch.float32) for name, keys in ids.items())
+
+    def for_model(self, model: Any) -> ReferenceLogprobs:
+        """A fresh reference of the same sizes over `model` (one seed's frozen weights, negrl.stacked)."""
+        return ReferenceLogprobs(model, self.n_pairs, self.n_negatives, self.use_cache)
 
     def state_dict(self) -> dict[str, Any]:
         """The cached values and the count of sequences computed so far (a resumed run goes on counting)."""

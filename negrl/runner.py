@@ -45,6 +45,7 @@ class PhaseRunner:
     def __init__(self, s: Settings, owner: RunDir, backbone: Backbone, data: PasswordData,
                  why: str | None = None, on_phase_end: PhaseEndHook | None = None):  # fmt: skip
         self.s, self.owner, self.backbone, self.data, self.on_phase_end = s, owner, backbone, data, on_phase_end
+        self.weights: Any = backbone  # what checkpoints save and restore (a seed's slice of a stack: negrl.stacked)
         self.writer = is_rank_zero()
         self.saved = checkpoint.load(owner) if s.resume else None
         self.offsets = {p: sum(s.steps[q] for q in PHASES if q < p) for p in PHASES}
@@ -75,22 +76,38 @@ class PhaseRunner:
         """Train one phase, save its end, call `on_phase_end(phase, backbone)`; a phase a resumed run has
         finished is skipped."""
         p = module.phase
-        if p < self.record.first_phase:
+        if self.finished(p):
             return
-        at = self.record.saved_at
-        inside = self.saved if at is not None and at[0] == p and not at[2] else None  # resuming inside phase p
-        module.start_step = 0 if inside is None else inside["step"] + 1
-        self.record.start_clock(0.0 if inside is None else inside["elapsed"])
+        inside = self.start_phase(module)
         max_steps, callbacks = self.s.steps[p] - module.start_step, self.callbacks(module, inside)
         trainer = make_trainer(self.s.trainer, self.s.optim.grad_clip, max_steps, callbacks, self.owner.path)
         trainer.fit(module, train_dataloaders=self.data.for_phase(p, start=module.start_step))
-        self.record.wall[p] = self.record.elapsed
-        self.save(p, self.s.steps[p] - 1, phase_done=True)
-        if self.on_phase_end is not None:
-            self.on_phase_end(p, self.backbone)
+        self.end_phase(p)
 
-    def callbacks(self, module: PhaseModule, inside: dict[str, Any] | None) -> list[L.Callback]:
-        """Evaluation, extraction (if enabled), logging, checkpoints and progress of one phase, in that order."""
+    def finished(self, phase: int) -> bool:
+        """Whether a resumed run has finished `phase` already."""
+        return phase < self.record.first_phase
+
+    def start_phase(self, module: PhaseModule) -> dict[str, Any] | None:
+        """Where `module`'s phase starts (`module.start_step`; the clock from the time already spent): the checkpoint
+        inside the phase a resumed run continues, else None."""
+        at = self.record.saved_at
+        p = module.phase
+        inside = self.saved if at is not None and at[0] == p and not at[2] else None  # resuming inside phase p
+        module.start_step = 0 if inside is None else inside["step"] + 1
+        self.record.start_clock(0.0 if inside is None else inside["elapsed"])
+        return inside
+
+    def end_phase(self, phase: int) -> None:
+        """Record the phase's wall time, save its end, call `on_phase_end(phase, backbone)`."""
+        self.record.wall[phase] = self.record.elapsed
+        self.save(phase, self.s.steps[phase] - 1, phase_done=True)
+        if self.on_phase_end is not None:
+            self.on_phase_end(phase, self.backbone)
+
+    def callbacks(self, module: Any, inside: dict[str, Any] | None, progress: bool = True) -> list[L.Callback]:
+        """Evaluation, extraction (if enabled), logging, checkpoints and progress (unless not `progress`) of one
+        phase, in that order. `module`: the phase, or one seed's view of a stacked phase."""
         p, sets = module.phase, self.data.eval_sets(module.phase)
         out: list[L.Callback] = [Evaluation(self.evaluator, sets, self.record, inside and inside["evaluator"])]
         if self.extraction is not None:
@@ -98,7 +115,9 @@ class PhaseRunner:
             out.append(ExtractionAttacks(self.extraction, sets, candidates, self.record))
         out.append(MetricsLogging(self.run_logger, self.offsets[p]))
         out.append(Checkpointing(self.save, self.s.checkpoint_every, inside))
-        return out + progress_callbacks(module.name, self.s.trainer.get("enable_progress_bar", True))
+        return out + (
+            progress_callbacks(module.name, self.s.trainer.get("enable_progress_bar", True)) if progress else []
+        )
 
     def attach_reference(self, reference: ReferenceLogprobs) -> ReferenceLogprobs:
         """The run's reference from here on (saved with each checkpoint); a resumed run's is restored."""
@@ -116,7 +135,7 @@ class PhaseRunner:
             state = {
                 "phase": phase, "step": step, "phase_done": phase_done,
                 "elapsed": 0.0 if phase_done else self.record.elapsed,
-                "backbone": self.backbone.state_dict(),
+                "backbone": self.weights.state_dict(),
                 "reference": None if ref is None else {"model": ref.model.state_dict(), "cache": ref.state_dict()},
                 "evaluator": self.evaluator.state_dict(),
                 **self.record.state_dict(),
@@ -133,16 +152,21 @@ class PhaseRunner:
         try:
             yield
         except BaseException as err:
-            reason = failure_reason(err, self.owner, self.record.saved_at)
-            if self.writer:
-                try:
-                    self.owner.write_results({"status": "failed", "reason": reason, "run": self.identity})
-                    self.run_logger.finish("failed")
-                except OSError as again:  # e.g. the disk is still full: the reason is printed, the checkpoint stays
-                    reason += f" (results.json could not be updated: {again.strerror})"
+            reason = self.record_failure(err)
             if isinstance(err, (KeyboardInterrupt, SystemExit)) or _disk_full(err):
                 raise RunFailed(reason) from None
             raise
+
+    def record_failure(self, err: BaseException) -> str:
+        """Write results.json `failed` with the reason (one line, also returned) and close the loggers."""
+        reason = failure_reason(err, self.owner, self.record.saved_at)
+        if self.writer:
+            try:
+                self.owner.write_results({"status": "failed", "reason": reason, "run": self.identity})
+                self.run_logger.finish("failed")
+            except OSError as again:  # e.g. the disk is still full: the reason is printed, the checkpoint stays
+                reason += f" (results.json could not be updated: {again.strerror})"
+        return reason
 
     def finish(self) -> dict[str, Any]:
         """The results (also in results.json, status `complete`) with the verdict in plain words."""
