@@ -30,6 +30,7 @@ from negrl.config import CONF_DIR
 from negrl.data import PasswordData
 from negrl.evaluation import Evaluator
 from negrl.extraction import Extraction
+from negrl.flops import step_flops
 from negrl.loading import load_model
 from negrl.phases import JointPhase, NTPPhase, ObjectivePhase, PhaseModule
 from negrl.protocol import PHASES
@@ -84,13 +85,13 @@ def _peak_memory_mb(device: str) -> float:
 
 
 class StepTimer(Callback):
-    """Per optimizer step of a fit: seconds (device work included), label tokens trained, sequences the reference
-    computed, and peak memory. Step 0 is a warm-up and not recorded."""
+    """Per optimizer step of a fit: seconds (device work included), label tokens and sequences trained, positions
+    per sequence, sequences the reference computed, and peak memory. Step 0 is a warm-up and not recorded."""
 
     def __init__(self, device: str):
         self.device = device
         self.times: list[float] = []
-        self.tokens = self.ref_sequences = 0
+        self.tokens = self.sequences = self.ref_sequences = self.positions = 0
         self.memory_mb = 0.0
         self._start, self._computed = 0.0, 0
 
@@ -107,7 +108,10 @@ class StepTimer(Callback):
         if batch_idx == 0:
             return
         self.times.append(elapsed)
-        self.tokens += sum(v.numel() - len(v) for k, v in batch.items() if not k.endswith("_id"))
+        tokens = [v for k, v in batch.items() if not k.endswith("_id")]
+        self.tokens += sum(v.numel() - len(v) for v in tokens)
+        self.sequences += sum(len(v) for v in tokens)
+        self.positions = tokens[0].shape[-1] - 1 + pl_module.backbone.context_tokens  # the labels' inputs and a BOS
         self.ref_sequences += _reference_computed(pl_module) - self._computed
 
 
@@ -192,13 +196,13 @@ def run_bench(model: str, steps: int, precision: str, device: str) -> dict[str, 
         # The attacks after phase 1; after phases 2 and 3 against the reference too.
         extract_s[name] = _timed(lambda: extraction(backbone, sets, candidates), device)
         extract_ref_s[name] = _timed(lambda: extraction(backbone, sets, candidates, reference), device)
-    ref_tokens_per_sequence = s.sizes.password_length - (0 if s.prefix else 1)
     for phase in PHASES:
         row = {}
         for name, config in settings.items():
             timer = time_phase(phase, config, backbone, reference, data, steps, device)
             sec = sum(timer.times) / steps
-            flops = (6 * n_params * timer.tokens + 2 * n_params * timer.ref_sequences * ref_tokens_per_sequence) / steps
+            # What the step executed, with the phase's trainable set (negrl.flops: frozen weights cost 4, not 6).
+            flops = step_flops(backbone, timer.sequences, timer.positions, timer.ref_sequences) / steps
             peak = peaks["bf16" if str(config.trainer["precision"]) == "bf16-mixed" else "fp32"]
             row[name] = {
                 "s_per_step": sec,

@@ -24,10 +24,12 @@ from negrl import checkpoint
 from negrl.config import CONF_DIR, deprecation_notice, renamed_key, unknown_key_message
 from negrl.distributed import is_rank_zero
 from negrl.errors import NegrlError, RunFailed
-from negrl.pipeline import run
+from negrl.pipeline import check_stackable, run, run_stacked
 from negrl.rundir import RunDir, read_json, write_json_atomic
 from negrl.validation import validate
 
+#: hydra/launcher=stacked (conf/hydra/launcher/stacked.yaml): a sweep's jobs that differ only in `seed` train together.
+STACKED_LAUNCHER = "negrl.launcher.StackedLauncher"
 RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 #: Hydra flags that print something instead of running (no check needed).
@@ -117,9 +119,12 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
     base = _compose(fixed, conf_dir)
     if any(a in MULTIRUN_FLAGS for a in argv) or base.hydra.mode == RunMode.MULTIRUN:
         jobs, swept = sweep_jobs(parser, overrides, base)
+        stacked = OmegaConf.select(base, "hydra.launcher._target_") == STACKED_LAUNCHER
         for i, job in enumerate(jobs):
             try:
-                validate(_compose(job, conf_dir), warn=False)
+                s = validate(_compose(job, conf_dir), warn=False)
+                if stacked:
+                    check_stackable([s])
             except NegrlError as err:
                 knobs = " ".join(o for o in job if o.partition("=")[0] in swept)
                 raise NegrlError(f"job {i} of the sweep ({knobs}): {err}") from None
@@ -206,44 +211,77 @@ def _reason(run_dir: Path) -> str:
     return "no results.json" if results is None else str(results.get("reason", "no reason recorded"))[:200]
 
 
-def run_from_hydra(cfg: DictConfig) -> float:
+def run_from_hydra(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> float:
     """Run one job of `train.py`; returns the held-out delta (NaN for a failed job of a sweep).
 
     A single run exits with code 2 on bad input (leaving no directory behind) and 1 on a failed run.
     In a multirun, a failing job is recorded in its results.json and the sweep goes on.
+    `hydra_cfg`: the job's `hydra` node (default: Hydra's, inside its job).
     """
-    hydra_cfg = HydraConfig.get()
+    hydra_cfg = hydra_cfg or HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if multirun:
+    cfg = job_config(cfg, hydra_cfg)
+    try:
+        outcome: Any = run(cfg, run_dir, search=resume_search(hydra_cfg, cfg, multirun))
+    except (NegrlError, RunFailed) as err:
+        if not multirun:
+            print(f"negrl: error: {err}", file=sys.stderr)
+            if isinstance(err, NegrlError):
+                RunDir(run_dir).remove_if_unused()
+            sys.exit(err.exit_code)
+        outcome = err
+    except Exception as err:  # a bug or a crash: recorded by run(); a sweep goes on
+        if not multirun:
+            raise
+        outcome = err
+    return job_outcome(hydra_cfg, run_dir, outcome)
+
+
+def run_stacked_from_hydra(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float]:
+    """Jobs of a sweep that differ only in `seed` (hydra/launcher=stacked: (config, hydra node) each), trained as
+    one stack (negrl.stacked; a job alone as a plain run); each job's return value as `run_from_hydra`'s."""
+    if len(jobs) == 1:
+        return [run_from_hydra(*jobs[0])]
+    cfgs = [job_config(cfg, hydra_cfg) for cfg, hydra_cfg in jobs]
+    dirs = [Path(hydra_cfg.runtime.output_dir) for _, hydra_cfg in jobs]
+    searches = [resume_search(hydra_cfg, cfg, True) for cfg, (_, hydra_cfg) in zip(cfgs, jobs)]
+    try:
+        outcomes: list[Any] = run_stacked(cfgs, dirs, searches=searches)
+    except Exception as err:  # bad input for the stack, or a crash (each seed's results.json records it)
+        outcomes = [err] * len(jobs)
+    return [job_outcome(hydra_cfg, run_dir, o) for (_, hydra_cfg), run_dir, o in zip(jobs, dirs, outcomes)]
+
+
+def job_config(cfg: DictConfig, hydra_cfg: DictConfig) -> DictConfig:
+    """A job's config as it runs: in a sweep, the sweep's W&B group and tags, and its GPU with `gpu_per_job`."""
+    if hydra_cfg.mode == RunMode.MULTIRUN:
         with open_dict(cfg):
             cfg.wandb = sweep_wandb(cfg.wandb, hydra_cfg.sweep.dir, list(hydra_cfg.overrides.task))
             if cfg.get("gpu_per_job"):
                 cfg.trainer.devices = job_devices(hydra_cfg.job.num, _cuda_count())
-    try:
-        results = run(cfg, run_dir, search=resume_search(hydra_cfg, cfg, multirun))
-    except (NegrlError, RunFailed) as err:
-        print(f"negrl: error: {err}", file=sys.stderr)
-        if not multirun:
-            if isinstance(err, NegrlError):
-                RunDir(run_dir).remove_if_unused()
-            sys.exit(err.exit_code)
-        _record_failure(run_dir, err)
+    return cfg
+
+
+def job_outcome(hydra_cfg: DictConfig, run_dir: Path, outcome: dict[str, Any] | BaseException) -> float:
+    """What a job of a sweep (or a finished single run) returns, says and records: the held-out delta and the
+    verdict, or NaN and the failure."""
+    if isinstance(outcome, (NegrlError, RunFailed)):
+        print(f"negrl: error: {outcome}", file=sys.stderr)
+        _record_failure(run_dir, outcome)
         _record_job(hydra_cfg, run_dir)
         return math.nan
-    except Exception as err:  # a bug or a crash: recorded by run(); a sweep goes on
-        if not multirun:
-            raise
-        print(f"negrl: job {hydra_cfg.job.num} failed: {type(err).__name__}: {err}", file=sys.stderr)
+    if isinstance(outcome, BaseException):
+        print(f"negrl: job {hydra_cfg.job.num} failed: {type(outcome).__name__}: {outcome}", file=sys.stderr)
         _record_job(hydra_cfg, run_dir)
         return math.nan
-    if multirun and is_rank_zero():
-        _record_job(hydra_cfg, results["run"]["dir"])
-        if Path(results["run"]["dir"]).resolve() != run_dir.resolve():  # resumed an earlier run of this job
+    if hydra_cfg.mode == RunMode.MULTIRUN and is_rank_zero():
+        _record_job(hydra_cfg, outcome["run"]["dir"])
+        if Path(outcome["run"]["dir"]).resolve() != run_dir.resolve():  # resumed an earlier run of this job
             RunDir(run_dir).remove_if_unused(stop_at=Path(hydra_cfg.sweep.dir))
     if is_rank_zero():
-        print(results["verdict"])
-    return results["delta"]
+        print(outcome["verdict"])
+    return outcome["delta"]
 
 
 def resume_search(hydra_cfg: DictConfig, cfg: DictConfig, multirun: bool) -> str:

@@ -96,7 +96,7 @@ def _seed_runner(
 
 
 def check_stackable(settings: list[Settings]) -> None:
-    """Stacked seeds share everything but the seed, on one device."""
+    """Stacked seeds share everything but the seed, and train on one device."""
     first = numeric_config({**settings[0].config, "seed": 0})
     for s in settings[1:]:
         if numeric_config({**s.config, "seed": 0}) != first:
@@ -104,6 +104,11 @@ def check_stackable(settings: list[Settings]) -> None:
                 f"seeds {settings[0].seed} and {s.seed} differ in more than the seed; stacked runs share one "
                 "config (hydra/launcher=stacked groups them so)"
             )
+    if settings[0].config.get("gpu_per_job"):
+        raise NegrlError(
+            "gpu_per_job=true gives each job its own GPU, but a stack trains on one; drop gpu_per_job, or "
+            "hydra/launcher=stacked"
+        )
     devices = settings[0].config["trainer"].get("devices", 1)
     if devices not in (1, [0]) and not (isinstance(devices, list) and len(devices) == 1):
         raise NegrlError(f"trainer.devices={devices}: stacked seeds train on one device; use trainer.devices=1")

@@ -30,3 +30,27 @@ def test_bench_rejects_zero_steps(tmp_path, capsys):
     assert main(["--steps", "0", "--json", str(tmp_path / "b.json")]) == 2
     assert "--steps=0" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_step_flops_match_a_hand_count_for_tiny():
+    from conftest import make_cfg_dict
+
+    from negrl.flops import step_flops
+    from negrl.loading import load_model
+
+    c = make_cfg_dict()
+    backbone, _ = load_model(c["model"], c["tokens"], 0, c["adapter"])
+    # tiny: hidden 64, 4 layers, MLP 256, vocabulary 28, untied. One layer: QKV 64x192 + 192, output 64x64 + 64,
+    # MLP 64x256 + 256 and 256x64 + 64, two layer norms 2 x (64 + 64).
+    layer = 64 * 192 + 192 + 64 * 64 + 64 + 64 * 256 + 256 + 256 * 64 + 64 + 2 * 128
+    final_norm, unembedding = 128, 28 * 64
+    total = 4 * layer + final_norm + unembedding  # the input embedding (28 x 64) is a lookup
+    attention = 4 * 16**2 * 64 * 4  # 16 positions (17 tokens, the last one only a label), 4 layers
+    backbone.set_trainable(True)
+    assert step_flops(backbone, 128, 16) == 128 * (16 * 6 * total + 3 * attention)
+    # Phase 2: layers 2-3 and the unembedding frozen (input gradients only); the final norm and layers 0-1 trained.
+    backbone.set_trainable(True, freeze_second_half=True)
+    trained = 2 * layer + final_norm
+    assert step_flops(backbone, 256, 16, 100) == 256 * (16 * (4 * total + 2 * trained) + 3 * attention) + 100 * (
+        16 * 2 * total + attention
+    )
