@@ -29,7 +29,7 @@ from negrl.rundir import RunDir, read_json, write_json_atomic
 from negrl.validation import validate
 
 #: hydra/launcher=stacked (conf/hydra/launcher/stacked.yaml): a sweep's jobs that differ only in `seed` train together.
-STACKED_LAUNCHER = "negrl.launcher.StackedLauncher"
+STACKED_LAUNCHER = "hydra_plugins.negrl_launcher.StackedLauncher"
 RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 #: Hydra flags that print something instead of running (no check needed).

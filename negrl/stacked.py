@@ -160,6 +160,14 @@ class StackedPhase(L.LightningModule):
         self.rows: list[dict[str, torch.Tensor]] = [{} for _ in range(stack.size)]
         self.eval_logprobs: torch.Tensor | None = None
 
+    @property
+    def start_step(self) -> int:
+        return self.phase_module.start_step
+
+    @property
+    def total_steps(self) -> int:
+        return self.phase_module.total_steps
+
     def setup(self, stage: str) -> None:
         self.phase_module.apply_trainable()
         self.stack.sync_trainable()

@@ -113,8 +113,9 @@ def _csv_rows_up_to(path: Path, last_step: int) -> list[tuple[int, dict[str, flo
 
 def _wandb_logger(**kwargs: Any) -> WandbLogger:
     """Lightning's WandbLogger without its `anonymous=None` init argument, which wandb warns about on every run
-    ("The anonymous setting has no effect")."""
-    logger = WandbLogger(**kwargs)
+    ("The anonymous setting has no effect"); each one its own W&B run, also beside others in the process (stacked
+    seeds, negrl.stacked: `reinit="create_new"` leaves the other runs, and `wandb.run`, alone)."""
+    logger = WandbLogger(reinit="create_new", **kwargs)
     logger._wandb_init.pop("anonymous", None)
     return logger
 

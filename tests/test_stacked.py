@@ -7,14 +7,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import FAST, ROOT, make_cfg
 
 from negrl.backbone import Backbone
 from negrl.errors import NegrlError, RunFailed
 from negrl.label_logprobs import label_logprobs
+from negrl.launcher import seed_groups
 from negrl.pipeline import run, run_stacked
 from negrl.rundir import RunDir
 from negrl.stacked import StackedPhase, WeightStack
@@ -163,3 +166,38 @@ def test_a_stack_holds_each_seeds_state_dict_shared_matrices_once():
         assert all(torch.equal(state[key], want[key]) for key in want)
     stack.load_seed(0, backbones[1].state_dict())
     assert torch.equal(stack.materialize(0).model.lm_head.weight, backbones[1].model.lm_head.weight)
+
+
+def test_seed_groups_are_the_jobs_that_differ_only_in_seed():
+    jobs = [["seed=0", "freeze=true"], ["seed=1", "freeze=true"], ["seed=0", "freeze=false"],
+            ["seed=2", "freeze=true"], ["freeze=false", "seed=1"]]  # fmt: skip
+    assert seed_groups(jobs, 8) == [[0, 1, 3], [2, 4]]
+    assert seed_groups(jobs, 2) == [[0, 1], [3], [2, 4]]
+
+
+def test_a_stacked_sweep_gives_every_job_its_own_run_and_wandb_run(separate, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", "seed=0-2", "freeze=true,false", "hydra/launcher=stacked",
+           "hydra.launcher.max_stack=2", *FAST, *FEW, "wandb.enabled=true", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"negrl: all 6 jobs of {sweep} complete" in proc.stdout
+    assert "in 4 stack(s) of at most 2" in proc.stdout + proc.stderr
+    dirs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    assert [p.name for p in dirs] == [f"{i}-tiny-seed{s}" for i, s in enumerate([0, 0, 1, 1, 2, 2])]
+    for p in dirs:
+        assert len(list((p / "wandb").glob("offline-run-*"))) == 1
+    assert_same_run(sweep / "0-tiny-seed0", separate / "seed0")  # stacked with seed 1
+    assert_same_run(sweep / "4-tiny-seed2", separate / "seed2")  # alone: a plain run
+
+
+def test_a_stacked_sweep_refuses_gpu_per_job_before_writing_anything(tmp_path):
+    cmd = [sys.executable, "train.py", "-m", "seed=0-1", "hydra/launcher=stacked", "gpu_per_job=true", *FAST,
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "negrl: error: job 0 of the sweep (seed=0): gpu_per_job=true gives each job its own GPU, but a stack trains "
+        "on one; drop gpu_per_job, or hydra/launcher=stacked"
+    ]
+    assert not (tmp_path / "sweep").exists()
