@@ -1,5 +1,5 @@
-"""negrl's Hydra launcher plugin (Hydra takes launchers from the `hydra_plugins` namespace only): `hydra/launcher=stacked`
-(conf/hydra/launcher/stacked.yaml), implemented in negrl.launcher."""
+"""negrl's Hydra launcher plugin, `hydra/launcher=stacked` (conf/hydra/launcher/stacked.yaml): Hydra takes launchers
+from the `hydra_plugins` namespace only; the launcher itself is negrl.launcher."""
 
 from negrl.launcher import StackedLauncher as _Stacked
 
