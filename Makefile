@@ -25,12 +25,15 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 # Timing, not a test: BENCH_ARGS='--model pythia-70m --steps 3 --precision bf16-mixed'
+# SWEEP_ARGS='--model pythia-160m --data paper --precision bf16-mixed' (runs per hour, stacked vs separate)
 BENCH_ARGS ?= --model tiny --steps 5
+SWEEP_ARGS ?= --model tiny --data small --stacks 1,2,4,8
 bench: $(STAMP)
 	$(PY) -m negrl.bench $(BENCH_ARGS) --json bench.json
+	$(PY) -m negrl.sweep_bench $(SWEEP_ARGS) --json sweep-bench.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check negrl tests train.py
 
 clean:
-	rm -rf runs multirun outputs wandb .pytest_cache bench.json
+	rm -rf runs multirun outputs wandb .pytest_cache bench.json sweep-bench.json

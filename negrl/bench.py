@@ -275,11 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         print(f"negrl bench: error: --steps={args.steps} must be at least 1", file=sys.stderr)
         return 2
-    result = run_bench(args.model, args.steps, args.precision, args.device)
-    print(format_table(result))
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written: {args.json}")
+    write_report(run_bench(args.model, args.steps, args.precision, args.device), format_table, args.json)
     return 0
+
+
+def write_report(result: dict[str, Any], table: Any, path: str) -> None:
+    """Print a bench's figures as `table(result)` and write them to `path` as JSON."""
+    print(table(result))
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {path}")
 
 
 if __name__ == "__main__":

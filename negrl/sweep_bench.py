@@ -13,7 +13,6 @@ the largest difference in `metric` between a seed's stacked and separate run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from negrl.bench import matmul_peak
+from negrl.bench import matmul_peak, write_report
 from negrl.config import CONF_DIR
 from negrl.data import PasswordData
 from negrl.flops import step_flops
@@ -157,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         result = run_sweep_bench(args.model, args.data, stacks, args.device, args.precision, args.overrides, Path(tmp))
-    print(format_table(result))
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written: {args.json}")
+    write_report(result, format_table, args.json)
     return 0
 
 

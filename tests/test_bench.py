@@ -54,3 +54,28 @@ def test_step_flops_match_a_hand_count_for_tiny():
     assert step_flops(backbone, 256, 16, 100) == 256 * (16 * (4 * total + 2 * trained) + 3 * attention) + 100 * (
         16 * 2 * total + attention
     )
+
+
+def test_sweep_bench_times_stacked_and_separate_sweeps(tmp_path, capsys):
+    from negrl.sweep_bench import main as sweep_main
+
+    out = tmp_path / "sweep.json"
+    few = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64",
+           "data.eval_size=8", "extraction.candidates=63", "extraction.samples=16", "extraction.bootstrap=0"]  # fmt: skip
+    assert sweep_main(["--stacks", "1,2", "--device", "cpu", "--json", str(out), *few]) == 0
+    r = json.loads(out.read_text())
+    assert [row["K"] for row in r["stacks"]] == [1, 2]
+    for row in r["stacks"]:
+        for way in ("stacked", "separate"):
+            assert row[way]["wall_s"] > 0 and row[way]["runs_per_hour"] > 0 and len(row[way]["metrics"]) == row["K"]
+        assert row["max_metric_diff"] < 1e-5
+    assert r["run_training_flops"] > 0 and r["matmul_peak_flops"] > 0
+    assert "stacked is" in capsys.readouterr().out
+
+
+def test_sweep_bench_rejects_bad_stacks(tmp_path, capsys):
+    from negrl.sweep_bench import main as sweep_main
+
+    assert sweep_main(["--stacks", "0,2", "--json", str(tmp_path / "s.json")]) == 2
+    assert "--stacks=0,2 must list positive integers" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
