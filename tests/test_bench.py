@@ -61,7 +61,8 @@ def test_sweep_bench_times_stacked_and_separate_sweeps(tmp_path, capsys):
 
     out = tmp_path / "sweep.json"
     few = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64",
-           "data.eval_size=8", "extraction.candidates=63", "extraction.samples=16", "extraction.bootstrap=0"]  # fmt: skip
+           "data.eval_size=8", "extraction.candidates=63", "extraction.samples=16",
+           "extraction.bootstrap=0"]  # fmt: skip
     assert sweep_main(["--stacks", "1,2", "--device", "cpu", "--json", str(out), *few]) == 0
     r = json.loads(out.read_text())
     assert [row["K"] for row in r["stacks"]] == [1, 2]
