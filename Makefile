@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(PY) -m negrl.sweep_bench $(SWEEP_ARGS) --json sweep-bench.json
 
 lint: $(STAMP)
-	$(PY) -m ruff check negrl tests train.py
+	$(PY) -m ruff check negrl tests train.py hydra_plugins
 
 clean:
 	rm -rf runs multirun outputs wandb .pytest_cache bench.json sweep-bench.json
