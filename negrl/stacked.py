@@ -175,18 +175,22 @@ class StackedPhase(L.LightningModule):
     def configure_optimizers(self):
         return self.phase_module.optimizer_and_schedule(self.stack.trainable())
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A failed seed's gradients are zeroed (its weights are no longer read)."""
+        if self.group.failed:
+            self._scale_grads(self.group.alive_mask(self.stack.stacked[0].device).float())
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Each seed's global gradient norm clipped to `gradient_clip_val` on its own (as `clip_grad_norm_` does
-        for one run); a failed seed's gradients are zeroed."""
-        grads = [t.grad for t in self.stack.trainable() if t.grad is not None]
-        alive = self.group.alive_mask(grads[0].device)
+        for one run)."""
         if gradient_clip_val:
+            grads = [t.grad for t in self.stack.trainable() if t.grad is not None]
             norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])
-            coef = (gradient_clip_val / (torch.linalg.vector_norm(norms, dim=0) + 1e-6)).clamp(max=1.0)
-        else:
-            coef = torch.ones(len(alive), device=alive.device)
-        coef = torch.where(alive, coef, 0.0)
-        for g in grads:
+            self._scale_grads((gradient_clip_val / (torch.linalg.vector_norm(norms, dim=0) + 1e-6)).clamp(max=1.0))
+
+    def _scale_grads(self, coef: torch.Tensor) -> None:
+        """Multiply seed k's gradients by coef[k]."""
+        for g in (t.grad for t in self.stack.trainable() if t.grad is not None):
             g.mul_(coef.view(-1, *[1] * (g.dim() - 1)).to(g.dtype))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
