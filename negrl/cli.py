@@ -26,6 +26,7 @@ from negrl.distributed import is_rank_zero
 from negrl.errors import NegrlError, RunFailed
 from negrl.pipeline import check_stackable, run, run_stacked
 from negrl.rundir import RunDir, read_json, write_json_atomic
+from negrl.stacked import StackFailed
 from negrl.validation import validate
 
 #: hydra/launcher=stacked (conf/hydra/launcher/stacked.yaml): a sweep's jobs that differ only in `seed` train together.
@@ -248,6 +249,8 @@ def run_stacked_from_hydra(jobs: list[tuple[DictConfig, DictConfig]]) -> list[fl
     searches = [resume_search(hydra_cfg, cfg, True) for cfg, (_, hydra_cfg) in zip(cfgs, jobs)]
     try:
         outcomes: list[Any] = run_stacked(cfgs, dirs, searches=searches)
+    except StackFailed as err:  # interrupted: each seed's own reason
+        outcomes = [RunFailed(reason) for reason in err.reasons]
     except Exception as err:  # bad input for the stack, or a crash (each seed's results.json records it)
         outcomes = [err] * len(jobs)
     return [job_outcome(hydra_cfg, run_dir, o) for (_, hydra_cfg), run_dir, o in zip(jobs, dirs, outcomes)]

@@ -153,7 +153,7 @@ class PhaseRunner:
             yield
         except BaseException as err:
             reason = self.record_failure(err)
-            if isinstance(err, (KeyboardInterrupt, SystemExit)) or _disk_full(err):
+            if isinstance(err, (KeyboardInterrupt, SystemExit)) or disk_full(err):
                 raise RunFailed(reason) from None
             raise
 
@@ -190,12 +190,12 @@ def failure_reason(err: BaseException, owner: RunDir, saved_at: tuple[int, int, 
     again = f"continue with the same overrides and resume={owner.path} ({kept})"
     if isinstance(err, (KeyboardInterrupt, SystemExit)):  # Lightning turns Ctrl-C into SystemExit
         return f"interrupted; {again}"
-    if _disk_full(err):
+    if disk_full(err):
         return f"disk full ({err.filename or owner.path}): free some space, then {again}"
     return f"{type(err).__name__}: {err}".splitlines()[0]
 
 
-def _disk_full(err: BaseException) -> bool:
+def disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 

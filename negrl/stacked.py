@@ -29,7 +29,7 @@ from negrl.objectives import sequence_logprob
 from negrl.phases import PhaseModule
 from negrl.progress import progress_callbacks
 from negrl.reference import ReferenceLogprobs
-from negrl.runner import PhaseRunner, make_trainer
+from negrl.runner import PhaseRunner, disk_full, make_trainer
 
 StackHook = Callable[[int, "WeightStack"], None]
 
@@ -306,6 +306,14 @@ class StackedBatches(Dataset):
         return {key: torch.stack([b[key] for b in batches]) for key in batches[0]}
 
 
+class StackFailed(RunFailed):
+    """An interrupted stack (Ctrl-C, a full disk): each live seed's one-line reason, in order."""
+
+    def __init__(self, reasons: list[str]):
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
 class StackedRunner:
     """The seeds' `PhaseRunner`s driven as one: the same calls as a `PhaseRunner` (`fit`, `attach_reference`,
     `recording_failure`, `finish`), one Trainer per phase for all seeds. `backbone`: the template the phases are
@@ -338,7 +346,6 @@ class StackedRunner:
     def fail(self, k: int, err: BaseException) -> None:
         """Seed `k` stops: its results.json says `failed` with the reason; the other seeds go on."""
         self.failed[k] = self.runners[k].record_failure(err)
-        print(f"negrl: error: {self.runners[k].owner.path}: {self.failed[k]}")
 
     def fit(self, module: PhaseModule) -> None:
         """Train one phase for every live seed (skipped where a resumed group has finished it)."""
@@ -393,8 +400,11 @@ class StackedRunner:
         try:
             yield
         except BaseException as err:
-            for k in self.alive():
+            alive = self.alive()
+            for k in alive:
                 self.fail(k, err)
+            if isinstance(err, (KeyboardInterrupt, SystemExit)) or disk_full(err):  # as a single run: one line each
+                raise StackFailed([self.failed[k] for k in alive]) from None
             raise
 
     def finish(self) -> list[dict[str, Any] | RunFailed]:

@@ -20,7 +20,7 @@ from negrl.label_logprobs import label_logprobs
 from negrl.launcher import seed_groups
 from negrl.pipeline import run, run_stacked
 from negrl.rundir import RunDir
-from negrl.stacked import StackedPhase, WeightStack
+from negrl.stacked import StackedPhase, StackFailed, WeightStack
 
 #: 4 + 9 + 9 steps, small evaluation and attacks; a checkpoint every 4 steps.
 FEW = ("data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64", "data.eval_size=8",
@@ -211,3 +211,17 @@ def test_stacked_seeds_train_under_bf16_mixed(tmp_path):
         assert r["status"] == "complete"
         # bf16 rounds the batched and the plain matmuls differently: close (measured 7e-6 and 9e-6), not equal.
         assert r["metric"] == pytest.approx(alone["metric"], abs=1e-4)
+
+
+def test_an_interrupted_stack_says_each_seeds_reason(tmp_path, monkeypatch):
+    def interrupted(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StackedPhase, "training_step", interrupted)
+    dirs = [tmp_path / "s0", tmp_path / "s1"]
+    with pytest.raises(StackFailed) as err:
+        run_stacked(cfgs((0, 1)), dirs)
+    assert err.value.reasons == [
+        f"interrupted; continue with the same overrides and resume={d} (no checkpoint yet)" for d in dirs
+    ]
+    assert [RunDir(d).read_results()["reason"] for d in dirs] == err.value.reasons
