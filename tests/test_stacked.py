@@ -20,7 +20,8 @@ from negrl.label_logprobs import label_logprobs
 from negrl.launcher import seed_groups
 from negrl.pipeline import run, run_stacked
 from negrl.rundir import RunDir
-from negrl.stacked import StackedPhase, StackFailed, WeightStack
+from negrl.stacked import StackedPhase, StackFailed
+from negrl.weight_stack import WeightStack
 
 #: 4 + 9 + 9 steps, small evaluation and attacks; a checkpoint every 4 steps.
 FEW = ("data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64", "data.eval_size=8",
