@@ -30,7 +30,7 @@ from negrl.config import CONF_DIR
 from negrl.data import PasswordData
 from negrl.evaluation import Evaluator
 from negrl.extraction import Extraction
-from negrl.flops import step_flops
+from negrl.flops import matmul_weights, step_flops
 from negrl.loading import load_model
 from negrl.phases import JointPhase, NTPPhase, ObjectivePhase, PhaseModule
 from negrl.protocol import PHASES
@@ -180,7 +180,7 @@ def run_bench(model: str, steps: int, precision: str, device: str) -> dict[str, 
     backbone.to(device)
     reference = backbone.frozen_copy()
     data = PasswordData(vocab, s.sizes, s.holdout_frac, s.prefix, s.seed)
-    n_params = sum(p.numel() for p in backbone.parameters()) - backbone.model.get_input_embeddings().weight.numel()
+    n_params = matmul_weights(backbone)[0]
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     out: dict[str, Any] = {"model": model, "device": device, "precision": precision, "steps": steps,
                            "params_non_embedding": n_params, "matmul_peak_flops": peaks, "phases": {}}  # fmt: skip

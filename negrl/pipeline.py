@@ -110,5 +110,5 @@ def check_stackable(settings: list[Settings]) -> None:
             "hydra/launcher=stacked"
         )
     devices = settings[0].config["trainer"].get("devices", 1)
-    if devices not in (1, [0]) and not (isinstance(devices, list) and len(devices) == 1):
+    if (len(devices) if isinstance(devices, list) else devices) != 1:
         raise NegrlError(f"trainer.devices={devices}: stacked seeds train on one device; use trainer.devices=1")

@@ -25,6 +25,7 @@ class Pending:
 
     keys: list[tuple[str, torch.Tensor]]
     tokens: torch.Tensor
+    values: torch.Tensor | None = None  # without the cache: their log-probs, once stored
 
 
 class ReferenceLogprobs:
@@ -38,7 +39,6 @@ class ReferenceLogprobs:
             "rejected": torch.full((n_negatives,), float("nan"), dtype=torch.float64),
         }
         self.computed = 0  # sequences that went through the reference model (for tests and benchmarks)
-        self.fresh = torch.empty(0)  # without the cache: the last batch's values
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +67,7 @@ class ReferenceLogprobs:
         """Take the reference's sequence log-probs [len(todo.tokens)] of the pending sequences."""
         self.computed += len(todo.tokens)
         if not self.use_cache:
-            self.fresh = values.float()
+            todo.values = values.float()
             return
         values = values.double().cpu()
         for (name, keys), v in zip(todo.keys, values.split([len(k) for _, k in todo.keys])):
@@ -77,7 +77,7 @@ class ReferenceLogprobs:
         """The batch's reference log-probs (chosen [B], rejected [B]), once `store` has taken `todo`'s."""
         chosen = batch["chosen"]
         if not self.use_cache:
-            return self.fresh.split([len(chosen), len(batch["rejected"])])
+            return todo.values.split([len(chosen), len(batch["rejected"])])
         ids = {"chosen": batch["chosen_id"].cpu(), "rejected": batch["rejected_id"].cpu()}
         return tuple(self.cache[name][keys].to(device=chosen.device, dtype=torch.float32) for name, keys in ids.items())
 

@@ -115,12 +115,8 @@ class SeedPhase:
     def __init__(self, stacked: StackedPhase, k: int):
         self.stacked, self.k = stacked, k
         module = stacked.phase_module
-        self.phase, self.name, self.total_steps, self.step_of = (
-            module.phase,
-            module.name,
-            module.total_steps,
-            module.step_of,
-        )
+        self.phase, self.name, self.total_steps = module.phase, module.name, module.total_steps
+        self.step_of = module.step_of
 
     @property
     def metrics_row(self) -> dict[str, torch.Tensor | float]:
@@ -160,8 +156,9 @@ class SeedCallbacks(Callback):
 
     def _each(self, hook: str, trainer: L.Trainer, module: StackedPhase, *args: Any) -> None:
         for k in self.group.alive():
+            views = SeedTrainer(trainer, k), SeedPhase(module, k)
             for cb in self.per_seed[k]:
-                getattr(cb, hook)(SeedTrainer(trainer, k), SeedPhase(module, k), *args)
+                getattr(cb, hook)(*views, *args)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._each("on_train_start", trainer, pl_module)
