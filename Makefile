@@ -29,8 +29,8 @@ test-slow: $(STAMP)
 BENCH_ARGS ?= --model tiny --steps 5
 SWEEP_ARGS ?= --model tiny --data small --stacks 1,2,4,8
 bench: $(STAMP)
-	$(PY) -m negrl.bench $(BENCH_ARGS) --json bench.json
-	$(PY) -m negrl.sweep_bench $(SWEEP_ARGS) --json sweep-bench.json
+	$(PY) -m negrl.tools.bench $(BENCH_ARGS) --json bench.json
+	$(PY) -m negrl.tools.sweep_bench $(SWEEP_ARGS) --json sweep-bench.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check negrl tests train.py hydra_plugins

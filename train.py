@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from negrl.cli import check_group_choices, expand_ranges, preflight, rename_deprecated, run_from_hydra
-from negrl.errors import NegrlError
+from negrl.core.errors import NegrlError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -20,14 +20,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from negrl import checkpoint
-from negrl.config import CONF_DIR, deprecation_notice, renamed_key, unknown_key_message
-from negrl.distributed import is_rank_zero
-from negrl.errors import NegrlError, RunFailed
+from negrl.core.distributed import is_rank_zero
+from negrl.core.errors import NegrlError, RunFailed
 from negrl.pipeline import check_stackable, run, run_stacked
-from negrl.rundir import RunDir, read_json, write_json_atomic
-from negrl.stacked import StackFailed
-from negrl.validation import validate
+from negrl.run import checkpoint
+from negrl.run.config import CONF_DIR, deprecation_notice, renamed_key, unknown_key_message
+from negrl.run.rundir import RunDir, read_json, write_json_atomic
+from negrl.run.validation import validate
+from negrl.stacked.runner import StackFailed
 
 #: hydra/launcher=stacked (conf/hydra/launcher/stacked.yaml): a sweep's jobs that differ only in `seed` train together.
 STACKED_LAUNCHER = "hydra_plugins.negrl_launcher.StackedLauncher"
@@ -38,7 +38,7 @@ INFO_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-s
 
 
 def rename_deprecated(argv: list[str]) -> list[str]:
-    """Each override of a renamed key (`negrl.config.RENAMED`) under its new name, with a one-line notice:
+    """Each override of a renamed key (`negrl.run.config.RENAMED`) under its new name, with a one-line notice:
     `dpo.reference_cache=false` becomes `reference.cache=false`."""
     out = []
     for arg in argv:
@@ -241,7 +241,7 @@ def run_from_hydra(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> floa
 
 def run_stacked_from_hydra(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float]:
     """Jobs of a sweep that differ only in `seed` (hydra/launcher=stacked: (config, hydra node) each), trained as
-    one stack (negrl.stacked; a job alone as a plain run); each job's return value as `run_from_hydra`'s."""
+    one stack (negrl.stacked.runner; a job alone as a plain run); each job's return value as `run_from_hydra`'s."""
     if len(jobs) == 1:
         return [run_from_hydra(*jobs[0])]
     cfgs = [job_config(cfg, hydra_cfg) for cfg, hydra_cfg in jobs]

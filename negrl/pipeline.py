@@ -1,5 +1,5 @@
 """`run(cfg, run_dir)`: the whole experiment of docs/experiment.md, top to bottom; `run_stacked`: the same for
-several seeds of one configuration at once (negrl.stacked)."""
+several seeds of one configuration at once (negrl.stacked.runner)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from negrl.backbone import Backbone
-from negrl.checkpoint import numeric_config, resume_dir
-from negrl.data import PasswordData
-from negrl.distributed import is_rank_zero
-from negrl.errors import NegrlError, RunFailed
-from negrl.loading import load_model
-from negrl.phases import JointPhase, NTPPhase, ObjectivePhase
-from negrl.reference import ReferenceLogprobs
-from negrl.rundir import RunDir
-from negrl.runner import PhaseEndHook, PhaseRunner, quiet_lightning
-from negrl.stacked import StackedRunner, StackHook
-from negrl.validation import Settings, validate, warn_degenerate
+from negrl.core.distributed import is_rank_zero
+from negrl.core.errors import NegrlError, RunFailed
+from negrl.method.data import PasswordData
+from negrl.method.phases import JointPhase, NTPPhase, ObjectivePhase
+from negrl.method.reference import ReferenceLogprobs
+from negrl.model.backbone import Backbone
+from negrl.model.loading import load_model
+from negrl.run.checkpoint import numeric_config, resume_dir
+from negrl.run.rundir import RunDir
+from negrl.run.runner import PhaseEndHook, PhaseRunner, quiet_lightning
+from negrl.run.validation import Settings, validate, warn_degenerate
+from negrl.stacked.runner import StackedRunner, StackHook
 
 
 def run(

@@ -10,6 +10,14 @@ from typing import Any
 
 # No test touches the network: the hub is offline for the whole session (before huggingface_hub reads it).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Under pytest-xdist each worker has one core's share: one thread per process (also for the processes a test
+# starts), so that the workers do not oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402

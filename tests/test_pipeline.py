@@ -116,8 +116,8 @@ def test_reference_cache_computes_each_sequence_once_and_changes_nothing(tiny_ru
 
 
 def test_bf16_mixed_runs_on_cpu_and_evaluates_in_fp32(tmp_path):
-    from negrl.data import DataSizes, PasswordData
-    from negrl.vocab import PasswordVocab
+    from negrl.method.data import DataSizes, PasswordData
+    from negrl.model.vocab import PasswordVocab
 
     cfg = make_cfg("trainer.precision=bf16-mixed", "data.negative_repeats=1", "eval.every=1")
     final = {}
@@ -126,7 +126,7 @@ def test_bf16_mixed_runs_on_cpu_and_evaluates_in_fp32(tmp_path):
     # The logged phase-3 evaluation equals an fp32 evaluation of the final weights.
     from omegaconf import OmegaConf
 
-    from negrl.backbone import Backbone
+    from negrl.model.backbone import Backbone
 
     c = OmegaConf.to_container(cfg, resolve=True)
     model = Backbone.random_init(c["model"]["architecture"], seed=0)

@@ -13,7 +13,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from negrl.cli import expand_ranges, job_devices, sweep_wandb
-from negrl.errors import NegrlError
+from negrl.core.errors import NegrlError
 
 
 def jobs(argv: list[str]) -> list[list[str]]:
@@ -69,7 +69,7 @@ ON_PYTHIA_160M = ("paper-main", "paper-holdout", "paper-ablations", "paper-model
 def test_each_preset_is_a_complete_sweep_of_valid_configs(preset, n):
     from omegaconf import OmegaConf
 
-    from negrl.validation import validate
+    from negrl.run.validation import validate
 
     runs = jobs([f"experiment={preset}"])
     assert len(runs) == n
@@ -119,7 +119,7 @@ def test_ablation_preset_runs_the_baseline_and_each_ablation():
 
 
 def test_objectives_preset_runs_every_objective_of_the_registry_with_its_defaults():
-    from negrl.objectives import DEFAULTS, OBJECTIVES
+    from negrl.method.objectives import DEFAULTS, OBJECTIVES
 
     seen = {}
     for job in jobs(["experiment=objectives-cpu"]):

@@ -1,0 +1,98 @@
+"""Checkpoints of a run in progress, and finding the run to resume.
+
+One file, `RUN_DIR/checkpoints/last.pt`, replaced atomically: the model, the frozen
+reference, optimizer and scheduler state, the position in the phase's fixed data order,
+RNG states, evaluation state (running maxima), the run's record and the config it belongs to.
+"""
+
+from __future__ import annotations
+
+import glob
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from negrl.core.errors import NegrlError
+from negrl.run.rundir import RunDir, write_atomic
+
+#: Config keys that do not change the numbers of a run, ignored when matching a resume.
+NEUTRAL_KEYS = ("resume", "checkpoint", "wandb")
+NEUTRAL_TRAINER_KEYS = ("enable_progress_bar",)
+
+
+def save_atomic(state: dict[str, Any], owner: RunDir) -> Path:
+    """Write `state` as the run's checkpoint, atomically (a crash leaves the previous one)."""
+    write_atomic(owner.checkpoint, lambda tmp: torch.save(state, tmp))
+    return owner.checkpoint
+
+
+def load(owner: RunDir) -> dict[str, Any] | None:
+    """The run's checkpoint, or None if it has none."""
+    if not owner.has_checkpoint():
+        return None
+    return torch.load(owner.checkpoint, map_location="cpu", weights_only=False)
+
+
+def rng_states() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+def numeric_config(c: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config that determines a run's numbers."""
+    out = {k: v for k, v in c.items() if k not in NEUTRAL_KEYS}
+    out["trainer"] = {k: v for k, v in c["trainer"].items() if k not in NEUTRAL_TRAINER_KEYS}
+    return out
+
+
+def resume_dir(resume: bool | str, search: str, c: dict[str, Any]) -> tuple[Path, str]:
+    """The run directory to continue and why: `resume=PATH`, or with `resume=true` the newest unfinished
+    run (a checkpoint, no complete results.json) of the same config among the directories matching the glob
+    `search` (where runs of this config are written). Reads only each candidate's config.yaml."""
+    if resume is not True:
+        owner = RunDir(resume)
+        if not owner.has_checkpoint():
+            raise NegrlError(f"resume={resume}: no checkpoint at {owner.checkpoint}; check the run directory")
+        check_same_config(owner.read_config(), c, owner.path)
+        return owner.path, "resume=RUN_DIR"
+    found = []
+    for path in glob.glob(search):
+        owner = RunDir(path)
+        if owner.has_checkpoint() and owner.status() != "complete":
+            saved = owner.read_config()
+            if saved is not None and numeric_config(saved) == numeric_config(c):
+                found.append((owner.checkpoint.stat().st_mtime, owner.path))
+    if not found:
+        raise NegrlError(
+            f"resume=true: no unfinished run of this config with a checkpoint in {search}; "
+            "pass resume=RUN_DIR, or drop resume to start afresh"
+        )
+    run_dir = max(found)[1]
+    return run_dir, f"the newest of {len(found)} unfinished run(s) of this config in {search}"
+
+
+def check_same_config(saved: dict[str, Any] | None, c: dict[str, Any], run_dir: Path) -> None:
+    if saved is None:
+        raise NegrlError(f"resume: {run_dir} has no readable config.yaml; resume a run directory written by negrl")
+    a, b = numeric_config(saved), numeric_config(c)
+    if a != b:
+        diff = sorted(_diff(a, b))
+        raise NegrlError(
+            f"resume: the config differs from the run in {run_dir} at {', '.join(diff[:5])}; "
+            "resume with the same overrides, or start a new run"
+        )
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) | set(b)
+        return [d for k in keys for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix.rstrip('.')} ({a!r} -> {b!r})"]

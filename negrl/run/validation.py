@@ -1,0 +1,269 @@
+"""Every check that can be made on a config before any work starts.
+
+Types, ranges and unknown keys of single values are declared in `negrl.run.config`; this module adds
+what depends on several values (sizes that must divide, draws that must be possible, memory that
+must fit, devices that must exist) and returns the settings the config defines.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from negrl.attacks.extraction import AttackSettings
+from negrl.core.errors import NegrlError
+from negrl.method.data import DataSizes, PasswordSplits, heldout_count
+from negrl.method.objectives import DEFAULTS, OBJECTIVES
+from negrl.method.phases import OptimSettings
+from negrl.model.adapters import target_modules
+from negrl.model.loading import check_model
+from negrl.run.config import check_config
+from negrl.run.tracking import wandb_login_found
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+#: Bytes per password held during the draw: letters (uint8), Python set entries for the exclusions.
+BYTES_PER_DRAWN = 200
+#: Bytes per exposure candidate: int64 tokens, [T-1, K] fp32 letter log-probs (K = 26), its set entry.
+BYTES_PER_CANDIDATE_TOKEN = 8 + 26 * 4
+
+
+Objective = tuple[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A checked config: its plain values (`config`, as saved in config.yaml) and, by name, everything the
+    run reads from it."""
+
+    config: dict[str, Any]
+    seed: int
+    model: dict[str, Any]  # model.*, read by negrl.model.loading
+    adapter: dict[str, Any]  # adapter.*: none (full fine-tuning) or lora (negrl.model.adapters)
+    tokens: dict[str, Any]
+    sizes: DataSizes
+    holdout_frac: float
+    prefix: bool
+    freeze: bool  # phase 2 freezes the second half of the layers and the unembedding
+    compute: dict[str, Any]
+    optim: OptimSettings
+    objective: Objective  # phases 2-3
+    beta: float  # scale of the logged rewards
+    weights: dict[str, float]  # phase-3 loss weights
+    reference_cache: bool
+    eval_every: int
+    attacks: AttackSettings | None  # the attacks at each phase end (extraction.*); None: extraction.enabled=false
+    checkpoint_every: int
+    resume: bool | str
+    trainer: dict[str, Any]
+    wandb: dict[str, Any]
+
+    @property
+    def steps(self) -> dict[int, int]:
+        """Optimizer steps of each phase."""
+        return {p: self.sizes.steps(p) for p in (1, 2, 3)}
+
+
+def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
+    """Check the config (refusing it with one line); return the settings it defines.
+
+    `warn`: print `warn_degenerate`'s lines now (the pipeline prints them itself once the model is loaded,
+    so that a refused run prints only its error)."""
+    c = check_config(cfg)
+    sizes = DataSizes(**c["data"])
+    n_held = heldout_count(c["holdout_frac"], sizes.n_negatives)
+    PasswordSplits.check_counts(sizes, n_held)
+    n_letters = len(c["tokens"]["letters"])
+    _check_tokens(c["tokens"])
+    check_model(c["model"], c["tokens"])
+    if c["adapter"]["name"] != "none":
+        target_modules(c["adapter"], c["model"])
+    _check_draw(sizes, n_letters)
+    _check_trainer(c["trainer"], sizes.batch_size)
+    _check_wandb(c["wandb"])
+    optim = optim_settings(c)
+    attacks = attack_settings(c["extraction"], c["seed"], n_letters, sizes.password_length)
+    _check_memory(sizes, attacks.candidates if attacks else 0)
+    settings = Settings(
+        config=c, seed=c["seed"], model=c["model"], adapter=c["adapter"], tokens=c["tokens"], sizes=sizes,
+        holdout_frac=c["holdout_frac"], prefix=c["prefix"], freeze=c["freeze"], compute=c["compute"],
+        optim=optim, objective=objective_settings(c), beta=c["dpo"]["beta"], weights=phase3_weights(c["joint"]),
+        reference_cache=c["reference"]["cache"], eval_every=c["eval"]["every"], attacks=attacks,
+        checkpoint_every=c["checkpoint"]["every"], resume=c["resume"], trainer=c["trainer"], wandb=c["wandb"],
+    )  # fmt: skip
+    if warn:
+        warn_degenerate(settings)
+    return settings
+
+
+def _check_tokens(t: dict[str, Any]) -> None:
+    letters = t["letters"]
+    if not letters or len(set(letters)) != len(letters):
+        raise NegrlError(f"tokens.letters={letters!r} must be non-empty with no repeated letter")
+    if t["regular_prefix"] == t["reverse_prefix"]:
+        raise NegrlError(
+            f"tokens.regular_prefix and tokens.reverse_prefix are both {t['regular_prefix']!r}; "
+            "they must differ (the paper uses ' regular' and ' reverse')"
+        )
+    if "{}" not in t["letter_format"]:
+        raise NegrlError(f"tokens.letter_format={t['letter_format']!r} must contain {{}} where the letter goes")
+
+
+def _check_draw(sizes: DataSizes, n_letters: int) -> None:
+    """Every password is drawn by rejection (distinct, avoiding the negatives): the space of passwords must be
+    at least twice what the run draws, or the draw may never finish."""
+    space = n_letters**sizes.password_length
+    drawn = sizes.n_negatives + sizes.n_phase1 + 2 * sizes.dpo_size + sizes.eval_size
+    if drawn * 2 > space:
+        raise NegrlError(
+            f"data.password_length={sizes.password_length} over {n_letters} letters gives {space:,} distinct "
+            f"passwords, fewer than twice the {drawn:,} the run draws; use longer passwords or more tokens.letters"
+        )
+
+
+def _check_memory(sizes: DataSizes, candidates: int) -> None:
+    """Refuse sizes whose passwords (and exposure candidates) cannot fit in this machine's memory."""
+    drawn = sizes.n_negatives + sizes.n_phase1 + 4 * sizes.dpo_size + sizes.eval_size
+    data_bytes = drawn * (sizes.password_length + BYTES_PER_DRAWN)
+    candidate_bytes = candidates * (BYTES_PER_DRAWN + (sizes.password_length + 1) * BYTES_PER_CANDIDATE_TOKEN)
+    available = available_memory()
+    for need, what in ((data_bytes, "the passwords of data.*"), (candidate_bytes, "extraction.candidates")):
+        if need > available:
+            raise NegrlError(
+                f"{what} need about {need / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB of memory "
+                "available here; lower data.n_negatives, data.negative_repeats, data.n_phase1 or extraction.candidates"
+            )
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable on Linux, else the physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_trainer(t: dict[str, Any], batch_size: int) -> None:
+    devices = t.get("devices", 1)
+    n = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) else None
+    if n is None or n < 1 or isinstance(devices, bool):
+        raise NegrlError(f"trainer.devices={devices!r} must be a number of devices (1, 2, ...) or a list of device ids")
+    if batch_size % n:
+        raise NegrlError(
+            f"trainer.devices={devices} does not divide data.batch_size={batch_size}: each device takes "
+            f"batch_size / devices sequences; use a divisor of {batch_size}"
+        )
+    accelerator = t.get("accelerator", "auto")
+    cuda = torch.cuda.is_available()
+    if accelerator in GPU_ACCELERATORS and not cuda:
+        raise NegrlError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use trainer.accelerator=cpu")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise NegrlError("trainer.accelerator=mps but MPS is not available; use trainer.accelerator=cpu")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not cuda and not torch.backends.mps.is_available())
+    if str(t.get("precision")) == "16-mixed" and on_cpu:
+        raise NegrlError(
+            "trainer.precision=16-mixed needs a GPU (on CPU Lightning would silently run bf16-mixed); "
+            "use trainer.precision=bf16-mixed or 32-true"
+        )
+
+
+def _check_wandb(w: dict[str, Any]) -> None:
+    if w["enabled"] and w["mode"] == "online" and not wandb_login_found():
+        raise NegrlError(
+            "wandb.mode=online but no W&B login was found (WANDB_API_KEY or `wandb login`); "
+            "log in first, or use wandb.mode=offline (sync later with `wandb sync`)"
+        )
+
+
+def optim_settings(c: dict[str, Any]) -> OptimSettings:
+    """AdamW and schedule settings (their single values are checked by `negrl.run.config`)."""
+    o, s = c["optim"], c["schedule"]
+    if len(o["betas"]) != 2 or not all(0 <= b < 1 for b in o["betas"]):
+        raise NegrlError(f"optim.betas={o['betas']} must be two numbers in [0, 1)")
+    fused = o["fused"]
+    if str(c["trainer"].get("precision")) == "16-mixed":  # fp16 loss scaling: clipping needs unfused AdamW
+        if fused is True:
+            raise NegrlError(
+                "optim.fused=true cannot clip gradients under trainer.precision=16-mixed; use optim.fused=auto"
+            )
+        fused = False
+    return OptimSettings(
+        lr=o["lr"],
+        weight_decay=o["weight_decay"],
+        betas=tuple(o["betas"]),
+        eps=o["eps"],
+        warmup_steps=s["warmup_steps"],
+        cosine_over=s["cosine_over"],
+        fused=fused,
+        grad_clip=o["grad_clip"],
+    )
+
+
+def objective_settings(c: dict[str, Any]) -> Objective:
+    """The phase-2/3 objective (`objective=NAME`) and its hyper-parameters, checked."""
+    o = dict(c["objective"])
+    name = o.pop("name", None)
+    if name not in OBJECTIVES:
+        raise NegrlError(f"objective={name} is unknown; choose one of: {', '.join(OBJECTIVES)}")
+    if set(o) != set(DEFAULTS[name]):
+        expected = ", ".join(f"objective.{k}" for k in DEFAULTS[name]) or "none"
+        raise NegrlError(f"objective={name} takes {expected}, got {', '.join(sorted(o)) or 'none'}; fix objective.*")
+    for key, value in o.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NegrlError(f"objective.{key}={value!r} must be a number for objective={name}")
+    for key in ("beta", "tau"):
+        if key in o and not o[key] > 0:
+            raise NegrlError(f"objective.{key}={o[key]} must be positive for objective={name}")
+    for key in ("delta", "alpha"):
+        if key in o and not o[key] >= 0:
+            raise NegrlError(f"objective.{key}={o[key]} must be non-negative for objective={name}")
+    return name, {k: float(v) for k, v in o.items()}
+
+
+def phase3_weights(joint: dict[str, float]) -> dict[str, float]:
+    """Phase-3 loss weights {objective, random, useful}: non-negative (checked by `negrl.run.config`), not all zero."""
+    weights = {k: float(joint[f"{k}_weight"]) for k in ("objective", "random", "useful")}
+    if not any(weights.values()):
+        raise NegrlError(f"phase-3 weights {weights} are all zero; set at least one of joint.*_weight above 0")
+    return weights
+
+
+def attack_settings(e: dict[str, Any], seed: int, n_letters: int, length: int) -> AttackSettings | None:
+    """The attacks' settings (None: `extraction.enabled=false`); the candidates must be drawable as distinct
+    passwords."""
+    n = e["candidates"]
+    if n > n_letters**length // 4:
+        raise NegrlError(
+            f"extraction.candidates={n} is too many distinct {length}-letter passwords over {n_letters} letters; "
+            f"use at most {n_letters**length // 4}"
+        )
+    if not e["enabled"]:
+        return None
+    return AttackSettings(candidates=n, samples=e["samples"], min_k=e["min_k"], bootstrap=e["bootstrap"], seed=seed)
+
+
+def warn_degenerate(s: Settings) -> None:
+    """One line each for an evaluation interval or a warm-up longer than phases (legal, rarely intended)."""
+    steps = s.steps
+    every, warmup = s.eval_every, s.optim.warmup_steps
+    short = [f"phase {p} ({n} steps)" for p, n in steps.items() if every >= n]
+    if short:
+        print(
+            f"negrl: warning: eval.every={every} is as long as {', '.join(short)}: evaluated only after step 0 there",
+            file=sys.stderr,
+        )
+    if warmup >= max(steps.values()):
+        lengths = ", ".join(map(str, steps.values()))
+        print(
+            f"negrl: warning: schedule.warmup_steps={warmup} is longer than every phase ({lengths} steps): "
+            "the learning rate never reaches optim.lr",
+            file=sys.stderr,
+        )

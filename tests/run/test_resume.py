@@ -1,0 +1,225 @@
+"""A killed run resumed from its last checkpoint ends with the uninterrupted run's numbers."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_cfg
+
+from negrl.core.errors import NegrlError
+from negrl.method.phases import JointPhase, ObjectivePhase
+from negrl.pipeline import run
+from negrl.run import checkpoint
+from negrl.run.rundir import RunDir
+
+ARGS = ("checkpoint.every=10",)  # data=small: 8 + 80 + 80 steps
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def kill_at(monkeypatch, phase_cls, step):
+    """Make `phase_cls` crash on its `step`-th update (0-based), like a pre-empted machine."""
+    original = phase_cls.compute_loss
+
+    def crashing(self, batch):
+        if type(self) is phase_cls and self.start_step + self.trainer.global_step == step:
+            raise Killed(f"killed in phase {self.phase} at step {step}")
+        return original(self, batch)
+
+    monkeypatch.setattr(phase_cls, "compute_loss", crashing)
+
+
+def killed_run(monkeypatch, run_dir, phase_cls=ObjectivePhase, step=15, hard=False) -> None:
+    """A run of ARGS in `run_dir` killed at `step` of `phase_cls` (`hard`: without any clean-up)."""
+    with monkeypatch.context() as m:
+        (hard_kill_at if hard else kill_at)(m, phase_cls, step)
+        with pytest.raises(Killed):
+            run(make_cfg(*ARGS), run_dir)
+
+
+def numbers(results):
+    return {
+        "metric": results["metric"],
+        "control": results["control"]["metric"],
+        "phases": {p: v["eval"] for p, v in results["phases"].items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return run(make_cfg(*ARGS), tmp_path_factory.mktemp("full"))
+
+
+@pytest.mark.parametrize("phase_cls,step", [(ObjectivePhase, 37), (JointPhase, 52)])
+def test_resume_after_a_crash_gives_the_same_results(uninterrupted, tmp_path, monkeypatch, phase_cls, step):
+    with monkeypatch.context() as m:
+        kill_at(m, phase_cls, step)
+        with pytest.raises(Killed):
+            run(make_cfg(*ARGS), tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+    saved = checkpoint.load(RunDir(tmp_path))
+    assert (saved["phase"], saved["step"], saved["phase_done"]) == (phase_cls.phase, step // 10 * 10 - 1, False)
+
+    resumed = run(make_cfg(*ARGS, f"resume={tmp_path}"), tmp_path / "ignored-new-dir")
+    got, want = numbers(resumed), numbers(uninterrupted)
+    assert got["metric"] == pytest.approx(want["metric"], abs=1e-6)
+    assert got["control"] == pytest.approx(want["control"], abs=1e-6)
+    for p in ("1", "2", "3"):
+        for name in ("heldout", "useful", "random"):
+            for k in ("max", "final"):
+                assert got["phases"][p][name][k] == pytest.approx(want["phases"][p][name][k], abs=1e-6)
+    saved_results = json.loads((tmp_path / "results.json").read_text())
+    assert saved_results["status"] == "complete" and saved_results["metric"] == resumed["metric"]
+    # metrics.csv holds each step exactly once.
+    import csv
+
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "metrics.csv")) if r.get("train/loss")]
+    assert steps == list(range(168))
+
+
+def test_resume_true_finds_the_newest_unfinished_run_of_the_same_config(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    killed_run(monkeypatch, runs / "day" / "killed")
+    resumed = run(make_cfg(*ARGS, "resume=true"), runs / "day" / "new")
+    assert resumed["run"]["dir"] == str(runs / "day" / "killed")
+    with pytest.raises(NegrlError, match="resume=true: no unfinished run of this config with a checkpoint in"):
+        run(make_cfg(*ARGS, "resume=true", "seed=9"), runs / "day" / "other")
+
+
+def test_resume_errors(tmp_path, monkeypatch):
+    with pytest.raises(NegrlError, match="resume=.*: no checkpoint at"):
+        run(make_cfg(*ARGS, f"resume={tmp_path / 'nothing'}"), tmp_path / "x")
+    killed_run(monkeypatch, tmp_path / "killed")
+    with pytest.raises(NegrlError, match=r"config differs .* at dpo.beta \(0.1 -> 0.2\)"):
+        run(make_cfg(*ARGS, "dpo.beta=0.2", f"resume={tmp_path / 'killed'}"), tmp_path / "y")
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
+    checkpoint.save_atomic({"step": 1, "w": torch.ones(3)}, RunDir(tmp_path))
+
+    def broken_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        checkpoint.save_atomic({"step": 2}, RunDir(tmp_path))
+    assert checkpoint.load(RunDir(tmp_path))["step"] == 1
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]
+
+
+def hard_kill_at(monkeypatch, phase_cls, step):
+    """Like `kill_at`, but the process dies without any clean-up: nothing is flushed or recorded afterwards."""
+    from negrl.run.tracking import RunLogger
+
+    kill_at(monkeypatch, phase_cls, step)
+    monkeypatch.setattr(RunLogger, "finish", lambda self, *a, **k: None)
+    monkeypatch.setattr("negrl.run.rundir.RunDir.write_results", lambda self, results: None)
+
+
+def comparable(run_dir):
+    """results.json without what differs between any two runs (when and where), and metrics.csv rows."""
+    import csv
+
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("run", "wall_time_s", "versions"):
+        results.pop(key, None)
+    for phase in results["phases"].values():
+        phase.pop("wall_time_s")
+    rows = [{k: v for k, v in r.items()} for r in csv.DictReader(open(run_dir / "metrics.csv"))]
+    return results, rows
+
+
+def test_a_hard_kill_and_resume_equals_the_uninterrupted_run_in_every_file(uninterrupted, tmp_path, monkeypatch):
+    """Killed at phase-2 step 47 with the last checkpoint at 39: every metrics.csv row and results.json field
+    (the reference's sequence count included) equal the uninterrupted run's."""
+    killed_run(monkeypatch, tmp_path, step=47, hard=True)
+    resumed = run(make_cfg(*ARGS, f"resume={tmp_path}"), tmp_path)
+    full = Path(uninterrupted["run"]["dir"])
+    want_results, want_rows = comparable(full)
+    got_results, got_rows = comparable(tmp_path)
+    assert got_results == want_results
+    assert resumed["reference"]["sequences_computed"] == uninterrupted["reference"]["sequences_computed"]
+    assert [r["step"] for r in got_rows] == [r["step"] for r in want_rows]
+    differ = [(a["step"], k) for a, b in zip(got_rows, want_rows) for k in a if a[k] != b[k]]
+    assert not differ[:5]
+
+
+def test_resume_true_takes_the_newest_unfinished_run_not_a_newer_completed_one(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    killed_run(monkeypatch, runs / "day" / "a-killed")
+    run(make_cfg(*ARGS), runs / "day" / "b-complete")  # newer, complete, same config
+    elsewhere = tmp_path / "elsewhere" / "x"  # an unfinished run of the same config outside the search
+    killed_run(monkeypatch, elsewhere)
+    resumed = run(make_cfg(*ARGS, "resume=true"), runs / "day" / "c-new", search=str(runs / "*" / "*"))
+    assert resumed["run"]["dir"] == str(runs / "day" / "a-killed")
+    assert not (runs / "day" / "c-new").exists()
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path):
+
+    holder = RunDir(tmp_path / "busy")
+    holder.lock()  # another process training in it (flock is per open file, so this stands in for one)
+    try:
+        with pytest.raises(NegrlError, match="is in use by another negrl process"):
+            run(make_cfg(*ARGS), tmp_path / "busy")
+    finally:
+        holder.unlock()
+    assert not (tmp_path / "busy").exists()
+
+
+def test_a_full_disk_is_one_line_and_failed_with_the_last_checkpoint_kept(tmp_path, monkeypatch):
+    import errno
+
+    from negrl.core.errors import RunFailed
+
+    original = checkpoint.save_atomic
+    calls = []
+
+    def filling(state, run_dir):
+        calls.append(state["step"])
+        if state["phase"] == 2 and state["step"] == 19:
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir.path / "checkpoints"))
+        return original(state, run_dir)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", filling)
+    with pytest.raises(
+        RunFailed, match=r"^disk full .*: free some space, then continue .*resume=.*after phase 2 step 9"
+    ):
+        run(make_cfg(*ARGS), tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "failed" and saved["reason"].startswith("disk full")
+    assert (checkpoint.load(RunDir(tmp_path))["phase"], checkpoint.load(RunDir(tmp_path))["step"]) == (2, 9)
+
+
+def test_a_sweep_with_resume_true_continues_each_job_and_leaves_no_new_job_directory(tmp_path, monkeypatch):
+    """`python train.py -m seed=0 resume=true`: the job continues the killed run of a former sweep (found through
+    the sweep's directory pattern), the new sweep keeps no empty job directory, and the summary counts the job."""
+    import subprocess
+    import sys
+
+    from conftest import FAST, ROOT
+
+    old = tmp_path / "multirun" / "2026-01-01" / "00-00-00" / "0-tiny-seed0"
+    killed_run(monkeypatch, old)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", *FAST, *ARGS, "seed=0", "resume=true"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((old / "results.json").read_text())["status"] == "complete"
+    sweeps = [p for p in (tmp_path / "multirun").glob("*/*") if p.parent.name != "2026-01-01"]
+    assert len(sweeps) == 1 and sorted(p.name for p in sweeps[0].iterdir()) == [".jobs", "multirun.yaml"]
+    assert "negrl: all 1 jobs of" in proc.stdout
+
+
+def test_a_checkpoint_names_no_negrl_class_so_moving_the_code_keeps_it_loadable(uninterrupted):
+    """Checkpoints hold tensors, numbers, strings and numpy RNG state only: a checkpoint written before a module
+    moved (e.g. negrl/runner.py -> negrl/run/runner.py) still loads and resumes after it."""
+    saved = Path(uninterrupted["run"]["dir"]) / "checkpoints" / "last.pt"
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(saved)
+    assert names and all(name.startswith("numpy.") for name in names), names

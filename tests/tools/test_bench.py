@@ -1,0 +1,82 @@
+"""`make bench` runs end to end on tiny and writes its figures (timings are printed, never asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from negrl.tools.bench import main
+
+
+def test_bench_writes_every_figure_for_each_phase(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--model", "tiny", "--steps", "1", "--device", "cpu", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["phases"]) == {"1", "2", "3"}
+    for row in r["phases"].values():
+        for name in ("optimized", "baseline"):
+            assert set(row[name]) == {"s_per_step", "tokens_per_s", "flops_per_s", "frac_of_peak", "peak_memory_mb"}
+            assert row[name]["s_per_step"] > 0 and row[name]["tokens_per_s"] > 0
+        assert row["speedup"] > 0
+    assert r["projected_full_run_s_optimized"] > 0 and r["projected_speedup"] > 0
+    assert set(r["matmul_peak_flops"]) == {"fp32", "bf16"}
+    assert r["extraction"]["candidates"] == 4095
+    for name in ("optimized", "baseline"):
+        assert r["eval_s"][name] > 0 and r["extraction"]["s_with_logit_diff"][name] > 0
+    out = capsys.readouterr().out
+    assert "projected full paper run" in out and "extraction at a phase end (4095 candidates)" in out
+
+
+def test_bench_rejects_zero_steps(tmp_path, capsys):
+    assert main(["--steps", "0", "--json", str(tmp_path / "b.json")]) == 2
+    assert "--steps=0" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_step_flops_match_a_hand_count_for_tiny():
+    from conftest import make_cfg_dict
+
+    from negrl.model.loading import load_model
+    from negrl.tools.flops import step_flops
+
+    c = make_cfg_dict()
+    backbone, _ = load_model(c["model"], c["tokens"], 0, c["adapter"])
+    # tiny: hidden 64, 4 layers, MLP 256, vocabulary 28, untied. One layer: QKV 64x192 + 192, output 64x64 + 64,
+    # MLP 64x256 + 256 and 256x64 + 64, two layer norms 2 x (64 + 64).
+    layer = 64 * 192 + 192 + 64 * 64 + 64 + 64 * 256 + 256 + 256 * 64 + 64 + 2 * 128
+    final_norm, unembedding = 128, 28 * 64
+    total = 4 * layer + final_norm + unembedding  # the input embedding (28 x 64) is a lookup
+    attention = 4 * 16**2 * 64 * 4  # 16 positions (17 tokens, the last one only a label), 4 layers
+    backbone.set_trainable(True)
+    assert step_flops(backbone, 128, 16) == 128 * (16 * 6 * total + 3 * attention)
+    # Phase 2: layers 2-3 and the unembedding frozen (input gradients only); the final norm and layers 0-1 trained.
+    backbone.set_trainable(True, freeze_second_half=True)
+    trained = 2 * layer + final_norm
+    assert step_flops(backbone, 256, 16, 100) == 256 * (16 * (4 * total + 2 * trained) + 3 * attention) + 100 * (
+        16 * 2 * total + attention
+    )
+
+
+def test_sweep_bench_times_stacked_and_separate_sweeps(tmp_path, capsys):
+    from negrl.tools.sweep_bench import main as sweep_main
+
+    out = tmp_path / "sweep.json"
+    few = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64",
+           "data.eval_size=8", "extraction.candidates=63", "extraction.samples=16",
+           "extraction.bootstrap=0"]  # fmt: skip
+    assert sweep_main(["--stacks", "1,2", "--device", "cpu", "--json", str(out), *few]) == 0
+    r = json.loads(out.read_text())
+    assert [row["K"] for row in r["stacks"]] == [1, 2]
+    for row in r["stacks"]:
+        for way in ("stacked", "separate"):
+            assert row[way]["wall_s"] > 0 and row[way]["runs_per_hour"] > 0 and len(row[way]["metrics"]) == row["K"]
+        assert row["max_metric_diff"] < 1e-5
+    assert r["run_training_flops"] > 0 and r["matmul_peak_flops"] > 0
+    assert "stacked is" in capsys.readouterr().out
+
+
+def test_sweep_bench_rejects_bad_stacks(tmp_path, capsys):
+    from negrl.tools.sweep_bench import main as sweep_main
+
+    assert sweep_main(["--stacks", "0,2", "--json", str(tmp_path / "s.json")]) == 2
+    assert "--stacks=0,2 must list positive integers" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
