@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -190,9 +191,9 @@ class ShuffledBatches(Dataset):
 
 
 class PasswordData:
-    """Every stream of docs/experiment.md from one seeded draw, served phase by phase: a training loader per
-    phase (for `Trainer.fit`), its evaluation sets and exposure candidates. (Not a LightningDataModule: each
-    phase has its own Trainer, and its loader depends on the phase and on the step a resumed run starts at.)"""
+    """Every stream of docs/experiment.md from one seeded draw, served phase by phase: each phase's training data
+    (`for_phase`: a `PhaseData`, the LightningDataModule its Trainer fits on), evaluation sets and exposure
+    candidates."""
 
     def __init__(self, vocab: PasswordVocab, sizes: DataSizes, holdout_frac: float, prefix: bool, seed: int):
         self.vocab, self.sizes, self.holdout_frac = vocab, sizes, holdout_frac
@@ -226,12 +227,9 @@ class PasswordData:
     def dataset(self, phase: int) -> ShuffledBatches:
         return ShuffledBatches(self.streams(phase), self.vocab, self.sizes.batch_size, self.seed, phase)
 
-    def for_phase(self, phase: int, start: int = 0) -> DataLoader:
-        """The training loader of a phase from step `start` on: one item per step, batches pre-assembled."""
-        dataset = RankShard(self.dataset(phase))  # under DDP: this process's share of each batch
-        if start:
-            dataset = Subset(dataset, range(start, len(dataset)))
-        return DataLoader(dataset, batch_size=None, shuffle=False)
+    def for_phase(self, phase: int, start: int = 0) -> PhaseData:
+        """The training data of a phase from step `start` on (a resumed run's next step), for `Trainer.fit`."""
+        return PhaseData(self, phase, start)
 
     def eval_sets(self, phase: int) -> dict[str, torch.Tensor]:
         """The three evaluation sets (token ids) with the phase's evaluation prefix."""
@@ -251,3 +249,36 @@ class PasswordData:
     def positive_targets(self, phase: int) -> Iterable[str]:
         """Batch keys of a phase that are trained towards (everything but DPO's rejected)."""
         return [k for st in self.streams(phase).values() for k in st.arrays if k != "rejected"]
+
+
+class PhaseData(L.LightningDataModule):
+    """One phase's training data from step `start` on, as the LightningDataModule its Trainer fits on: one item
+    per optimizer step, whole batches pre-assembled in the phase's seeded order (under DDP, this process's share
+    of each). Fixed at construction (a phase and a resumed run's step each get their own), so nothing in it
+    changes while it serves."""
+
+    def __init__(self, data: PasswordData, phase: int, start: int = 0):
+        super().__init__()
+        if not 0 <= start <= data.sizes.steps(phase):
+            raise ValueError(f"phase {phase} has {data.sizes.steps(phase)} steps; cannot start at step {start}")
+        self.data, self.phase, self.start = data, phase, start
+
+    def setup(self, stage: str) -> None:
+        """Each process's batches, once its process group is up (the rank decides its share)."""
+        self.batches = self.dataset()
+
+    def dataset(self) -> Dataset:
+        """Item i: the batch of step `start + i` (this process's share of it under DDP)."""
+        dataset: Dataset = RankShard(self.data.dataset(self.phase))
+        return Subset(dataset, range(self.start, len(dataset))) if self.start else dataset
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.batches, batch_size=None, shuffle=False)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the stream stands: the phase and the step of its next batch (a resumed run's data starts there)."""
+        return self.position(self.trainer)
+
+    def position(self, trainer: L.Trainer | None) -> dict[str, int]:
+        """The phase and the step of the next batch once `trainer` (None: not yet fitting) has taken its steps."""
+        return {"phase": self.phase, "next_step": self.start + (0 if trainer is None else trainer.global_step)}

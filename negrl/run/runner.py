@@ -81,7 +81,7 @@ class PhaseRunner:
         inside = self.start_phase(module)
         max_steps, callbacks = self.s.steps[p] - module.start_step, self.callbacks(module, inside)
         trainer = make_trainer(self.s.trainer, self.s.optim.grad_clip, max_steps, callbacks, self.owner.path)
-        trainer.fit(module, train_dataloaders=self.data.for_phase(p, start=module.start_step))
+        trainer.fit(module, datamodule=self.data.for_phase(p, start=module.start_step))
         self.end_phase(p)
 
     def finished(self, phase: int) -> bool:

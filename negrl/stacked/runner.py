@@ -22,6 +22,7 @@ from torch.func import functional_call, vmap
 from torch.utils.data import DataLoader, Dataset
 
 from negrl.core.errors import NegrlError, RunFailed
+from negrl.method.data import PhaseData
 from negrl.method.evaluation import Evaluator
 from negrl.method.objectives import sequence_logprob
 from negrl.method.phases import PhaseModule
@@ -188,6 +189,24 @@ class StackedBatches(Dataset):
         return {key: torch.stack([b[key] for b in batches]) for key in batches[0]}
 
 
+class StackedPhaseData(L.LightningDataModule):
+    """The seeds' `PhaseData` of one phase as one LightningDataModule: each step, every seed's batch stacked."""
+
+    def __init__(self, seeds: list[PhaseData]):
+        super().__init__()
+        self.seeds = seeds
+
+    def setup(self, stage: str) -> None:
+        self.batches = StackedBatches([d.dataset() for d in self.seeds])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.batches, batch_size=None, shuffle=False)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the seeds' streams stand (all at one step): the phase, the next step and the number of seeds."""
+        return {**self.seeds[0].position(self.trainer), "seeds": len(self.seeds)}
+
+
 class StackFailed(RunFailed):
     """An interrupted stack (Ctrl-C, a full disk): each live seed's one-line reason, in order."""
 
@@ -243,8 +262,8 @@ class StackedRunner:
         callbacks = [SeedCallbacks(per_seed, self), *progress_callbacks(f"{module.name} ({len(alive)} seeds)", show)]
         max_steps = self.s.steps[p] - module.start_step
         trainer = make_trainer(self.s.trainer, self.s.optim.grad_clip, max_steps, callbacks, self.runners[0].owner.path)
-        batches = StackedBatches([r.data.for_phase(p, start=module.start_step).dataset for r in self.runners])
-        trainer.fit(stacked, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
+        data = StackedPhaseData([r.data.for_phase(p, start=module.start_step) for r in self.runners])
+        trainer.fit(stacked, datamodule=data)
         for k in self.alive():
             self.runners[k].end_phase(p)
         if self.on_phase_end is not None:

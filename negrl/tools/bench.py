@@ -152,7 +152,7 @@ def time_phase(phase: int, s: Settings, backbone, reference_model, data, steps: 
     timer = StepTimer(device)
     with quiet_lightning(), tempfile.TemporaryDirectory() as tmp:
         trainer = make_trainer(s.trainer, s.optim.grad_clip, steps + 1, [timer], Path(tmp))
-        trainer.fit(phase_module(phase, s, backbone, reference), train_dataloaders=data.for_phase(phase))
+        trainer.fit(phase_module(phase, s, backbone, reference), datamodule=data.for_phase(phase))
     return timer
 
 

@@ -2,12 +2,17 @@
 
 from collections import Counter
 
+import lightning as L
 import numpy as np
 import pytest
+import torch
+from conftest import make_cfg
 
 from negrl.core.errors import NegrlError
-from negrl.method.data import DataSizes, PasswordData, PasswordSplits, heldout_count
+from negrl.method.data import DataSizes, PasswordData, PasswordSplits, PhaseData, heldout_count
 from negrl.model.vocab import PasswordVocab
+from negrl.pipeline import run
+from negrl.run import runner
 
 VOCAB = PasswordVocab.builtin()  # letters 0..25, regular 26, reverse 27
 SIZES = DataSizes()  # the paper's
@@ -145,3 +150,36 @@ def test_bad_heldout_fraction(frac):
 def test_too_few_heldout_for_eval_set():
     with pytest.raises(NegrlError, match="fewer than data.eval_size=128"):
         PasswordSplits.draw(SIZES, 1 / 2560, 0, 26)
+
+
+def test_each_phase_is_a_lightning_datamodule_serving_its_batches_from_the_resumed_step(dm):
+    full, resumed = dm.for_phase(2), dm.for_phase(2, start=1197)
+    assert isinstance(full, L.LightningDataModule) and (full.phase, full.start) == (2, 0)
+    for data in (full, resumed):
+        data.setup("fit")
+    batches, tail = list(full.train_dataloader()), list(resumed.train_dataloader())
+    assert len(batches) == 1200 and len(tail) == 3
+    for a, b in zip(batches[-3:], tail):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(batches[0]["chosen"], dm.dataset(2)[0]["chosen"])  # the phase's seeded order, batch 0 first
+    assert resumed.state_dict() == {"phase": 2, "next_step": 1197}  # before fitting: where it starts
+    with pytest.raises(ValueError, match="phase 1 has 64 steps; cannot start at step 65"):
+        dm.for_phase(1, start=65)
+
+
+def test_the_trainer_of_each_phase_fits_on_the_phases_datamodule(tmp_path):
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_end(self, trainer, module):
+            seen.append((type(trainer.datamodule), trainer.datamodule.state_dict()))
+
+    original = runner.PhaseRunner.callbacks
+
+    def with_record(self, *args, **kwargs):
+        return [*original(self, *args, **kwargs), Record()]
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(runner.PhaseRunner, "callbacks", with_record)
+        run(make_cfg("extraction.enabled=false"), tmp_path / "run")
+    assert seen == [(PhaseData, {"phase": p, "next_step": n}) for p, n in ((1, 8), (2, 80), (3, 80))]
