@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) train.py
 
+# Across the cores (pytest-xdist, one thread per worker); the ten slowest tests are listed at the end.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n auto --dist worksteal --durations=10
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -27,9 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Real tokenizers, carried by the repository: tests/fixtures/tokenizers/<family>/tokenizer.json.xz (see SOURCES.md).
 TOKENIZERS = ROOT / "tests" / "fixtures" / "tokenizers"
 
-#: Quiet, CPU-only, W&B off, scaled-down data and generation attack: the defaults of every test run.
-FAST = ["data=small", "extraction.samples=64", "wandb.enabled=false", "trainer.enable_progress_bar=false",
+#: The attacks scaled down: 64 generated candidates, 255 exposure candidates, 100 bootstrap resamples.
+SMALL_ATTACKS = ["extraction.samples=64", "extraction.candidates=255", "extraction.bootstrap=100"]
+#: Quiet, CPU-only, W&B off, scaled-down data and attacks: the defaults of every test run.
+FAST = ["data=small", *SMALL_ATTACKS, "wandb.enabled=false", "trainer.enable_progress_bar=false",
         "trainer.accelerator=cpu"]  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The heavy tests first (a stable sort: the same order on every xdist worker), so that no long test is left
+    to run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
 def make_cfg(*overrides: str) -> DictConfig:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import SMALL_ATTACKS, make_cfg
 
 from negrl.pipeline import run
 
@@ -78,6 +78,7 @@ def test_evaluation_after_steps_0_5_10_of_each_phase(tiny_run):
     assert float(train[0]["lr"]) == 0.0  # step 0 of the warm-up
 
 
+@pytest.mark.heavy
 def test_same_seed_gives_identical_numbers(tiny_run, tmp_path):
     first, _, _ = tiny_run
     second = run(make_cfg("seed=0"), tmp_path)
@@ -145,8 +146,8 @@ def test_a_log_gets_progress_lines_not_progress_bar_frames(tmp_path):
     from conftest import ROOT
 
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "data=small", "data.negative_repeats=1", "wandb.enabled=false",
-         "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'run'}"],
+        [sys.executable, str(ROOT / "train.py"), "data=small", "data.negative_repeats=1", *SMALL_ATTACKS,
+         "wandb.enabled=false", "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

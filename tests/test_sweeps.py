@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, SMALL_ATTACKS
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -131,6 +131,7 @@ def test_objectives_preset_runs_every_objective_of_the_registry_with_its_default
     assert seen == {name: set(range(8)) for name in OBJECTIVES}
 
 
+@pytest.mark.heavy
 def test_joblib_sweep_runs_in_parallel_and_a_failing_job_does_not_stop_the_others(tmp_path):
     """Two local processes, three jobs; job 1 crashes mid-run (its checkpoint folder cannot be created) and is
     recorded `failed`, jobs 0 and 2 complete; the sweep exits 1 after one summary line."""
@@ -138,8 +139,8 @@ def test_joblib_sweep_runs_in_parallel_and_a_failing_job_does_not_stop_the_other
     (tmp_path / "1-tiny-seed1" / "checkpoints").write_text("a file where the checkpoint folder goes")
     cmd = [
         sys.executable, "train.py", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2",
-        "data=small", "data.negative_repeats=1", "wandb.enabled=false", "trainer.enable_progress_bar=false",
-        "trainer.accelerator=cpu", "seed=0-2", f"hydra.sweep.dir={tmp_path}",
+        "data=small", "data.negative_repeats=1", *SMALL_ATTACKS, "wandb.enabled=false",
+        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "seed=0-2", f"hydra.sweep.dir={tmp_path}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr[-2000:]

@@ -156,13 +156,13 @@ def time_phase(phase: int, s: Settings, backbone, reference_model, data, steps: 
     return timer
 
 
-def bench_settings(model: str, precision: str, device: str) -> dict[str, Settings]:
+def bench_settings(model: str, precision: str, device: str, overrides: list[str] = ()) -> dict[str, Settings]:
     """The settings timed: the default configuration (at `precision`) and a plain baseline (no reference cache,
     fp32, unfused AdamW, plain-autograd log-probs, Hugging Face's default attention), both from conf/."""
     from hydra import compose, initialize_config_dir
 
     common = [f"model={model}", "model.init=random", "wandb.enabled=false", "trainer.enable_progress_bar=false",
-              f"trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}"]  # fmt: skip
+              f"trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}", *overrides]  # fmt: skip
     configs = {
         "optimized": [f"trainer.precision={precision}"],
         "baseline": ["trainer.precision=32-true", "reference.cache=false", "optim.fused=false",
@@ -173,8 +173,8 @@ def bench_settings(model: str, precision: str, device: str) -> dict[str, Setting
                 for name, extra in configs.items()}  # fmt: skip
 
 
-def run_bench(model: str, steps: int, precision: str, device: str) -> dict[str, Any]:
-    settings = bench_settings(model, precision, device)
+def run_bench(model: str, steps: int, precision: str, device: str, overrides: list[str] = ()) -> dict[str, Any]:
+    settings = bench_settings(model, precision, device, overrides)
     s = settings["optimized"]
     backbone, vocab = load_model(s.model, s.tokens, s.seed, s.adapter)
     backbone.to(device)
@@ -271,11 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default="bench.json", help="where to write the figures as JSON")
+    parser.add_argument(
+        "overrides", nargs="*", help="train.py overrides for both configurations, e.g. extraction.candidates=255"
+    )
     args = parser.parse_args(argv)
     if args.steps < 1:
         print(f"negrl bench: error: --steps={args.steps} must be at least 1", file=sys.stderr)
         return 2
-    write_report(run_bench(args.model, args.steps, args.precision, args.device), format_table, args.json)
+    result = run_bench(args.model, args.steps, args.precision, args.device, args.overrides)
+    write_report(result, format_table, args.json)
     return 0
 
 

@@ -327,7 +327,7 @@ def test_each_phase_ends_with_the_attacks_in_results_and_metrics(extraction_run)
     assert top["logit_diff"] == saved["phases"]["2"]["extraction"]["logit_diff"]
     assert top["max_exposure"] == 9.0 and top["chance_accuracy"] == pytest.approx(1 / 26)
     assert top["chance_exposure"] == pytest.approx(chance_exposure(511).mean)
-    assert top["exposure_ties"].startswith("against the password") and (top["min_k"], top["bootstrap"]) == (0.2, 1000)
+    assert top["exposure_ties"].startswith("against the password") and (top["min_k"], top["bootstrap"]) == (0.2, 100)
     final = saved["final"]
     assert final["heldout"] == saved["phases"]["3"]["eval"]["heldout"]["final"]
     assert final["heldout_minus_random"] == pytest.approx(final["heldout"] - final["random"])

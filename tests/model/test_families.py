@@ -263,6 +263,7 @@ def test_the_readme_family_table_is_what_each_full_size_model_trains(model):
     assert (row[6], row[7], row[8]) == (f"{records[0]['parameters']:,}", *counts)  # weights: without adapters
 
 
+@pytest.mark.heavy
 def test_lora_under_ddp_with_two_processes_gives_the_single_process_result(tmp_path):
     import subprocess
     import sys

@@ -149,6 +149,7 @@ def test_a_hard_kill_and_resume_equals_the_uninterrupted_run_in_every_file(unint
     assert not differ[:5]
 
 
+@pytest.mark.heavy
 def test_resume_true_takes_the_newest_unfinished_run_not_a_newer_completed_one(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     killed_run(monkeypatch, runs / "day" / "a-killed")
@@ -196,6 +197,7 @@ def test_a_full_disk_is_one_line_and_failed_with_the_last_checkpoint_kept(tmp_pa
     assert (checkpoint.load(RunDir(tmp_path))["phase"], checkpoint.load(RunDir(tmp_path))["step"]) == (2, 9)
 
 
+@pytest.mark.heavy
 def test_a_sweep_with_resume_true_continues_each_job_and_leaves_no_new_job_directory(tmp_path, monkeypatch):
     """`python train.py -m seed=0 resume=true`: the job continues the killed run of a former sweep (found through
     the sweep's directory pattern), the new sweep keeps no empty job directory, and the summary counts the job."""

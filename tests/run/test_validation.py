@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, make_cfg
+from conftest import ROOT, SMALL_ATTACKS, make_cfg
 
 from negrl.cli import check_group_choices
 from negrl.core.errors import NegrlError, RunFailed
@@ -207,6 +207,7 @@ def test_a_refused_command_is_one_line_and_leaves_no_directory(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.heavy
 def test_cli_exit_code_2_one_line_and_no_directory_left(tmp_path):
     """Through train.py, for errors found before Hydra starts and for one found only when the model loads."""
     for args, message in (
@@ -293,14 +294,15 @@ def test_multirun_with_a_bad_value_in_any_job_is_refused_before_any_job_runs(tmp
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.heavy
 def test_multirun_records_a_failed_job_finishes_the_others_and_exits_1(tmp_path):
     """Job 1 crashes mid-run (its checkpoint folder cannot be created): recorded `failed`, job 0 completes, and
     the sweep ends with a summary line and exit code 1."""
     (tmp_path / "1-tiny-seed1").mkdir(parents=True)
     (tmp_path / "1-tiny-seed1" / "checkpoints").write_text("a file where the checkpoint folder goes")
     proc = _train(
-        "-m", "data=small", "data.negative_repeats=1", "trainer.enable_progress_bar=false", "wandb.enabled=false",
-        "trainer.accelerator=cpu", "seed=0,1", f"hydra.sweep.dir={tmp_path}",
+        "-m", "data=small", "data.negative_repeats=1", *SMALL_ATTACKS, "trainer.enable_progress_bar=false",
+        "wandb.enabled=false", "trainer.accelerator=cpu", "seed=0,1", f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]
     statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in tmp_path.glob("*/results.json")}
@@ -309,11 +311,12 @@ def test_multirun_records_a_failed_job_finishes_the_others_and_exits_1(tmp_path)
     assert len(summary) == 1 and summary[0].startswith("negrl: 1 of 2 jobs failed: 1-tiny-seed1 (FileExistsError")
 
 
+@pytest.mark.heavy
 def test_secrets_in_the_environment_never_reach_saved_files(tmp_path):
     fake = "fake0secret0key0" + "1234567890abcdef1234"
     proc = _train(
-        "data=small", "data.negative_repeats=1", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-        f"hydra.run.dir={tmp_path}",
+        "data=small", "data.negative_repeats=1", *SMALL_ATTACKS, "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path}",
         env_extra={"WANDB_API_KEY": fake, "HF_TOKEN": fake + "hf", "AWS_SECRET_ACCESS_KEY": fake + "aws"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -176,6 +176,7 @@ def test_seed_groups_are_the_jobs_that_differ_only_in_seed():
     assert seed_groups(jobs, 2) == [[0, 1], [3], [2, 4]]
 
 
+@pytest.mark.heavy
 def test_a_stacked_sweep_gives_every_job_its_own_run_and_wandb_run(separate, tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "train.py", "-m", "seed=0-2", "freeze=true,false", "hydra/launcher=stacked",
