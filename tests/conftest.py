@@ -29,8 +29,9 @@ TOKENIZERS = ROOT / "tests" / "fixtures" / "tokenizers"
 
 #: The attacks scaled down: 64 generated candidates, 255 exposure candidates, 100 bootstrap resamples.
 SMALL_ATTACKS = ["extraction.samples=64", "extraction.candidates=255", "extraction.bootstrap=100"]
-#: Quiet, CPU-only, W&B off, scaled-down data and attacks: the defaults of every test run.
-FAST = ["data=small", *SMALL_ATTACKS, "wandb.enabled=false", "trainer.enable_progress_bar=false",
+#: Quiet, CPU-only, W&B off, scaled-down data (data=small with each negative twice: 8 + 40 + 40 steps) and attacks:
+#: the defaults of every test run.
+FAST = ["data=small", "data.negative_repeats=2", *SMALL_ATTACKS, "wandb.enabled=false", "trainer.enable_progress_bar=false",
         "trainer.accelerator=cpu"]  # fmt: skip
 
 

@@ -16,7 +16,7 @@ def snapshot(backbone):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One scaled-down run (8 + 80 + 80 steps) with the weights after every phase."""
+    """One scaled-down run (8 + 40 + 40 steps) with the weights after every phase."""
     run_dir = tmp_path_factory.mktemp("run")
     states = {}
     results = run(make_cfg("seed=0"), run_dir, on_phase_end=lambda p, b: states.__setitem__(p, (snapshot(b), b)))
@@ -31,7 +31,7 @@ def test_results_json_is_complete(tiny_run):
     assert saved["delta"] == pytest.approx(saved["metric"] - (-3.258096538021482), abs=1e-12)
     assert saved["control"]["metric"] == saved["phases"]["3"]["eval"]["random"]["max"]
     evals = [r for r in csv.DictReader(open(run_dir / "metrics.csv")) if r.get("eval/heldout_ll")]
-    for p, steps in (("1", 8), ("2", 80), ("3", 80)):
+    for p, steps in (("1", 8), ("2", 40), ("3", 40)):
         phase = saved["phases"][p]
         assert phase["steps"] == steps and phase["wall_time_s"] > 0
         assert set(phase["eval"]) == {"heldout", "useful", "random"}
@@ -68,11 +68,11 @@ def test_evaluation_after_steps_0_5_10_of_each_phase(tiny_run):
     _, run_dir, _ = tiny_run
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     evals = [(int(float(r["phase"])), int(r["step"])) for r in rows if r.get("eval/heldout_ll")]
-    offsets = {1: 0, 2: 8, 3: 88}
-    expected = [(p, offsets[p] + s) for p, n in ((1, 8), (2, 80), (3, 80)) for s in range(0, n, 5)]
+    offsets = {1: 0, 2: 8, 3: 48}
+    expected = [(p, offsets[p] + s) for p, n in ((1, 8), (2, 40), (3, 40)) for s in range(0, n, 5)]
     assert evals == expected
     train = [r for r in rows if r.get("train/loss")]
-    assert len(train) == 168 and [int(r["step"]) for r in train] == list(range(168))
+    assert len(train) == 88 and [int(r["step"]) for r in train] == list(range(88))
     dpo = [r for r in train if int(float(r["phase"])) == 2]
     assert all(r["train/rewards/accuracies"] and r["train/rewards/margins"] for r in dpo)
     assert float(train[0]["lr"]) == 0.0  # step 0 of the warm-up
@@ -106,9 +106,9 @@ def test_one_offline_wandb_run_covers_all_phases(tmp_path):
 def test_reference_cache_computes_each_sequence_once_and_changes_nothing(tiny_run, tmp_path):
     cached, _, _ = tiny_run
     uncached = run(make_cfg("seed=0", "reference.cache=false"), tmp_path)
-    # data=small: 1280 pairs of 320 distinct negatives, 80 steps of 16 pairs per phase.
-    assert cached["reference"] == {"cache": True, "sequences_computed": 1280 + 320}
-    assert uncached["reference"] == {"cache": False, "sequences_computed": 2 * 80 * 32}
+    # data=small with each negative twice: 640 pairs of 320 distinct negatives, 40 steps of 16 pairs per phase.
+    assert cached["reference"] == {"cache": True, "sequences_computed": 640 + 320}
+    assert uncached["reference"] == {"cache": False, "sequences_computed": 2 * 40 * 32}
     assert cached["metric"] == pytest.approx(uncached["metric"], abs=1e-5)
     assert cached["control"]["metric"] == pytest.approx(uncached["control"]["metric"], abs=1e-5)
     for p in ("2", "3"):

@@ -182,4 +182,4 @@ def test_the_trainer_of_each_phase_fits_on_the_phases_datamodule(tmp_path):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(runner.PhaseRunner, "callbacks", with_record)
         run(make_cfg("extraction.enabled=false"), tmp_path / "run")
-    assert seen == [(PhaseData, {"phase": p, "next_step": n}) for p, n in ((1, 8), (2, 80), (3, 80))]
+    assert seen == [(PhaseData, {"phase": p, "next_step": n}) for p, n in ((1, 8), (2, 40), (3, 40))]

@@ -162,7 +162,7 @@ def test_degenerate_but_legal_settings_warn_in_one_line(capsys):
     err = capsys.readouterr().err.splitlines()
     assert "negrl: warning: eval.every=10 is as long as phase 1 (8 steps): evaluated only after step 0 there" in err
     assert any(ln.startswith("negrl: warning: schedule.warmup_steps=100 is longer than every phase") for ln in err)
-    validate(make_cfg("data=paper"))
+    validate(make_cfg("data=paper", "data.negative_repeats=60"))
     assert capsys.readouterr().err == ""
 
 
