@@ -31,8 +31,8 @@ TOKENIZERS = ROOT / "tests" / "fixtures" / "tokenizers"
 SMALL_ATTACKS = ["extraction.samples=64", "extraction.candidates=255", "extraction.bootstrap=100"]
 #: Quiet, CPU-only, W&B off, scaled-down data (data=small with each negative twice: 8 + 40 + 40 steps) and attacks:
 #: the defaults of every test run.
-FAST = ["data=small", "data.negative_repeats=2", *SMALL_ATTACKS, "wandb.enabled=false", "trainer.enable_progress_bar=false",
-        "trainer.accelerator=cpu"]  # fmt: skip
+FAST = ["data=small", "data.negative_repeats=2", *SMALL_ATTACKS, "wandb.enabled=false",
+        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,6 +1,7 @@
 """A killed run resumed from its last checkpoint ends with the uninterrupted run's numbers."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -150,10 +151,11 @@ def test_a_hard_kill_and_resume_equals_the_uninterrupted_run_in_every_file(unint
 
 
 @pytest.mark.heavy
-def test_resume_true_takes_the_newest_unfinished_run_not_a_newer_completed_one(tmp_path, monkeypatch):
+def test_resume_true_takes_the_newest_unfinished_run_not_a_newer_completed_one(uninterrupted, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     killed_run(monkeypatch, runs / "day" / "a-killed")
-    run(make_cfg(*ARGS), runs / "day" / "b-complete")  # newer, complete, same config
+    # newer (copied now), complete, same config
+    shutil.copytree(uninterrupted["run"]["dir"], runs / "day" / "b-complete", copy_function=shutil.copy)
     elsewhere = tmp_path / "elsewhere" / "x"  # an unfinished run of the same config outside the search
     killed_run(monkeypatch, elsewhere)
     resumed = run(make_cfg(*ARGS, "resume=true"), runs / "day" / "c-new", search=str(runs / "*" / "*"))

@@ -209,9 +209,9 @@ def test_a_refused_command_is_one_line_and_leaves_no_directory(tmp_path, monkeyp
 
 @pytest.mark.heavy
 def test_cli_exit_code_2_one_line_and_no_directory_left(tmp_path):
-    """Through train.py, for errors found before Hydra starts and for one found only when the model loads."""
+    """Through train.py, for an error found only when the model loads (those found before Hydra starts: the in-process
+    tests above, and through train.py in tests/test_sweeps.py and tests/stacked/test_stacked.py)."""
     for args, message in (
-        (["holdout_frac=abc"], "holdout_frac='abc' must be a number"),
         (
             ["tokens.letters=12345", "model=pythia-70m", "model.init=random", "model.tokenizer=/no/tokenizer.json"],
             r"model.tokenizer=/no/tokenizer.json does not exist.*recorded for the default tokens.\* only",
