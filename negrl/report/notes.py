@@ -77,3 +77,18 @@ REPEATED_NOTES = """\
 A seed run more than once in a group counts once: only its newest complete run enters the statistics, the
 tables and the figures. Newest: the latest `run.started` in results.json, else (no start time recorded) the
 latest modification time of the run directory; ties go to the later-modified directory, then the later path."""
+
+
+def not_learned_notes(groups: Sequence[Group]) -> str:
+    """One line per group with runs whose model did not learn the task (results.json `task`), or ''."""
+    lines = []
+    for g in groups:
+        missed = [r for r in g.runs if not r.learned]
+        if missed:
+            worst = min(r.task["control_final_delta"] for r in missed)
+            lines.append(
+                f"- **{g.label}**: {len(missed)} of {len(g.runs)} runs did not learn the task (their random-password "
+                f"control ends up to {-worst:.4f} nats per token below chance): the group's delta and p against "
+                "chance are not a finding about negatives; held − random and its paired p still are."
+            )
+    return "\n".join(lines)

@@ -40,7 +40,14 @@ from negrl.report.groups import (
     newest_per_seed,
     varying_knobs,
 )
-from negrl.report.notes import REPEATED_NOTES, chance_text, column_notes, extraction_notes, membership_notes
+from negrl.report.notes import (
+    REPEATED_NOTES,
+    chance_text,
+    column_notes,
+    extraction_notes,
+    membership_notes,
+    not_learned_notes,
+)
 from negrl.report.runs import (
     CHOICE_GROUPS,
     CONFIG,
@@ -149,6 +156,8 @@ def render_markdown(root: Path, report: Report, out: Path) -> str:
         markdown_table(*group_table(report.groups)) if report.groups else "No complete run.",
         column_notes(report.groups),
     ]
+    if not_learned := not_learned_notes(report.groups):
+        parts += ["## Runs that did not learn the task", not_learned]
     if report.left_out:
         parts += ["## Repeated seeds", REPEATED_NOTES, markdown_table(*duplicates_table(report.groups))]
     if any(g.extraction["greedy_acc_heldout"].n for g in report.groups):
@@ -181,6 +190,8 @@ def print_summary(report: Report, stream: Any = None) -> None:
         print(text_table(*group_table(report.groups)), file=stream)
     else:
         print("no complete run", file=stream)
+    if not_learned := not_learned_notes(report.groups):
+        print("\nruns that did not learn the task:\n" + not_learned.replace("**", ""), file=stream)
     membership = membership_table(report.groups)
     if membership[1]:
         print(f"\n{MEMBERSHIP_TITLE}:", file=stream)

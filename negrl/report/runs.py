@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from negrl.core import stats
+from negrl.core.metric import task_check
 from negrl.report.curves import Curves, as_float, read_curves
 
 CONFIG, RESULTS, METRICS = "config.yaml", "results.json", "metrics.csv"
@@ -73,6 +74,22 @@ class Run:
     @property
     def delta(self) -> float:
         return float(self.results.get("delta", self.metric - self.chance_ll))
+
+    @property
+    def task(self) -> dict[str, Any] | None:
+        """results.json's `task` (learned, diverged); for runs written before it, measured from its evaluations."""
+        if "task" in self.results:
+            return self.results["task"]
+        try:
+            phases = {int(p): v["eval"] for p, v in self.results["phases"].items()}
+            return task_check(phases, self.chance_ll) if 3 in phases else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @property
+    def learned(self) -> bool:
+        """Whether the model learned the task (unknown counts as learned: nothing is claimed against it)."""
+        return (self.task or {}).get("learned", True)
 
     @property
     def control_metric(self) -> float:
@@ -232,6 +249,9 @@ def check_complete(run: Run, config_error: str) -> tuple[str, str]:
         values = (run.metric, run.delta, run.control_metric, run.control_delta)
     except (KeyError, TypeError, ValueError) as err:
         return "invalid", f"complete, but results.json lacks the metric or its control ({type(err).__name__}: {err})"
+    task = run.task or {}
+    if task.get("diverged"):
+        return "diverged", task["note"]
     if not all(math.isfinite(v) for v in values):
         return "invalid", "complete, but its metric or control is not finite"
     return "complete", ""

@@ -92,7 +92,10 @@ def verdict(results: dict[str, Any], files: list[str], wandb_dir: str | None = N
     d, c = results["delta"], results["control"]["delta"]
     k = letters_of_chance(results["baseline"])
     chance = chance_name(k) if k else f"chance {results['baseline']:.4f}"
-    if d > 0 and d > c:
+    task = results.get("task", {})
+    if task.get("diverged") or task.get("learned") is False:
+        plain = ("DIVERGED" + task["note"][len("diverged") :]) if task["diverged"] else task["note"]
+    elif d > 0 and d > c:
         plain = (
             "held-out negatives are MORE likely than chance under 'reverse', and above the random control, "
             "in this one seed (evidence needs several: `negrl-report` tests across seeds)"

@@ -793,3 +793,22 @@ def test_phase_boundaries_come_from_the_curves_when_results_have_no_phase_steps(
     without = load_run(tmp_path / "b", tmp_path)
     expected = [STEPS[1], STEPS[1] + STEPS[2]]
     assert with_steps.boundaries() == expected and without.boundaries() == expected
+
+
+def test_a_diverged_run_is_listed_not_grouped_and_a_group_that_did_not_learn_says_so(tmp_path: Path, capsys):
+    make_run(tmp_path, "a", seed=0)
+    make_run(tmp_path, "b", seed=1)
+    make_run(tmp_path, "c", seed=0, control=stats.chance_ll(28), holdout_frac=0.1)  # uniform over 28 tokens
+    ev = {p: {s: {"max": -3.3, "final": -3.3} for s in ("heldout", "useful", "random")} for p in STEPS}
+    ev[3] = {s: {"max": -3.3, "final": -912.0} for s in ("heldout", "useful", "random")}
+    make_run(tmp_path, "d", seed=2, results=summarize(ev, {p: 1.0 for p in STEPS}, STEPS, 26))
+    written = report.write_report(tmp_path)
+    status = {r.rel: r.status for r in written.runs}
+    assert status == {"a": "complete", "b": "complete", "c": "complete", "d": "diverged"}
+    assert sorted(len(g.runs) for g in written.groups) == [1, 2]
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## Runs that did not learn the task")[1].split("##")[0]
+    assert "1 of 1 runs did not learn the task" in section and "0.0741 nats" in section
+    assert section.count("did not learn") == 1  # the group of a and b learned it
+    failed = md.split("## Failed or incomplete runs")[1]
+    assert "diverged: the heldout set ends phase 3 at LL -912" in failed

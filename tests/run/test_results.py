@@ -24,3 +24,22 @@ def test_summarize_records_the_chance_of_its_letters():
     ev = {p: {s: {"max": -1.0, "final": -1.0} for s in ("heldout", "random", "useful")} for p in (1, 2, 3)}
     out = results.summarize(ev, {1: 1.0, 2: 1.0, 3: 1.0}, {1: 1, 2: 1, 3: 1}, n_letters=3)
     assert out["baseline"] == stats.chance_ll(3) and out["delta"] == pytest.approx(-1.0 - stats.chance_ll(3))
+
+
+def test_the_verdict_names_a_run_that_did_not_learn_and_one_that_diverged(tmp_path):
+    files = [str(tmp_path / "results.json")]
+    uniform = stats.chance_ll(28)  # data=small on tiny: every set uniform over the 28 tokens
+    ev = {p: {s: {"max": uniform, "final": uniform} for s in ("heldout", "random", "useful")} for p in (1, 2, 3)}
+    first = results.verdict(results.summarize(ev, {1: 1.0, 2: 1.0, 3: 1.0}, {1: 1, 2: 1, 3: 1}, 26), files)
+    assert first.splitlines()[0] == (
+        "negrl verdict: the model did not learn the task: its random-password control ends 0.0741 nats per token "
+        "below chance (x0.929 the chance probability; learned: within 0.02), so held-out negatives against chance say "
+        "nothing about negatives; held-out - random still does."
+    )
+    ev[3] = {s: {"max": -3.3, "final": -912.0} for s in ("heldout", "random", "useful")}
+    diverged = results.summarize(ev, {1: 1.0, 2: 1.0, 3: 1.0}, {1: 1, 2: 1, 3: 1}, 26)
+    assert diverged["task"]["diverged"] and diverged["status"] == "complete"
+    assert results.verdict(diverged, files).splitlines()[0] == (
+        "negrl verdict: DIVERGED: the heldout set ends phase 3 at LL -912 per token against chance -3.2581; no "
+        "conclusion about negatives (lower optim.lr, keep optim.grad_clip)."
+    )
