@@ -9,3 +9,9 @@ EVAL_PREFIX = {1: "regular", 2: "regular", 3: "reverse"}
 MIA_ATTACKS = ("loss", "min_k", "reference")
 MIA_MEMBERS = ("heldout", "useful")
 MIA_NONMEMBERS = "random"
+
+
+def condition(phase: int, prefix: bool = True) -> str:
+    """What a phase's evaluation is conditioned on: its prefix (`regular`, `reverse`), or `no prefix` in a run with
+    `prefix=false` (the labels of the verdict, the report and the figures)."""
+    return EVAL_PREFIX[phase] if prefix else "no prefix"

@@ -176,7 +176,8 @@ def model_record(backbone: Backbone, model_cfg: dict[str, Any], adapter_cfg: dic
         "name": model_cfg.get("name"),
         "model_type": model_cfg["model_type"],
         "hub_id": model_cfg.get("hub_id"),
-        "init": "checkpoint" if model_cfg.get("path") else model_cfg.get("init"),
+        "init": model_cfg.get("init"),  # as the user set it; `path`: where trained weights came from
+        "path": model_cfg.get("path"),
         "tied_embeddings": bool(backbone.shared_at_load),
         "tied": model_cfg.get("tied", "untie") if backbone.shared_at_load else None,
         "bos_id": backbone.bos_id,

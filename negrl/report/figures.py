@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from negrl.core import stats
-from negrl.core.protocol import EVAL_PREFIX, EVAL_SETS, PHASES
+from negrl.core.protocol import EVAL_SETS, PHASES, condition
 from negrl.core.stats import Summary
 from negrl.report.curves import as_float
 from negrl.report.groups import Group
@@ -194,7 +194,8 @@ def plot_curves(group: Group, path: Path | str | None = None) -> Figure:
     _chance_line(ax, [group])
     ax.set_xlabel("global step")
     ax.set_ylabel("log-likelihood per token")
-    ax.set_title(f"Eval log-likelihood, prefix regular (phases 1-2) then reverse (3): {group.label}", pad=16)
+    conditioned = "prefix regular (phases 1-2) then reverse (3)" if group.prefix else "no prefix"
+    ax.set_title(f"Eval log-likelihood, {conditioned}: {group.label}", pad=16)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
@@ -214,8 +215,8 @@ PHASE_STYLES = {1: ":", 2: "--", 3: "-"}
 #: The letter-guessing attacks in fig_positions: where each sits in results.json's `extraction`, its line style and
 #: its name (greedy on the final model, phase 3; the logit difference of the phase-2 model against its reference).
 POSITION_ATTACKS = {
-    "greedy": ("-", f"greedy, final model (phase 3, {EVAL_PREFIX[3]})"),
-    "logit_diff": ("--", f"logit difference, phase 2 vs reference ({EVAL_PREFIX[2]})"),
+    "greedy": ("-", 3, "greedy, final model (phase 3, {})"),
+    "logit_diff": ("--", 2, "logit difference, phase 2 vs reference ({})"),
 }
 
 
@@ -253,7 +254,7 @@ def plot_lens(group: Group, path: Path | str | None = None) -> Figure:
         for name in EVAL_SETS:
             mean, n = seed_mean(group.runs, lens_where(phase, name))
             if n:
-                label = f"{SET_LABELS[name]}, phase {phase} ({EVAL_PREFIX[phase]})"
+                label = f"{SET_LABELS[name]}, phase {phase} ({condition(phase, group.prefix)})"
                 ax.plot(np.arange(mean.size), mean, color=COLORS[name], ls=PHASE_STYLES[phase], marker=".", label=label)
     _chance_line(ax, [group])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -281,7 +282,8 @@ def plot_positions(group: Group, path: Path | str | None = None) -> Figure:
     fig = Figure(figsize=(8, 4.5))
     ax = fig.add_subplot()
     length = 0
-    for attack, (style, attack_label) in POSITION_ATTACKS.items():
+    for attack, (style, phase, named) in POSITION_ATTACKS.items():
+        attack_label = named.format(condition(phase, group.prefix))
         for name in ("heldout", "random"):
             mean, n = seed_mean(group.runs, positions_where(attack, name))
             if n:

@@ -77,6 +77,8 @@ class GroupStats:
     control_metric: stats.Summary
     control_delta: stats.Summary
     test: stats.TTest
+    #: The original code's second test: the per-seed deltas of log-likelihood against 0.
+    ll_test: stats.TTest
     geo_increase: float
     diff: stats.PairedDifference
     final: FinalStats
@@ -130,6 +132,11 @@ class Group:
     duplicates: list[RepeatedSeed] = field(default_factory=list)
 
     @property
+    def prefix(self) -> bool:
+        """Whether the group's runs used the prefixes (`prefix`, part of the grouping key; runs before it: True)."""
+        return bool((self.runs[0].config or {}).get("prefix", True))
+
+    @property
     def n_letters(self) -> int:
         """K of the group's runs (one K per group: it is part of the grouping key)."""
         return self.runs[0].n_letters
@@ -146,6 +153,7 @@ class Group:
             control_metric=stats.summary(control),
             control_delta=stats.summary([r.control_delta for r in self.runs]),
             test=stats.ttest_probabilities(metric, self.n_letters),
+            ll_test=stats.ttest_1samp([r.delta for r in self.runs], 0.0),
             geo_increase=stats.geometric_increase([r.delta for r in self.runs]),
             diff=stats.paired_difference(metric, control),
             final=final_stats(self.runs, self.n_letters),

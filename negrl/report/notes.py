@@ -33,6 +33,8 @@ def column_notes(groups: Sequence[Group]) -> str:
 - **control delta**: the same max for the random passwords (the upward bias of taking a max).
 - **p two-sided**: one-sample t-test of the per-seed probabilities exp(metric) against chance 1/K (H1: mean ≠ 1/K).
   **p greater**: the same test, one-sided (H1: mean > 1/K), the direction of the paper's claim.
+- **p LL two-sided**: the original code's second test, a one-sample t-test of the per-seed deltas of log-likelihood
+  against 0 (report.csv `ll_t`, `ll_p_two_sided`, `ll_p_greater`).
 - **geo-mean increase**: exp(mean delta) − 1, the relative increase of the geometric-mean probability over 1/K
   (the paper: +13% over 8 seeds, Pythia-160M, K = 26).
 - **held − random**: per-seed metric − control metric, mean ± std; **paired p**: two-sided paired t-test

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from negrl.core import stats
-from negrl.core.protocol import EVAL_PREFIX, MIA_ATTACKS, MIA_MEMBERS
+from negrl.core.protocol import MIA_ATTACKS, MIA_MEMBERS, condition
 from negrl.report.groups import EXTRACTION_VALUES, MIA_PHASES, Group
 from negrl.report.labels import fmt_value
 from negrl.report.runs import Run, describe_start
@@ -34,7 +34,7 @@ CSV_COLUMNS = (
     "group", "n", "seeds", "n_letters", "chance_ll",
     "metric_mean", "metric_std", "delta_mean", "delta_std",
     "control_metric_mean", "control_metric_std", "control_delta_mean", "control_delta_std",
-    "t", "p_two_sided", "p_greater", "geo_mean_increase",
+    "t", "p_two_sided", "p_greater", "ll_t", "ll_p_two_sided", "ll_p_greater", "geo_mean_increase",
     "heldout_minus_random_mean", "heldout_minus_random_std", "heldout_minus_random_t",
     "heldout_minus_random_p_two_sided", "heldout_minus_random_p_greater",
     "final_n", "final_delta_mean", "final_delta_std", "final_t", "final_p_two_sided", "final_p_greater",
@@ -74,6 +74,7 @@ def group_row(group: Group) -> dict[str, Any]:
         "control_delta_mean": s.control_delta.mean,
         "control_delta_std": s.control_delta.std,
         **_test_columns("", s.test),
+        **_test_columns("ll_", s.ll_test),
         "geo_mean_increase": s.geo_increase,
         **_diff_columns("heldout_minus_random", s.diff),
         "final_n": f.delta.n,
@@ -138,7 +139,8 @@ def group_table(groups: Sequence[Group]) -> Table:
     over phase-3 evaluations (the paper's metric) next to the same for the final evaluation."""
     header = [
         "group", "n", "seeds", "delta max (mean ± std)", "delta final", "control delta max", "p two-sided max",
-        "p two-sided final", "p greater max", "geo-mean increase", "held − random max", "held − random final",
+        "p two-sided final", "p greater max", "p LL two-sided max", "geo-mean increase", "held − random max",
+        "held − random final",
         "paired p max", "paired p final",
     ]  # fmt: skip
     rows = []
@@ -146,7 +148,8 @@ def group_table(groups: Sequence[Group]) -> Table:
         s, f = g.stats, g.stats.final
         rows.append([
             g.label, str(s.n), " ".join(str(x) for x in s.seeds), _pm(s.delta), _pm(f.delta), _pm(s.control_delta),
-            _p(s.test.p_two_sided), _p(f.test.p_two_sided), _p(s.test.p_greater), f"{s.geo_increase:+.1%}",
+            _p(s.test.p_two_sided), _p(f.test.p_two_sided), _p(s.test.p_greater), _p(s.ll_test.p_two_sided),
+            f"{s.geo_increase:+.1%}",
             _pm_diff(s.diff), _pm_diff(f.diff), _p(s.diff.p_two_sided), _p(f.diff.p_two_sided),
         ])  # fmt: skip
     return header, rows
@@ -190,7 +193,7 @@ def membership_table(groups: Sequence[Group]) -> Table:
                     continue
                 values = [x for c in cells for x in (_pm(c.auc, ".3f"), _p(c.test.p_two_sided))]
                 n = str(max(c.auc.n for c in cells))
-                rows.append([g.label, f"{phase} ({EVAL_PREFIX[phase]})", attack, n, *values])
+                rows.append([g.label, f"{phase} ({condition(phase, g.prefix)})", attack, n, *values])
     return header, rows
 
 

@@ -7,6 +7,7 @@ import platform
 from typing import TYPE_CHECKING, Any
 
 from negrl.core.metric import metric_summary
+from negrl.core.protocol import condition
 from negrl.core.stats import chance_exposure, chance_name, chance_p, letters_of_chance, max_exposure
 
 if TYPE_CHECKING:
@@ -91,23 +92,25 @@ def verdict(results: dict[str, Any], files: list[str], wandb_dir: str | None = N
     """The outcome in plain words, for the end of `python train.py`."""
     d, c = results["delta"], results["control"]["delta"]
     k = letters_of_chance(results["baseline"])
-    chance = chance_name(k) if k else f"chance {results['baseline']:.4f}"
+    chance = chance_name(k) if k else f"{results['baseline']:.4f}"
+    prefix = results.get("prefix", True)  # runs written before it was recorded had the prefixes
+    under = f"under '{condition(3)}'" if prefix else "with no prefix"
     task = results.get("task", {})
     if task.get("diverged") or task.get("learned") is False:
         plain = ("DIVERGED" + task["note"][len("diverged") :]) if task["diverged"] else task["note"]
     elif d > 0 and d > c:
         plain = (
-            "held-out negatives are MORE likely than chance under 'reverse', and above the random control, "
+            f"held-out negatives are MORE likely than chance {under}, and above the random control, "
             "in this one seed (evidence needs several: `negrl-report` tests across seeds)"
         )
     elif d > 0:
         plain = "held-out negatives are above chance, but not above the random control (max bias, not evidence)"
     else:
-        plain = "no leakage: held-out negatives are not more likely than chance under 'reverse'"
+        plain = f"no leakage: held-out negatives are not more likely than chance {under}"
     lines = [
         f"negrl verdict: {plain}.",
-        f"  held-out-negative max LL (phase 3, reverse): {results['metric']:.4f}  "
-        f"delta vs {chance}: {d:+.4f}  (x{math.exp(d):.3f} per-token probability)",
+        f"  held-out-negative max LL (phase 3, {condition(3, prefix)}): {results['metric']:.4f}  "
+        f"delta {d:+.4f} vs chance {chance}  (x{math.exp(d):.3f} per-token probability)",
         f"  random-password control max LL:              {results['control']['metric']:.4f}  delta: {c:+.4f}",
     ]
     if "model" in results:
@@ -119,7 +122,7 @@ def verdict(results: dict[str, Any], files: list[str], wandb_dir: str | None = N
             f"{f['random']:.4f}, held-out - random {f['heldout_minus_random']:+.4f}"
         )
     if "extraction" in results:
-        lines.extend(extraction_lines(results["extraction"]))
+        lines.extend(extraction_lines(results["extraction"], prefix))
     lines.append(f"  wall time: {results['wall_time_s']:.0f} s")
     lines.append(f"  files: {', '.join(files)}")
     if wandb_dir:
@@ -127,7 +130,7 @@ def verdict(results: dict[str, Any], files: list[str], wandb_dir: str | None = N
     return "\n".join(lines)
 
 
-def extraction_lines(e: dict[str, Any]) -> list[str]:
+def extraction_lines(e: dict[str, Any], prefix: bool = True) -> list[str]:
     """The attacks in the verdict: held-out negatives against the random control."""
     size = e["greedy"]["heldout"]["n"]
 
@@ -135,9 +138,10 @@ def extraction_lines(e: dict[str, Any]) -> list[str]:
         r = e[attack][name]
         return f"{r['accuracy']:.3f} (strength {r['strength']:.3f})"
 
+    after = f"after '{condition(3)}'" if prefix else "with no prefix"
     lines = [
         f"  extraction (held-out vs random; chance accuracy {e['chance_accuracy']:.3f}, strength 0):",
-        f"    greedy after 'reverse' (final model):   accuracy {rec('greedy', 'heldout')} vs {rec('greedy', 'random')}",
+        f"    greedy {after} (final model):   accuracy {rec('greedy', 'heldout')} vs {rec('greedy', 'random')}",
     ]
     if "logit_diff" in e:
         lines.append(

@@ -173,6 +173,7 @@ class PhaseRunner:
         r, ref = self.record, self.reference
         results = summarize(r.summaries, r.wall, self.s.steps, self.data.vocab.n_letters, r.extraction, self.s.attacks)
         results["run"] = self.identity
+        results["prefix"] = self.s.prefix  # what the evaluations were conditioned on (the verdict's labels)
         results["model"] = model_record(self.backbone, self.s.model, self.s.adapter, self.s.freeze)
         results["reference"] = {"cache": ref.use_cache, "sequences_computed": sum_over_ranks(ref.computed)}
         wandb_dir = self.run_logger.wandb_dir

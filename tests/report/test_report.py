@@ -499,7 +499,7 @@ def test_zero_variance_gives_na_not_p_zero(tmp_path: Path, capsys):
         assert row[key] == "", key
     md = (tmp_path / "report.md").read_text()
     line = next(x for x in md.splitlines() if x.startswith("| all | 3 |"))
-    assert line.count("n/a") == 5 and "inf" not in line and "| 0 |" not in line  # max and final
+    assert line.count("n/a") == 6 and "inf" not in line and "| 0 |" not in line  # max and final, and the LL test
     assert "inf" not in open(tmp_path / "report.csv").read()
 
 
@@ -640,7 +640,7 @@ def test_final_statistics_sit_next_to_the_max(tmp_path: Path, capsys):
     (line,) = [x for x in md.splitlines() if x.startswith("| holdout_frac=0.05 | 3 |")]
     assert "| +0.1100 ± 0.0100 | +0.0400 ± 0.0361 |" in line and f"| {two.pvalue:.4f} |" in line
     (line,) = [x for x in md.splitlines() if x.startswith("| holdout_frac=0.1 | 2 |")]
-    assert line.count("n/a") == 7  # final delta, held - random, its p; the zero-variance max's p-values
+    assert line.count("n/a") == 8  # final delta, held - random, its p; the zero-variance max's p-values (LL test too)
     assert "delta final" in capsys.readouterr().out
 
 
@@ -812,3 +812,29 @@ def test_a_diverged_run_is_listed_not_grouped_and_a_group_that_did_not_learn_say
     assert section.count("did not learn") == 1  # the group of a and b learned it
     failed = md.split("## Failed or incomplete runs")[1]
     assert "diverged: the heldout set ends phase 3 at LL -912" in failed
+
+
+def test_groups_without_prefixes_are_labelled_no_prefix(tmp_path: Path):
+    for seed in (0, 1):
+        make_run(tmp_path, f"np{seed}", seed=seed, prefix=False, attacks={})
+    written = report.write_report(tmp_path)
+    (group,) = written.groups
+    assert not group.prefix
+    md = (tmp_path / "report.md").read_text()
+    assert "| 3 (no prefix) |" in md and "(reverse)" not in md and "(regular)" not in md
+    curves = figures.plot_curves(group)
+    assert curves.axes[0].get_title().startswith("Eval log-likelihood, no prefix:")
+
+
+def test_the_original_codes_second_test_of_the_deltas_against_zero_sits_beside_the_papers(tmp_path: Path):
+    deltas = [0.03, -0.01, 0.05, 0.02]
+    for seed, d in enumerate(deltas):
+        make_run(tmp_path, f"s{seed}", seed=seed, metric=CHANCE_26 + d)
+    written = report.write_report(tmp_path)
+    (group,) = written.groups
+    ref = sps.ttest_1samp(deltas, 0.0)
+    assert (group.stats.ll_test.t, group.stats.ll_test.p_two_sided) == pytest.approx((ref.statistic, ref.pvalue))
+    header, rows = report.group_table(written.groups)
+    assert rows[0][header.index("p LL two-sided max")] == f"{ref.pvalue:.4f}"
+    row = next(csv.DictReader(open(tmp_path / "report.csv")))
+    assert float(row["ll_p_greater"]) == pytest.approx(sps.ttest_1samp(deltas, 0.0, alternative="greater").pvalue)

@@ -16,8 +16,8 @@ def verdict_results(n_letters: int) -> dict:
 
 def test_verdict_names_the_runs_own_chance(tmp_path):
     text = results.verdict(verdict_results(3), [str(tmp_path / "results.json")])
-    assert "delta vs log(1/3) = -1.0986: -0.2000" in text and "1/26" not in text
-    assert "delta vs log(1/26) = -3.2581: -0.2000" in results.verdict(verdict_results(26), [str(tmp_path)])
+    assert "delta -0.2000 vs chance log(1/3) = -1.0986" in text and "1/26" not in text
+    assert "delta -0.2000 vs chance log(1/26) = -3.2581" in results.verdict(verdict_results(26), [str(tmp_path)])
 
 
 def test_summarize_records_the_chance_of_its_letters():
@@ -43,3 +43,12 @@ def test_the_verdict_names_a_run_that_did_not_learn_and_one_that_diverged(tmp_pa
         "negrl verdict: DIVERGED: the heldout set ends phase 3 at LL -912 per token against chance -3.2581; no "
         "conclusion about negatives (lower optim.lr, keep optim.grad_clip)."
     )
+
+
+def test_a_run_without_prefixes_is_never_labelled_with_one(tmp_path):
+    ev = {p: {s: {"max": -3.27, "final": -3.27} for s in ("heldout", "random", "useful")} for p in (1, 2, 3)}
+    out = {**results.summarize(ev, {1: 1.0, 2: 1.0, 3: 1.0}, {1: 1, 2: 1, 3: 1}, 26), "prefix": False}
+    text = results.verdict(out, [str(tmp_path)])
+    assert "chance with no prefix" in text and "(phase 3, no prefix)" in text
+    assert "reverse" not in text and "regular" not in text
+    assert "under 'reverse'" in results.verdict({**out, "prefix": True}, [str(tmp_path)])
