@@ -28,30 +28,45 @@ def target_modules(adapter_cfg: dict[str, Any], model_cfg: dict[str, Any]) -> li
     return list(targets)
 
 
-def apply_adapter(backbone: Backbone, adapter_cfg: dict[str, Any], model_cfg: dict[str, Any]) -> None:
-    """Wrap `backbone.model` in LoRA adapters (rank `adapter.rank`, scale `adapter.alpha / rank`); afterwards only
-    the adapters are tunable."""
-    from peft import LoraConfig, get_peft_model
-
+def check_targets(model: nn.Module, adapter_cfg: dict[str, Any], model_cfg: dict[str, Any]) -> list[str]:
+    """The adapter's targets in `model` (the real one, or its meta-device twin before any work): each a linear
+    module of the model, and `adapter.rank` no larger than the smallest side of any of them. Returns the targets."""
     targets = target_modules(adapter_cfg, model_cfg)
-    found = {name.rsplit(".", 1)[-1]: module for name, module in backbone.model.named_modules()}
+    found = {name.rsplit(".", 1)[-1]: module for name, module in model.named_modules()}
     missing = [t for t in targets if t not in found]
     if missing:
         raise NegrlError(
             f"adapter target {missing[0]!r} is not a module of model={model_cfg.get('name', '?')} "
-            f"({type(backbone.model).__name__}); fix adapter.target_modules or model.lora_targets"
+            f"({type(model).__name__}); fix adapter.target_modules or model.lora_targets"
         )
     kinds = {type(found[t]) for t in targets}
     if not kinds <= {nn.Linear, Conv1D}:
         raise NegrlError(f"adapter targets {targets} include non-linear modules {sorted(k.__name__ for k in kinds)}; "
                          "target only linear projections")  # fmt: skip
+    smallest = min(min(found[t].weight.shape) for t in targets)
+    if adapter_cfg["rank"] > smallest:
+        raise NegrlError(
+            f"adapter.rank={adapter_cfg['rank']} is larger than the smallest adapted layer of "
+            f"model={model_cfg.get('name', '?')} ({smallest}); use adapter.rank <= {smallest}"
+        )
+    return targets
+
+
+def apply_adapter(backbone: Backbone, adapter_cfg: dict[str, Any], model_cfg: dict[str, Any]) -> None:
+    """Wrap `backbone.model` in LoRA adapters (rank `adapter.rank`, scale `adapter.alpha / rank`); afterwards only
+    the adapters are tunable."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = check_targets(backbone.model, adapter_cfg, model_cfg)
     config = LoraConfig(
         r=adapter_cfg["rank"],
         lora_alpha=adapter_cfg["alpha"],
         lora_dropout=0.0,
         target_modules=targets,
         bias="none",
-        fan_in_fan_out=Conv1D in kinds,  # GPT-2's projections store their weight transposed
+        fan_in_fan_out=any(
+            isinstance(m, Conv1D) for n, m in backbone.model.named_modules() if n.rsplit(".", 1)[-1] in targets
+        ),  # GPT-2's projections store their weight transposed
     )
     backbone.model = get_peft_model(backbone.model, config)
     backbone.mark_tunable()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import socket
@@ -13,7 +14,7 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from negrl.core.errors import NegrlError
@@ -28,6 +29,9 @@ WEIGHT_FILES = (
 #: Config attributes that fix the shapes of the weights (every family's config answers to these names, through
 #: its attribute_map where it calls them otherwise): a checkpoint must agree with `model=` on each.
 SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+#: The sizes of attention heads, by their names in the families' configs (with SHAPE_KEYS: a refused architecture's
+#: values, in its message).
+HEAD_KEYS = ("num_key_value_heads", "head_dim", "n_embd", "n_head", "n_layer", "n_inner")
 #: Older config keys that transformers still reads (GPT-NeoX's rotary settings, the rope_* of Llama-like models,
 #: into `rope_parameters`), as published config.json files have them.
 LEGACY_ARCHITECTURE_KEYS = ("rotary_pct", "rotary_emb_base", "rope_theta", "rope_scaling", "rope_local_base_freq")
@@ -65,6 +69,35 @@ def check_architecture_keys(model_type: str, architecture: dict[str, Any], model
             near = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"did you mean model.architecture.{near[0]}?" if near else f"see transformers' {cls.__name__}"
             raise NegrlError(f"model.architecture.{key} (model={model_name}) is not a {cls.__name__} setting; {hint}")
+
+
+def check_architecture_builds(model_type: str, architecture: dict[str, Any], model_name: str) -> None:
+    """The family's model must build from `architecture` and run one forward pass, both on the meta device (no
+    memory, no weights, milliseconds), so that a value only transformers checks (a hidden size the heads do not
+    divide, key-value heads that do not divide the heads, ...) is refused before any work."""
+    meta_model(model_type, architecture, model_name)
+
+
+def meta_model(model_type: str, architecture: dict[str, Any], model_name: str) -> nn.Module:
+    """The family's model of `architecture` on the meta device (shapes only), checked by one forward pass."""
+    return _meta_model(model_type, json.dumps(architecture, sort_keys=True), model_name)
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_model(model_type: str, architecture_json: str, model_name: str) -> nn.Module:
+    architecture = json.loads(architecture_json)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(build_config(model_type, architecture))
+            model(torch.zeros(1, 4, dtype=torch.long))
+    except Exception as err:  # transformers and torch raise ValueError, RuntimeError, ... for bad values
+        reason = " ".join(str(err).split()) or type(err).__name__
+        reason = reason.removeprefix("Class validation error for validator 'validate_architecture': ")
+        shape = ", ".join(f"{k}={architecture[k]}" for k in (*SHAPE_KEYS, *HEAD_KEYS) if k in architecture)
+        raise NegrlError(
+            f"model.architecture of model={model_name} does not build ({shape}): {reason[:300]}; fix those values"
+        ) from None
+    return model
 
 
 def check_checkpoint_dir(path: str, model_type: str, architecture: dict[str, Any], model_name: str = "?") -> None:

@@ -10,7 +10,13 @@ from typing import Any
 
 from negrl.core.errors import NegrlError
 from negrl.model.backbone import Backbone
-from negrl.model.families import check_architecture_keys, check_checkpoint_dir, hub_reachable, hub_unreachable_message
+from negrl.model.families import (
+    check_architecture_builds,
+    check_architecture_keys,
+    check_checkpoint_dir,
+    hub_reachable,
+    hub_unreachable_message,
+)
 from negrl.model.vocab import ALPHABET, PasswordVocab
 
 Encode = Callable[[str], list[int]]
@@ -77,8 +83,15 @@ def check_model(model_cfg: dict[str, Any], tokens_cfg: dict[str, Any] | None = N
         raise NegrlError(f"model={name} has no hub_id; set model.path=DIR or model.init=random")
     if builtin and (tokens_cfg or {}).get("bos") is True:
         raise NegrlError(f"tokens.bos=true: model={name}'s built-in vocabulary has no BOS token; drop tokens.bos")
+    tokenizer = model_cfg.get("tokenizer")
+    if tokenizer and not Path(tokenizer).exists():
+        raise NegrlError(
+            f"model.tokenizer={tokenizer} does not exist; give a tokenizer.json or a directory holding one, "
+            "or drop model.tokenizer"
+        )
     architecture = dict(model_cfg.get("architecture") or {})
     check_architecture_keys(model_cfg["model_type"], architecture, name)
+    check_architecture_builds(model_cfg["model_type"], architecture, name)
     if path:
         check_checkpoint_dir(path, model_cfg["model_type"], architecture, name)
 

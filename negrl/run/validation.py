@@ -20,7 +20,8 @@ from negrl.core.errors import NegrlError
 from negrl.method.data import DataSizes, PasswordSplits, heldout_count
 from negrl.method.objectives import DEFAULTS, OBJECTIVES
 from negrl.method.phases import OptimSettings
-from negrl.model.adapters import target_modules
+from negrl.model.adapters import check_targets
+from negrl.model.families import meta_model
 from negrl.model.loading import check_model
 from negrl.run.config import check_config
 from negrl.run.tracking import wandb_login_found
@@ -80,8 +81,10 @@ def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
     n_letters = len(c["tokens"]["letters"])
     _check_tokens(c["tokens"])
     check_model(c["model"], c["tokens"])
-    if c["adapter"]["name"] != "none":
-        target_modules(c["adapter"], c["model"])
+    if c["adapter"]["name"] != "none":  # its targets and rank, on the model's meta-device twin
+        model = c["model"]
+        check_targets(meta_model(model["model_type"], dict(model.get("architecture") or {}), model["name"]),
+                      c["adapter"], model)  # fmt: skip
     _check_draw(sizes, n_letters)
     _check_trainer(c["trainer"], sizes.batch_size)
     _check_wandb(c["wandb"])

@@ -190,7 +190,18 @@ CLI_CASES = [
     (["foo=bar"], "foo is not a negrl setting"),
     (["seed=0,1"], "seed=0,1 lists several values; sweep them with -m"),
     (["-m", "seed=0-1,x"], r"job 2 of the sweep \(seed=x\): seed='x' must be an integer"),
-]
+    # values only transformers, torch or peft would check, refused before any work (the model's meta-device twin)
+    (["model.architecture.hidden_size=63"],
+     r"model.architecture of model=tiny does not build \(.*hidden_size=63.*\): ValueError: The hidden size is not "
+     r"divisible by the number of attention heads"),
+    (["model=tiny-gpt2", "model.architecture.n_head=3"], r"\(vocab_size=28, n_embd=64, n_head=3, n_layer=4\): `embed"),
+    (["model=tiny-llama-3.2", "model.architecture.num_key_value_heads=3"],
+     r"model=tiny-llama-3.2 does not build \(.*num_key_value_heads=3\): The size of tensor a \(4\) must match"),
+    (["adapter=lora", "adapter.rank=100000"],
+     r"adapter.rank=100000 is larger than the smallest adapted layer of model=tiny \(64\); use adapter.rank <= 64"),
+    (["model=pythia-70m", "model.init=random", "model.tokenizer=/nonexistent/tokenizer.json"],
+     r"model.tokenizer=/nonexistent/tokenizer.json does not exist; give a tokenizer.json or a directory"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("args,message", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
@@ -209,12 +220,12 @@ def test_a_refused_command_is_one_line_and_leaves_no_directory(tmp_path, monkeyp
 
 @pytest.mark.heavy
 def test_cli_exit_code_2_one_line_and_no_directory_left(tmp_path):
-    """Through train.py, for an error found only when the model loads (those found before Hydra starts: the in-process
-    tests above, and through train.py in tests/test_sweeps.py and tests/stacked/test_stacked.py)."""
+    """Through train.py, for an error of the model's checks (the other refusals: the in-process tests above, and
+    through train.py in tests/test_sweeps.py and tests/stacked/test_stacked.py)."""
     for args, message in (
         (
             ["tokens.letters=12345", "model=pythia-70m", "model.init=random", "model.tokenizer=/no/tokenizer.json"],
-            r"model.tokenizer=/no/tokenizer.json does not exist.*recorded for the default tokens.\* only",
+            r"model.tokenizer=/no/tokenizer.json does not exist; give a tokenizer.json",
         ),
     ):
         proc = _train(*args, "data=small", cwd=tmp_path)
