@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from negrl.core.distributed import is_rank_zero
 from negrl.core.errors import NegrlError, RunFailed
+from negrl.launcher import check_max_stack
 from negrl.pipeline import check_stackable, run, run_stacked
 from negrl.run import checkpoint
 from negrl.run.config import CONF_DIR, deprecation_notice, renamed_key, unknown_key_message
@@ -121,6 +122,8 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
     if any(a in MULTIRUN_FLAGS for a in argv) or base.hydra.mode == RunMode.MULTIRUN:
         jobs, swept = sweep_jobs(parser, overrides, base)
         stacked = OmegaConf.select(base, "hydra.launcher._target_") == STACKED_LAUNCHER
+        if stacked:
+            check_max_stack(OmegaConf.select(base, "hydra.launcher.max_stack"))
         for i, job in enumerate(jobs):
             try:
                 s = validate(_compose(job, conf_dir), warn=False)

@@ -22,6 +22,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from negrl.core.errors import NegrlError
+
 log = logging.getLogger(__name__)
 
 
@@ -44,14 +46,22 @@ class PreparedJob:
     hydra_cfg: DictConfig  # its `hydra` node (HydraConfig.get() inside the job)
 
 
+def check_max_stack(value: Any) -> int:
+    """`hydra.launcher.max_stack`: a whole number of at least 1 (checked by `train.py` before any job starts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise NegrlError(
+            f"hydra.launcher.max_stack={value!r} must be an integer of at least 1 (the seeds trained together); "
+            "fix hydra.launcher.max_stack"
+        )
+    return value
+
+
 class StackedLauncher(Launcher):
     """Hydra's basic launcher, but each group of jobs that differ only in `seed` trains as one stack."""
 
     def __init__(self, max_stack: int = 8) -> None:
         super().__init__()
-        if max_stack < 1:
-            raise ValueError(f"hydra.launcher.max_stack={max_stack} must be at least 1")
-        self.max_stack = max_stack
+        self.max_stack = check_max_stack(max_stack)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None

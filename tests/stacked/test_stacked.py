@@ -227,3 +227,13 @@ def test_an_interrupted_stack_says_each_seeds_reason(tmp_path, monkeypatch):
         f"interrupted; continue with the same overrides and resume={d} (no checkpoint yet)" for d in dirs
     ]
     assert [RunDir(d).read_results()["reason"] for d in dirs] == err.value.reasons
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "2.5", "true"])
+def test_a_stacked_launcher_setting_is_checked_before_any_job(tmp_path, value):
+    from negrl.cli import preflight
+
+    with pytest.raises(NegrlError, match=r"hydra.launcher.max_stack=.* must be an integer of at least 1"):
+        preflight(["-m", "seed=0,1", "hydra/launcher=stacked", f"hydra.launcher.max_stack={value}", *FAST,
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}"])  # fmt: skip
+    assert not (tmp_path / "sweep").exists()
