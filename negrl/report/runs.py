@@ -196,12 +196,22 @@ def find_run_dirs(root: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
-        if CONFIG in filenames or RESULTS in filenames or ".hydra" in dirnames:
+        if RESULTS in filenames or ".hydra" in dirnames or (CONFIG in filenames and _written_config(here / CONFIG)):
             found.append(here)
             dirnames.clear()
             continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
     return sorted(found)
+
+
+def _written_config(path: Path) -> bool:
+    """Whether `path` is a config.yaml a run wrote (its resolved config, with a `seed`), not a Hydra config source
+    such as the repository's conf/config.yaml (a `defaults` list)."""
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:  # unreadable: a run's config.yaml that broke; the run is listed with the reason
+        return True
+    return isinstance(data, dict) and "seed" in data and "defaults" not in data
 
 
 def load_run(path: Path, root: Path) -> Run:

@@ -838,3 +838,11 @@ def test_the_original_codes_second_test_of_the_deltas_against_zero_sits_beside_t
     assert rows[0][header.index("p LL two-sided max")] == f"{ref.pvalue:.4f}"
     row = next(csv.DictReader(open(tmp_path / "report.csv")))
     assert float(row["ll_p_greater"]) == pytest.approx(sps.ttest_1samp(deltas, 0.0, alternative="greater").pvalue)
+
+
+def test_a_folder_of_hydra_config_sources_holds_no_runs(tmp_path: Path, capsys):
+    """The repository's conf/ (config.yaml with a `defaults` list) is no run directory: 'no run directories', exit 2."""
+    assert report.main([str(ROOT), "--out", str(tmp_path / "out")]) == 2
+    assert "holds no run directories" in capsys.readouterr().err
+    make_run(tmp_path / "runs", "a")
+    assert [r.rel for r in report.write_report(tmp_path / "runs").runs] == ["a"]
