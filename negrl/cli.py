@@ -170,9 +170,38 @@ def _hydra_call(fn: Callable[[], Any]) -> Any:
     except (HydraException, OmegaConfBaseException) as err:
         unknown = re.match(r"Could not override '([^']+)'", str(err))
         if unknown:
-            raise NegrlError(unknown_key_message(unknown.group(1))) from None
+            key = unknown.group(1)
+            raise NegrlError(choices_having(key) or unknown_key_message(key)) from None
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         raise NegrlError("; ".join(lines[:2]) or type(err).__name__) from None
+
+
+def choices_having(key: str, conf_dir: Path = CONF_DIR) -> str | None:
+    """For `group.name` (e.g. objective.tau, model.tokenizer) that the chosen option of a config group lacks: the
+    options of that group that have it, as a one-line error, or None (then the key is no setting at all)."""
+    group, _, name = key.partition(".")
+    folder = conf_dir / group
+    if not name or "." in name or not folder.is_dir():
+        return None
+    having = sorted(f.stem for f in folder.glob("*.yaml") if name in _option_keys(f, folder))
+    if not having:
+        return None
+    listed = ", ".join(f"{group}={o}" for o in having[:6]) + (", ..." if len(having) > 6 else "")
+    return (
+        f"{key} is not a setting of the chosen {group}=; it belongs to {listed}: choose one of those "
+        f"(e.g. python train.py {group}={having[0]} {key}=...), or drop {key}"
+    )
+
+
+def _option_keys(path: Path, folder: Path) -> set[str]:
+    """The top-level keys of a config group's option, with those of the bases its `defaults` list names."""
+    data = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    keys = set(data) - {"defaults"}
+    for entry in data.get("defaults", []):
+        base = folder / f"{str(entry).split('@')[0]}.yaml"
+        if isinstance(entry, str) and entry != "_self_" and base.is_file():
+            keys |= _option_keys(base, folder)
+    return keys
 
 
 def _quoted(path: Path) -> str:
