@@ -192,7 +192,7 @@ CLI_CASES = [
     (["-m", "seed=0-1,x"], r"job 2 of the sweep \(seed=x\): seed='x' must be an integer"),
     # a key of other options of its config group: those options are named, never the key itself as the fix
     (["objective.tau=0.5"], r"objective.tau is not a setting of the chosen objective=; it belongs to objective=ipo:"),
-    (["model.tokenizer=X"], r"model.tokenizer is not a setting of the chosen model=; it belongs to model=gemma-3-270m,"),
+    (["model.tokenizer=X"], r"model.tokenizer is not a setting of the chosen model=; it belongs to model=gemma-3-270m"),
     (["model.foo=1"], r"model.foo is not a negrl setting; valid keys here: name, model_type"),
     # values only transformers, torch or peft would check, refused before any work (the model's meta-device twin)
     (["model.architecture.hidden_size=63"],
