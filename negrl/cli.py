@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -131,7 +132,7 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
                     check_stackable([s])
             except NegrlError as err:
                 knobs = " ".join(o for o in job if o.partition("=")[0] in swept)
-                raise NegrlError(f"job {i} of the sweep ({knobs}): {err}") from None
+                raise NegrlError(f"job {i} of the sweep{f' ({knobs})' if knobs else ''}: {err}") from None
         return argv
     if len(fixed) < len(overrides):
         several = next(a for a, o in zip(overrides, parsed) if o.is_sweep_override())
@@ -171,8 +172,16 @@ def _hydra_call(fn: Callable[[], Any]) -> Any:
         unknown = re.match(r"Could not override '([^']+)'", str(err))
         if unknown:
             key = unknown.group(1)
+            if "." not in key and (CONF_DIR / key).is_dir():  # a group that the defaults do not list
+                raise NegrlError(
+                    f"{key} is a config group that is not in the defaults: add it with a plus, "
+                    f"+{key}=<option> (options: {', '.join(sorted(f.stem for f in (CONF_DIR / key).glob('*.yaml')))})"
+                ) from None
             raise NegrlError(choices_having(key) or unknown_key_message(key)) from None
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        if len(lines) > 1 and lines[1].startswith("Available options"):  # every option, on the one line
+            options = list(itertools.takewhile(lambda ln: not ln.endswith(":"), lines[2:]))
+            raise NegrlError(f"{lines[0]}; {lines[1].rstrip(':').lower()}: {', '.join(options)}") from None
         raise NegrlError("; ".join(lines[:2]) or type(err).__name__) from None
 
 

@@ -81,6 +81,14 @@ def check_model(model_cfg: dict[str, Any], tokens_cfg: dict[str, Any] | None = N
         )
     if not builtin and init == "pretrained" and not path and not model_cfg.get("hub_id"):
         raise NegrlError(f"model={name} has no hub_id; set model.path=DIR or model.init=random")
+    if builtin:
+        need = len((tokens_cfg or {}).get("letters", ALPHABET)) + 2  # the letters and the two prefixes
+        have = (model_cfg.get("architecture") or {}).get("vocab_size")
+        if isinstance(have, int) and have < need:
+            raise NegrlError(
+                f"model.architecture.vocab_size={have} is smaller than model={name}'s built-in vocabulary ({need} "
+                f"tokens: {need - 2} letters and the 2 prefixes); use model.architecture.vocab_size={need}"
+            )
     if builtin and (tokens_cfg or {}).get("bos") is True:
         raise NegrlError(f"tokens.bos=true: model={name}'s built-in vocabulary has no BOS token; drop tokens.bos")
     tokenizer = model_cfg.get("tokenizer")

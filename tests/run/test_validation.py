@@ -190,6 +190,13 @@ CLI_CASES = [
     (["foo=bar"], "foo is not a negrl setting"),
     (["seed=0,1"], "seed=0,1 lists several values; sweep them with -m"),
     (["-m", "seed=0-1,x"], r"job 2 of the sweep \(seed=x\): seed='x' must be an integer"),
+    (["-m", "holdout_frac=0.05-0.1"], r"^job 0 of the sweep: holdout_frac='0.05-0.1' must be a number"),
+    (["ablation=no-prefix"], r"ablation is a config group that is not in the defaults: add it with a plus, "
+                             r"\+ablation=<option> \(options: no-freeze, no-prefix, none\)$"),
+    (["-m", "seed=0,1", "hydra/launcher=stack"],
+     r"available options in 'hydra/launcher': basic, joblib, local, slurm, stacked, submitit_local, submitit_slurm$"),
+    (["model.architecture.vocab_size=10"], r"model.architecture.vocab_size=10 is smaller than model=tiny's built-in "
+                                           r"vocabulary \(28 tokens: 26 letters and the 2 prefixes\)"),
     # a key of other options of its config group: those options are named, never the key itself as the fix
     (["objective.tau=0.5"], r"objective.tau is not a setting of the chosen objective=; it belongs to objective=ipo:"),
     (["model.tokenizer=X"], r"model.tokenizer is not a setting of the chosen model=; it belongs to model=gemma-3-270m"),
