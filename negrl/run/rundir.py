@@ -27,6 +27,21 @@ from negrl.run.config import upgrade_renamed
 HYDRA_ONLY = {".hydra", "train.log", ".lock"}
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def as_umask_allows(path: Path) -> None:
+    """Give `path` (and, for a directory, all it holds) the mode a plain `open()` or `mkdir()` would: 0666 / 0777 less
+    the umask, instead of the 0600 / 0700 of the temporary files and directories negrl writes through."""
+    mask = current_umask()
+    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it into place: readers see the old
     file or the new one, never a part."""
@@ -36,6 +51,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        as_umask_allows(Path(tmp))  # collaborators read what the umask lets them, as for any other file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -49,6 +49,7 @@ from negrl.method.phases import OptimSettings, PhaseModule
 from negrl.model.backbone import Backbone
 from negrl.model.vocab import ALPHABET
 from negrl.run.config import CONF_DIR, SEED_MAX
+from negrl.run.rundir import as_umask_allows
 from negrl.run.runner import make_trainer, quiet_lightning
 
 BLOCK = 16  # letters per string: a password's length
@@ -260,6 +261,7 @@ def save(backbone: Backbone, record: dict[str, Any], out: Path) -> None:
         (staging / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
         if out.exists():
             raise FileExistsError(errno.EEXIST, "it appeared during training")
+        as_umask_allows(staging)
         staging.rename(out)
     except OSError as err:
         raise RunFailed(f"cannot write --out={out}: {err.strerror}; give a new directory you can write to") from None

@@ -227,3 +227,22 @@ def test_a_checkpoint_names_no_negrl_class_so_moving_the_code_keeps_it_loadable(
     saved = Path(uninterrupted["run"]["dir"]) / "checkpoints" / "last.pt"
     names = torch.serialization.get_unsafe_globals_in_checkpoint(saved)
     assert names and all(name.startswith("numpy.") for name in names), names
+
+
+def test_files_a_run_writes_respect_the_umask(tmp_path):
+    """config.yaml, results.json and the checkpoint are written through temporary files (0600): afterwards they
+    have the mode the umask gives any file, so collaborators on a shared filesystem can read them."""
+    import os
+    import stat
+
+    from negrl.run.rundir import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"x": 1})
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+        os.umask(0o027)
+        write_json_atomic(tmp_path / "b.json", {"x": 1})
+        assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)

@@ -158,3 +158,16 @@ def test_architecture_comes_from_the_model_config():
     assert load_architecture("tiny-h128")[1]["hidden_size"] == 128
     with pytest.raises(NegrlError):
         load_architecture("pythia-160m")
+
+
+def test_the_pretrained_checkpoint_respects_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert main(["--model", "tiny", "--steps", "2", "--pool", "2", "--out", str(tmp_path / "pre")]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "pre").stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "pre").iterdir()} == {0o644}
