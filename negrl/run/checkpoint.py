@@ -59,6 +59,11 @@ def resume_dir(resume: bool | str, search: str, c: dict[str, Any]) -> tuple[Path
     `search` (where runs of this config are written). Reads only each candidate's config.yaml."""
     if resume is not True:
         owner = RunDir(resume)
+        if owner.status() == "complete":
+            raise NegrlError(
+                f"resume={resume}: that run is complete, nothing to resume (its results: {owner.results}); "
+                "drop resume to start a new run"
+            )
         if not owner.has_checkpoint():
             raise NegrlError(f"resume={resume}: no checkpoint at {owner.checkpoint}; check the run directory")
         check_same_config(owner.read_config(), c, owner.path)

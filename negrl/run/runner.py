@@ -187,8 +187,11 @@ class PhaseRunner:
 
 def failure_reason(err: BaseException, owner: RunDir, saved_at: tuple[int, int, bool] | None) -> str:
     """One line for results.json and the terminal: what stopped the run, and how to continue it."""
-    kept = "no checkpoint yet" if saved_at is None else f"the checkpoint after phase {saved_at[0]} step {saved_at[1]}"
-    again = f"continue with the same overrides and resume={owner.path} ({kept})"
+    if saved_at is None:  # nothing to continue from: resume=DIR would be refused
+        again = "it stopped before its first checkpoint, so there is nothing to resume: run the same command again"
+    else:
+        kept = f"the checkpoint after phase {saved_at[0]} step {saved_at[1]}"
+        again = f"continue with the same overrides and resume={owner.path} ({kept})"
     if isinstance(err, (KeyboardInterrupt, SystemExit)):  # Lightning turns Ctrl-C into SystemExit
         return f"interrupted; {again}"
     if disk_full(err):

@@ -246,3 +246,9 @@ def test_files_a_run_writes_respect_the_umask(tmp_path):
         assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+def test_resume_of_a_complete_run_says_there_is_nothing_to_resume(uninterrupted):
+    done = uninterrupted["run"]["dir"]
+    with pytest.raises(NegrlError, match=rf"resume={done}: that run is complete, nothing to resume \(its results: "):
+        run(make_cfg(*ARGS, f"resume={done}"), Path(done).parent / "elsewhere")

@@ -223,9 +223,9 @@ def test_an_interrupted_stack_says_each_seeds_reason(tmp_path, monkeypatch):
     dirs = [tmp_path / "s0", tmp_path / "s1"]
     with pytest.raises(StackFailed) as err:
         run_stacked(cfgs((0, 1)), dirs)
-    assert err.value.reasons == [
-        f"interrupted; continue with the same overrides and resume={d} (no checkpoint yet)" for d in dirs
-    ]
+    assert err.value.reasons == [  # before the first checkpoint: nothing to resume, said so (resume=DIR would fail)
+        "interrupted; it stopped before its first checkpoint, so there is nothing to resume: run the same command again"
+    ] * len(dirs)
     assert [RunDir(d).read_results()["reason"] for d in dirs] == err.value.reasons
 
 
