@@ -29,6 +29,10 @@ TOKENIZERS = ROOT / "tests" / "fixtures" / "tokenizers"
 
 #: The attacks scaled down: 64 generated candidates, 255 exposure candidates, 100 bootstrap resamples.
 SMALL_ATTACKS = ["extraction.samples=64", "extraction.candidates=255", "extraction.bootstrap=100"]
+#: The fewest steps a run can take with the paper's structure: 4 + 9 + 9 steps of 16 (80 negatives, 8 held out), for
+#: the tests that need a complete run or a sweep, not its numbers (with data=small).
+FEW_STEPS = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64",
+             "data.eval_size=8"]  # fmt: skip
 #: Quiet, CPU-only, W&B off, scaled-down data (data=small with each negative twice: 8 + 40 + 40 steps) and attacks:
 #: the defaults of every test run.
 FAST = ["data=small", "data.negative_repeats=2", *SMALL_ATTACKS, "wandb.enabled=false",

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SMALL_ATTACKS
+from conftest import FEW_STEPS, ROOT, SMALL_ATTACKS
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -139,7 +139,7 @@ def test_joblib_sweep_runs_in_parallel_and_a_failing_job_does_not_stop_the_other
     (tmp_path / "1-tiny-seed1" / "checkpoints").write_text("a file where the checkpoint folder goes")
     cmd = [
         sys.executable, "train.py", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2",
-        "data=small", "data.negative_repeats=1", *SMALL_ATTACKS, "wandb.enabled=false",
+        "data=small", *FEW_STEPS, *SMALL_ATTACKS, "wandb.enabled=false",
         "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "seed=0-2", f"hydra.sweep.dir={tmp_path}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SMALL_ATTACKS, make_cfg
+from conftest import FEW_STEPS, ROOT, SMALL_ATTACKS, make_cfg
 
 from negrl.cli import check_group_choices
 from negrl.core.errors import NegrlError, RunFailed
@@ -250,7 +250,7 @@ def test_cli_exit_code_2_one_line_and_no_directory_left(tmp_path):
 def test_a_refused_command_leaves_a_completed_run_directory_untouched(tmp_path):
     from negrl.cli import preflight
 
-    run(make_cfg("data.negative_repeats=1"), tmp_path / "done")
+    run(make_cfg(*FEW_STEPS, "extraction.enabled=false"), tmp_path / "done")
     (tmp_path / "done" / ".hydra").mkdir()
     (tmp_path / "done" / ".hydra" / "config.yaml").write_text("the original")
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "done").rglob("*")}
@@ -323,7 +323,7 @@ def test_multirun_records_a_failed_job_finishes_the_others_and_exits_1(tmp_path)
     (tmp_path / "1-tiny-seed1").mkdir(parents=True)
     (tmp_path / "1-tiny-seed1" / "checkpoints").write_text("a file where the checkpoint folder goes")
     proc = _train(
-        "-m", "data=small", "data.negative_repeats=1", *SMALL_ATTACKS, "trainer.enable_progress_bar=false",
+        "-m", "data=small", *FEW_STEPS, *SMALL_ATTACKS, "trainer.enable_progress_bar=false",
         "wandb.enabled=false", "trainer.accelerator=cpu", "seed=0,1", f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -337,7 +337,7 @@ def test_multirun_records_a_failed_job_finishes_the_others_and_exits_1(tmp_path)
 def test_secrets_in_the_environment_never_reach_saved_files(tmp_path):
     fake = "fake0secret0key0" + "1234567890abcdef1234"
     proc = _train(
-        "data=small", "data.negative_repeats=1", *SMALL_ATTACKS, "trainer.enable_progress_bar=false",
+        "data=small", *FEW_STEPS, *SMALL_ATTACKS, "trainer.enable_progress_bar=false",
         "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path}",
         env_extra={"WANDB_API_KEY": fake, "HF_TOKEN": fake + "hf", "AWS_SECRET_ACCESS_KEY": fake + "aws"},
     )  # fmt: skip
