@@ -172,12 +172,7 @@ def _hydra_call(fn: Callable[[], Any]) -> Any:
         unknown = re.match(r"Could not override '([^']+)'", str(err))
         if unknown:
             key = unknown.group(1)
-            if "." not in key and (CONF_DIR / key).is_dir():  # a group that the defaults do not list
-                raise NegrlError(
-                    f"{key} is a config group that is not in the defaults: add it with a plus, "
-                    f"+{key}=<option> (options: {', '.join(sorted(f.stem for f in (CONF_DIR / key).glob('*.yaml')))})"
-                ) from None
-            raise NegrlError(choices_having(key) or unknown_key_message(key)) from None
+            raise NegrlError(group_hint(key) or unknown_key_message(key)) from None
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         if len(lines) > 1 and lines[1].startswith("Available options"):  # every option, on the one line
             options = list(itertools.takewhile(lambda ln: not ln.endswith(":"), lines[2:]))
@@ -185,13 +180,20 @@ def _hydra_call(fn: Callable[[], Any]) -> Any:
         raise NegrlError("; ".join(lines[:2]) or type(err).__name__) from None
 
 
-def choices_having(key: str, conf_dir: Path = CONF_DIR) -> str | None:
-    """For `group.name` (e.g. objective.tau, model.tokenizer) that the chosen option of a config group lacks: the
-    options of that group that have it, as a one-line error, or None (then the key is no setting at all)."""
+def group_hint(key: str, conf_dir: Path = CONF_DIR) -> str | None:
+    """A one-line error for a key that belongs to a config group of conf/ but not where it was given: a group the
+    defaults do not list (`ablation=...`: it needs a plus), or `group.name` that the chosen option lacks (e.g.
+    objective.tau, model.tokenizer on tiny: the options that have it). None: the key is no setting at all."""
     group, _, name = key.partition(".")
     folder = conf_dir / group
-    if not name or "." in name or not folder.is_dir():
+    if not folder.is_dir() or "." in name:
         return None
+    if not name:
+        options = ", ".join(sorted(f.stem for f in folder.glob("*.yaml")))
+        return (
+            f"{key} is a config group that is not in the defaults: add it with a plus, +{key}=<option> "
+            f"(options: {options})"
+        )
     having = sorted(f.stem for f in folder.glob("*.yaml") if name in _option_keys(f, folder))
     if not having:
         return None

@@ -11,8 +11,8 @@ from negrl.core.stats import chance_ll
 #: A model that learned the task puts chance 1/K on each letter of a random password: its random-password control
 #: ends within this many nats per token of log(1/K) (within about 2% of the chance probability).
 LEARNED_NATS = 0.02
-#: A run whose phase-3 evaluations end this many nats per token below chance (and below their own max), or that
-#: gives a non-finite one, diverged.
+#: A run with a set that ends phase 3 this many nats per token below chance (and below its best of the run), or
+#: with a non-finite evaluation, diverged.
 DIVERGED_NATS = 1.0
 
 

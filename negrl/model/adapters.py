@@ -28,9 +28,10 @@ def target_modules(adapter_cfg: dict[str, Any], model_cfg: dict[str, Any]) -> li
     return list(targets)
 
 
-def check_targets(model: nn.Module, adapter_cfg: dict[str, Any], model_cfg: dict[str, Any]) -> list[str]:
+def check_targets(model: nn.Module, adapter_cfg: dict[str, Any], model_cfg: dict[str, Any]) -> tuple[list[str], bool]:
     """The adapter's targets in `model` (the real one, or its meta-device twin before any work): each a linear
-    module of the model, and `adapter.rank` no larger than the smallest side of any of them. Returns the targets."""
+    module of the model, and `adapter.rank` no larger than the smallest side of any of them. Returns the targets and
+    whether they store their weight transposed (GPT-2's Conv1D projections)."""
     targets = target_modules(adapter_cfg, model_cfg)
     found = {name.rsplit(".", 1)[-1]: module for name, module in model.named_modules()}
     missing = [t for t in targets if t not in found]
@@ -49,7 +50,7 @@ def check_targets(model: nn.Module, adapter_cfg: dict[str, Any], model_cfg: dict
             f"adapter.rank={adapter_cfg['rank']} is larger than the smallest adapted layer of "
             f"model={model_cfg.get('name', '?')} ({smallest}); use adapter.rank <= {smallest}"
         )
-    return targets
+    return targets, Conv1D in kinds
 
 
 def apply_adapter(backbone: Backbone, adapter_cfg: dict[str, Any], model_cfg: dict[str, Any]) -> None:
@@ -57,16 +58,14 @@ def apply_adapter(backbone: Backbone, adapter_cfg: dict[str, Any], model_cfg: di
     the adapters are tunable."""
     from peft import LoraConfig, get_peft_model
 
-    targets = check_targets(backbone.model, adapter_cfg, model_cfg)
+    targets, transposed = check_targets(backbone.model, adapter_cfg, model_cfg)
     config = LoraConfig(
         r=adapter_cfg["rank"],
         lora_alpha=adapter_cfg["alpha"],
         lora_dropout=0.0,
         target_modules=targets,
         bias="none",
-        fan_in_fan_out=any(
-            isinstance(m, Conv1D) for n, m in backbone.model.named_modules() if n.rsplit(".", 1)[-1] in targets
-        ),  # GPT-2's projections store their weight transposed
+        fan_in_fan_out=transposed,
     )
     backbone.model = get_peft_model(backbone.model, config)
     backbone.mark_tunable()

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ class Run:
     def delta(self) -> float:
         return float(self.results.get("delta", self.metric - self.chance_ll))
 
-    @property
+    @cached_property
     def task(self) -> dict[str, Any] | None:
         """results.json's `task` (learned, diverged); for runs written before it, measured from its evaluations."""
         if "task" in self.results:

@@ -97,7 +97,7 @@ def verdict(results: dict[str, Any], files: list[str], wandb_dir: str | None = N
     under = f"under '{condition(3)}'" if prefix else "with no prefix"
     task = results.get("task", {})
     if task.get("diverged") or task.get("learned") is False:
-        plain = ("DIVERGED" + task["note"][len("diverged") :]) if task["diverged"] else task["note"]
+        plain = task["note"].replace("diverged:", "DIVERGED:", 1)
     elif d > 0 and d > c:
         plain = (
             f"held-out negatives are MORE likely than chance {under}, and above the random control, "

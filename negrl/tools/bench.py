@@ -19,6 +19,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,7 @@ def time_phase(phase: int, s: Settings, backbone, reference_model, data, steps: 
     return timer
 
 
-def bench_settings(model: str, precision: str, device: str, overrides: list[str] = ()) -> dict[str, Settings]:
+def bench_settings(model: str, precision: str, device: str, overrides: Sequence[str] = ()) -> dict[str, Settings]:
     """The settings timed: the default configuration (at `precision`) and a plain baseline (no reference cache,
     fp32, unfused AdamW, plain-autograd log-probs, Hugging Face's default attention), both from conf/."""
     from hydra import compose, initialize_config_dir
@@ -173,7 +174,7 @@ def bench_settings(model: str, precision: str, device: str, overrides: list[str]
                 for name, extra in configs.items()}  # fmt: skip
 
 
-def run_bench(model: str, steps: int, precision: str, device: str, overrides: list[str] = ()) -> dict[str, Any]:
+def run_bench(model: str, steps: int, precision: str, device: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     settings = bench_settings(model, precision, device, overrides)
     s = settings["optimized"]
     backbone, vocab = load_model(s.model, s.tokens, s.seed, s.adapter)
