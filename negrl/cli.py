@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -27,6 +26,7 @@ from negrl.run.overrides import (  # noqa: F401 (train.py imports them from here
     compose_job,
     expand_ranges,
     hydra_call,
+    override_parser,
     rename_deprecated,
     sweep_jobs,
 )
@@ -47,7 +47,7 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
     if "LOCAL_RANK" in os.environ or any(a.partition("=")[0] in INFO_FLAGS for a in argv):
         return argv  # a DDP worker of a checked run, or Hydra's --help/--cfg/--info: nothing runs
     overrides = [a for a in argv if not a.startswith("-")]
-    parser = OverridesParser.create()
+    parser = override_parser(conf_dir)
     parsed = hydra_call(lambda: parser.parse_overrides(overrides))
     fixed = [a for a, o in zip(overrides, parsed) if not o.is_sweep_override()]
     base = compose_job(fixed, conf_dir)

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import create_config_search_path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -92,6 +94,12 @@ def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         for choice in value.split(","):
             if choice not in known:
                 raise NegrlError(f"{group}={choice} is unknown; choose one of: {', '.join(known)}")
+
+
+def override_parser(conf_dir: Path = CONF_DIR) -> OverridesParser:
+    """Hydra's override parser with conf/ at hand, as Hydra's sweeper has it: `model='glob(pythia-*)'` lists the
+    group's options."""
+    return OverridesParser.create(config_loader=ConfigLoaderImpl(create_config_search_path(str(conf_dir))))
 
 
 def sweep_jobs(parser: OverridesParser, overrides: list[str], base: DictConfig) -> tuple[list[list[str]], set[str]]:
