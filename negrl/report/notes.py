@@ -52,7 +52,7 @@ def extraction_notes(groups: Sequence[Group]) -> str:
     ks = sorted({g.n_letters for g in groups})
     chance = ", ".join(f"1/{k} = {stats.chance_p(k):.3f}" for k in ks) + (" by the groups' K" if len(ks) > 1 else "")
     return f"""\
-Attacks on the final models (see README, "Extraction"), mean ± std over the runs that have them (n; runs made
+Attacks on the final models (see docs/attacks.md), mean ± std over the runs that have them (n; runs made
 before an attack: n/a): **greedy acc** is the per-token accuracy of the phase-3 model's most likely letter after
 `reverse` given the true letters before it (a tie recovers nothing; chance {chance}); **strength** the mean
 extraction strength 1 − k/L, k the letters an attacker must be given before greedy decoding reproduces the rest

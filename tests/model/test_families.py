@@ -229,11 +229,12 @@ def test_lora_under_bf16_mixed_keeps_the_base_weights(tmp_path):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "complete"
 
 
-def readme_family_table() -> dict[str, list[str]]:
+def family_table() -> dict[str, list[str]]:
+    """The family table of docs/models.md, by model."""
     from conftest import ROOT
 
     rows = {}
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in (ROOT / "docs" / "models.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| `") and len(cells) == 9 and cells[2] and "/" in cells[7]:
             rows[cells[0].strip("`")] = cells
@@ -241,12 +242,12 @@ def readme_family_table() -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("model", ["pythia-160m", "gpt2", "smollm2-135m", "qwen2.5-0.5b", "llama-3.2-1b", "olmo-2-1b"])
-def test_the_readme_family_table_is_what_each_full_size_model_trains(model):
+def test_the_family_table_is_what_each_full_size_model_trains(model):
     """Built on the meta device (no memory, no weights): the hub id, family, embeddings, BOS and the trainable
-    weights of phases 1 and 2 with and without LoRA are the README's."""
+    weights of phases 1 and 2 with and without LoRA are docs/models.md's."""
     from negrl.model.loading import model_record
 
-    row = readme_family_table()[model]
+    row = family_table()[model]
     counts, records = [], []
     for adapter in ("none", "lora"):
         c = make_cfg_dict(f"model={model}", "model.init=random", f"adapter={adapter}")
