@@ -37,6 +37,7 @@ from negrl.model.loading import load_model
 from negrl.run.config import CONF_DIR
 from negrl.run.runner import make_trainer, quiet_lightning
 from negrl.run.validation import Settings, validate
+from negrl.tools.bench_history import HISTORY_DIR, compare_with_history
 from negrl.tools.flops import matmul_weights, step_flops
 
 PAPER_STEPS = {1: 64, 2: 1200, 3: 1200}
@@ -184,6 +185,7 @@ def run_bench(model: str, steps: int, precision: str, device: str, overrides: Se
     n_params = matmul_weights(backbone)[0]
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     out: dict[str, Any] = {"model": model, "device": device, "precision": precision, "steps": steps,
+                           "overrides": list(overrides),
                            "params_non_embedding": n_params, "matmul_peak_flops": peaks, "phases": {}}  # fmt: skip
     evaluator, extraction = Evaluator(s.eval_every), Extraction(vocab.letter_ids, s.sizes.password_length, s.attacks)
     sets, candidates = data.eval_sets(3), data.candidates(3, s.attacks.candidates)
@@ -273,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default="bench.json", help="where to write the figures as JSON")
     parser.add_argument(
+        "--history", default=str(HISTORY_DIR), help="where the last figures of each machine kind are kept ('' : none)"
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="train.py overrides for both configurations, e.g. extraction.candidates=255"
     )
     args = parser.parse_args(argv)
@@ -281,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = run_bench(args.model, args.steps, args.precision, args.device, args.overrides)
     write_report(result, format_table, args.json)
+    if args.history:
+        compare_with_history(result, Path(args.history))
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,18 +30,10 @@ from negrl.run.config import CONF_DIR
 from negrl.run.rundir import RunDir
 from negrl.run.validation import Settings, validate
 from negrl.tools.bench import matmul_peak, write_report
+from negrl.tools.bench_history import device_name
 from negrl.tools.flops import step_flops
 
 TRAIN = Path(__file__).resolve().parents[2] / "train.py"
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
 def sweep(overrides: list[str], k: int, launcher: list[str], sweep_dir: Path, env: dict[str, str]) -> dict[str, Any]:

@@ -13,8 +13,13 @@ from negrl.tools.bench import main
 def test_bench_writes_every_figure_for_each_phase(tmp_path, capsys):
     out = tmp_path / "bench.json"
     attacks = ["extraction.candidates=255", "extraction.samples=64", "extraction.bootstrap=100"]
-    assert main(["--model", "tiny", "--steps", "1", "--device", "cpu", "--json", str(out), *attacks]) == 0
+    history = tmp_path / "history"
+    argv = ["--model", "tiny", "--steps", "1", "--device", "cpu", "--json", str(out), "--history", str(history)]
+    assert main([*argv, *attacks]) == 0
     r = json.loads(out.read_text())
+    (kept,) = history.glob("*.json")  # this machine kind's last figures, one entry for this configuration
+    (entry,) = json.loads(kept.read_text()).values()
+    assert set(entry["phases"]) == {"1", "2", "3"} and entry["date"]
     assert set(r["phases"]) == {"1", "2", "3"}
     for row in r["phases"].values():
         for name in ("optimized", "baseline"):
@@ -28,6 +33,39 @@ def test_bench_writes_every_figure_for_each_phase(tmp_path, capsys):
         assert r["eval_s"][name] > 0 and r["extraction"]["s_with_logit_diff"][name] > 0
     out = capsys.readouterr().out
     assert "projected full paper run" in out and "extraction at a phase end (255 candidates)" in out
+    assert "none yet for this configuration" in out
+
+
+def _bench_result(s_per_step: dict[str, float], **extra) -> dict:
+    phases = {p: {"optimized": {"s_per_step": s, "frac_of_peak": 0.5}} for p, s in s_per_step.items()}
+    return {"model": "tiny", "precision": "32-true", "device": "cpu", "overrides": [], "phases": phases,
+            "projected_full_run_s_optimized": 100.0, **extra}  # fmt: skip
+
+
+def test_bench_flags_a_phase_slower_than_the_last_figures_of_this_machine_kind(tmp_path, capsys):
+    from negrl.tools.bench_history import compare_with_history, config_key, load_last, machine_kind
+
+    compare_with_history(_bench_result({"1": 1.0, "2": 2.0, "3": 4.0}), tmp_path)
+    assert "none yet" in capsys.readouterr().out
+    compare_with_history(_bench_result({"1": 1.05, "2": 2.3, "3": 3.0}), tmp_path)
+    out = capsys.readouterr().out
+    assert "phase 1: s/step +5.0%\n" in out  # within 10%: not flagged
+    assert "phase 2: s/step +15.0%  SLOWER by more than 10%" in out
+    assert "phase 3: s/step -25.0%\n" in out
+    # The new figures are now the last ones; another configuration is kept apart from them.
+    last = load_last(machine_kind("cpu"), config_key(_bench_result({})), tmp_path)
+    assert last["phases"]["2"]["s_per_step"] == 2.3
+    compare_with_history(_bench_result({"1": 9.0}, precision="bf16-mixed"), tmp_path)
+    assert "none yet" in capsys.readouterr().out
+    assert load_last(machine_kind("cpu"), config_key(_bench_result({})), tmp_path)["phases"]["1"]["s_per_step"] == 1.05
+
+
+def test_machine_kind_names_the_instruction_sets_that_decide_matmul_speed():
+    from negrl.tools.bench_history import machine_kind
+
+    kind = machine_kind("cpu")
+    assert kind == kind.lower() and " " not in kind
+    assert any(isa in kind for isa in ("avx512f", "avx512-bf16", "amx-bf16", "no-avx512"))
 
 
 def test_bench_rejects_zero_steps(tmp_path, capsys):
