@@ -21,7 +21,7 @@ from negrl.run.checkpoint import numeric_config, resume_dir
 from negrl.run.rundir import RunDir
 from negrl.run.runner import PhaseEndHook, PhaseRunner, quiet_lightning
 from negrl.run.validation import Settings, validate, warn_degenerate
-from negrl.stacked.runner import StackedRunner, StackHook
+from negrl.stacked.runner import StackedRunner, StackHook, check_stackable_objective
 
 
 def run(
@@ -96,7 +96,8 @@ def _seed_runner(
 
 
 def check_stackable(settings: list[Settings]) -> None:
-    """Stacked seeds share everything but the seed, and train on one device."""
+    """Stacked seeds share everything but the seed, train on one device, and an objective they can compute."""
+    check_stackable_objective(settings[0].objective[0])
     first = numeric_config({**settings[0].config, "seed": 0})
     for s in settings[1:]:
         if numeric_config({**s.config, "seed": 0}) != first:

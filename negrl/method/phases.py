@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from negrl.core.errors import RunFailed
 from negrl.method.evaluation import Evaluator
-from negrl.method.objectives import PreferenceBatch, ntp_loss, objective_loss, preference_stats
+from negrl.method.objectives import NEEDS, SIDES, PreferenceBatch, ntp_loss, objective_loss, preference_stats
 from negrl.method.reference import ReferenceLogprobs
 from negrl.method.schedule import warmup_cosine
 from negrl.model.backbone import Backbone
@@ -164,20 +164,42 @@ class ObjectivePhase(PhaseModule):
         self.reference_logprobs = reference
         self.reference = reference.model  # a submodule, so Lightning moves it with the policy
         self.beta, self.freeze = beta, freeze
+        self.needs = NEEDS[self.objective]  # what the objective reads beyond label log-probs (mostly nothing)
+        self.layer = int(self.objective_params["layer"]) if self.needs.layer else None
 
     def apply_trainable(self) -> None:
         self.backbone.set_trainable(True, freeze_second_half=self.freeze)
 
     def _forward(self, batch: dict[str, torch.Tensor], reference=None, extra: tuple[str, ...] = ()):
         """One forward pass over chosen, rejected and `extra` sequences; the objective's loss, reward
-        stats, and the extra sequences' per-token log-probs. `reference`: as in `compute_loss`."""
+        stats, and the extra sequences' per-token log-probs. `reference`: as in `compute_loss`. Logits and
+        hidden states are computed only where the objective's `Needs` ask for them."""
         chosen, rejected = batch["chosen"], batch["rejected"]
         parts = [chosen, rejected, *(batch[k] for k in extra)]
-        logprobs = self.backbone.token_logprobs(torch.cat(parts)).split([len(p) for p in parts])
+        sizes = [len(p) for p in parts]
+        seen: dict[str, torch.Tensor] = {}
+        if self.needs:
+            out = self.backbone.token_outputs(torch.cat(parts), logits=bool(self.needs.logits), layer=self.layer)
+            logprobs = out["logprobs"].split(sizes)
+            seen = self._policy_outputs(batch, out, sizes)
+            seen.update(self.reference_logprobs.outputs(batch, self.needs, self.layer))
+        else:
+            logprobs = self.backbone.token_logprobs(torch.cat(parts)).split(sizes)
         reference = self.reference_logprobs(batch) if reference is None else reference
-        pref = PreferenceBatch(logprobs[0], logprobs[1], *reference)
+        pref = PreferenceBatch(logprobs[0], logprobs[1], *reference, extra=seen)
         loss = objective_loss(self.objective, pref, self.objective_params)
         return loss, preference_stats(pref, self.beta), dict(zip(extra, logprobs[2:]))
+
+    def _policy_outputs(self, batch: dict[str, torch.Tensor], out: dict, sizes: list[int]) -> dict[str, torch.Tensor]:
+        """The policy's logits (with the labels) and hidden states of the sides the objective asks for."""
+        seen = {}
+        for kind, sides in (("logits", self.needs.logits), ("hidden", self.needs.hidden)):
+            values = out[kind].split(sizes) if sides else ()
+            for side in sides:
+                seen[f"{kind}/{side}"] = values[SIDES.index(side)]
+                if kind == "logits":
+                    seen[f"labels/{side}"] = batch[side][:, 1:]
+        return seen
 
     def compute_loss(self, batch, reference=None):
         loss, stats, _ = self._forward(batch, reference)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from negrl.method.objectives import sequence_logprob
+from negrl.method.objectives import SIDES, Needs, sequence_logprob
 from negrl.model.backbone import Backbone
 
 
@@ -47,6 +47,23 @@ class ReferenceLogprobs:
         if len(todo.tokens):
             self.store(todo, sequence_logprob(self.model.token_logprobs(todo.tokens)))
         return self.lookup(batch, todo)
+
+    @torch.no_grad()
+    def outputs(self, batch: dict[str, torch.Tensor], needs: Needs, layer: int | None) -> dict[str, torch.Tensor]:
+        """What `needs` asks of the reference beyond sequence log-probs, never cached: "ref_logits/SIDE"
+        [B, T-1, V] and "ref_hidden/SIDE" [B, T-1, d] (decoder layer `layer`), in one forward over the sides."""
+        sides = [s for s in SIDES if s in needs.ref_logits or s in needs.ref_hidden]
+        if not sides:
+            return {}
+        tokens = torch.cat([batch[s] for s in sides])
+        out = self.model.token_outputs(tokens, logits=bool(needs.ref_logits), layer=layer if needs.ref_hidden else None)
+        seen = {}
+        for kind, wanted in (("logits", needs.ref_logits), ("hidden", needs.ref_hidden)):
+            if wanted:
+                for side, value in zip(sides, out[kind].split([len(batch[s]) for s in sides])):
+                    if side in wanted:
+                        seen[f"ref_{kind}/{side}"] = value
+        return seen
 
     def pending(self, batch: dict[str, torch.Tensor]) -> Pending:
         """The sequences of `batch` the reference model has to compute: each distinct uncached one once (every

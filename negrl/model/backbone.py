@@ -187,6 +187,35 @@ class Backbone(nn.Module):
         logits = logits.float()
         return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
+    def token_outputs(self, tokens: torch.Tensor, logits: bool = False, layer: int | None = None) -> dict:
+        """One forward over tokens [B, T] giving what an objective asks for beyond `token_logprobs`:
+        "logprobs" [B, T-1] (fp32), with `logits` also "logits" [B, T-1, V] (fp32, under autograd), with `layer`
+        also "hidden" [B, T-1, d]: the residual stream leaving decoder layer `layer` (0-based) at the positions
+        that predict the labels. The label log-probs are the plain autograd ones when the logits are returned
+        (the fused backward reuses the logits' storage)."""
+        captured: list[torch.Tensor] = []
+
+        def keep(module: nn.Module, inputs: tuple, output: torch.Tensor | tuple) -> None:
+            captured.append(output[0] if isinstance(output, tuple) else output)
+
+        handle = self.layers[layer].register_forward_hook(keep) if layer is not None else None
+        try:
+            out = self.logits(tokens[:, :-1])
+        finally:
+            if handle is not None:
+                handle.remove()
+        labels = tokens[:, 1:]
+        if logits or not self.fused_logprobs:
+            full = out.float()
+            result = {"logprobs": full.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(full, dim=-1)}
+            if logits:
+                result["logits"] = full
+        else:
+            result = {"logprobs": label_logprobs(out, labels)}
+        if layer is not None:
+            result["hidden"] = captured[0][:, self.context_tokens :]
+        return result
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """`token_logprobs`, as the module's call (what `torch.func.functional_call` runs over stacked weights)."""
         return self.token_logprobs(tokens)

@@ -56,6 +56,7 @@ class FinalStats:
     delta: stats.Summary
     test: stats.TTest
     diff: stats.PairedDifference
+    control_delta: stats.Summary = field(default_factory=lambda: stats.summary([]))  # the random control's
 
 
 @dataclass
@@ -102,6 +103,7 @@ def final_stats(runs: Sequence[Run], n_letters: int) -> FinalStats:
         delta=stats.summary(finite([r.final_delta for r in runs])),
         test=stats.ttest_probabilities(finite(held), n_letters),
         diff=stats.paired_difference([h for h, _ in pairs], [c for _, c in pairs]),
+        control_delta=stats.summary(finite([r.final_ll("random") - r.chance_ll for r in runs])),
     )
 
 

@@ -160,9 +160,9 @@ def render_markdown(root: Path, report: Report, out: Path) -> str:
         parts += ["## Runs that did not learn the task", not_learned]
     if report.left_out:
         parts += ["## Repeated seeds", REPEATED_NOTES, markdown_table(*duplicates_table(report.groups))]
+    if "objective" in (report.groups[0].knobs if report.groups else {}):
+        parts += ["## Objectives compared", markdown_table(*objectives_table(report.groups))]
     if any(g.extraction["greedy_acc_heldout"].n for g in report.groups):
-        if "objective" in (report.groups[0].knobs if report.groups else {}):
-            parts += ["## Objectives compared", markdown_table(*objectives_table(report.groups))]
         parts += ["## Extraction", markdown_table(*extraction_table(report.groups)), extraction_notes(report.groups)]
     membership = membership_table(report.groups)
     if membership[1]:

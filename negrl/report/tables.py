@@ -198,16 +198,23 @@ def membership_table(groups: Sequence[Group]) -> Table:
 
 
 def objectives_table(groups: Sequence[Group]) -> Table:
-    """Header and rows comparing negative-reinforcement objectives: the paper's metric and the attacks."""
+    """Header and rows comparing negative-reinforcement objectives (any number of them, one row per group): the
+    paper's metric at its max beside the final evaluation, the random control, held-out minus random, the final
+    model's membership AUCs of the held-out negatives, and the extraction attacks (n/a where a run has none)."""
+    final = next(iter(MIA_PHASES))  # the final model's phase
     header = [
-        "group", "n", "delta max (mean ± std)", "delta final", "p greater max", "held − random max",
+        "group", "n", "delta max (mean ± std)", "delta final", "control delta max", "control delta final",
+        "p greater max", "held − random max", "held − random final", "paired p max",
+        *(f"AUC held-out {attack} (phase {final})" for attack in MIA_ATTACKS),
         "greedy acc held-out / random", "exposure held-out / random", "logit-diff acc held-out / random",
     ]  # fmt: skip
     rows = []
     for g in groups:
-        s = g.stats
+        s, f = g.stats, g.stats.final
         rows.append([
-            g.label, str(s.n), _pm(s.delta), _pm(s.final.delta), _p(s.test.p_greater), _pm_diff(s.diff),
+            g.label, str(s.n), _pm(s.delta), _pm(f.delta), _pm(s.control_delta), _pm(f.control_delta),
+            _p(s.test.p_greater), _pm_diff(s.diff), _pm_diff(f.diff), _p(s.diff.p_two_sided),
+            *(_pm(g.membership[(final, attack, "heldout")].auc, ".3f") for attack in MIA_ATTACKS),
             " / ".join(_pair(g, "greedy_acc_heldout", "greedy_acc_random")),
             " / ".join(_pair(g, "exposure_heldout", "exposure_random", ".2f")),
             " / ".join(_pair(g, "logit_diff_acc_heldout", "logit_diff_acc_random")),

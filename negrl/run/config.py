@@ -34,6 +34,9 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 #: Keys renamed when phases 2-3 learned other objectives than DPO: old name -> new name (the old one still works,
 #: with a one-line notice).
 RENAMED = {"dpo.reference_cache": "reference.cache", "joint.dpo_weight": "joint.objective_weight"}
+#: Keys an objective gained later, with the value that computes what it computed before (a config.yaml written
+#: before them reads as if it had them): objective name -> {key: value}.
+ADDED_OBJECTIVE_KEYS = {"dpo": {"label_smoothing": 0.0}}
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
 
 
@@ -212,7 +215,8 @@ def deprecation_notice(old: str, new: str) -> str:
 
 def upgrade_renamed(c: "dict[str, Any]", notice: bool = False) -> "dict[str, Any]":
     """A copy of the plain config `c` with each renamed key under its new name (e.g. a config.yaml written before
-    the rename); `notice`: print a deprecation line for each."""
+    the rename) and the objective's later keys (`ADDED_OBJECTIVE_KEYS`) at their old behaviour where absent;
+    `notice`: print a deprecation line for each renamed key."""
     out = copy.deepcopy(c)
     for old, new in RENAMED.items():
         *parent, leaf = old.split(".")
@@ -229,6 +233,10 @@ def upgrade_renamed(c: "dict[str, Any]", notice: bool = False) -> "dict[str, Any
         target[new_leaf] = value
         if notice:
             print(deprecation_notice(old, new), file=sys.stderr)
+    objective = out.get("objective")
+    if isinstance(objective, dict):
+        for key, value in ADDED_OBJECTIVE_KEYS.get(objective.get("name"), {}).items():
+            objective.setdefault(key, value)
     return out
 
 

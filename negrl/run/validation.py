@@ -18,10 +18,10 @@ from omegaconf import DictConfig
 from negrl.attacks.extraction import AttackSettings
 from negrl.core.errors import NegrlError
 from negrl.method.data import DataSizes, PasswordSplits, heldout_count
-from negrl.method.objectives import DEFAULTS, OBJECTIVES
+from negrl.method.objectives import DEFAULTS, NEEDS, OBJECTIVES
 from negrl.method.phases import OptimSettings
 from negrl.model.adapters import check_targets
-from negrl.model.families import meta_model
+from negrl.model.families import decoder_layers, meta_model
 from negrl.model.loading import check_model
 from negrl.run.config import check_config
 from negrl.run.tracking import wandb_login_found
@@ -222,13 +222,43 @@ def objective_settings(c: dict[str, Any]) -> Objective:
     for key, value in o.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise NegrlError(f"objective.{key}={value!r} must be a number for objective={name}")
-    for key in ("beta", "tau"):
+    for key in ("beta", "tau", "steering_coeff"):
         if key in o and not o[key] > 0:
             raise NegrlError(f"objective.{key}={o[key]} must be positive for objective={name}")
-    for key in ("delta", "alpha"):
+    for key in ("delta", "alpha", "gamma", "desirable_weight", "undesirable_weight"):
         if key in o and not o[key] >= 0:
             raise NegrlError(f"objective.{key}={o[key]} must be non-negative for objective={name}")
+    if "label_smoothing" in o:
+        _check_label_smoothing(name, o["label_smoothing"])
+    if NEEDS[name].layer:
+        _check_layer(name, o["layer"], c["model"], c["freeze"])
     return name, {k: float(v) for k, v in o.items()}
+
+
+def _check_label_smoothing(name: str, eps: float) -> None:
+    """The label-flip rate: below 1/2 for rDPO (it divides by 1 - 2 eps), above 0 for EXO (log eps), at most 1/2
+    elsewhere (cDPO, AOT)."""
+    ok, words = {"robust": (0 <= eps < 0.5, "[0, 0.5)"), "exo_pair": (0 < eps < 1, "(0, 1)")}.get(
+        name, (0 <= eps <= 0.5, "[0, 0.5]")
+    )
+    if not ok:
+        raise NegrlError(
+            f"objective.label_smoothing={eps} must be in {words} for objective={name} "
+            "(the probability that a pair's preference is flipped)"
+        )
+
+
+def _check_layer(name: str, layer: float, model: dict[str, Any], freeze: bool) -> None:
+    """The decoder layer an objective reads (RMU's): a layer of the model; with the phase-2 freeze, one of the
+    first half, which phase 2 trains (RMU updates the layers that produce its layer's activations)."""
+    n = len(decoder_layers(meta_model(model["model_type"], dict(model.get("architecture") or {}), model["name"])))
+    if not float(layer).is_integer() or not 0 <= layer < n:
+        raise NegrlError(f"objective.layer={layer} must be a layer index 0 ... {n - 1} of model={model['name']}")
+    if freeze and layer >= n // 2:
+        raise NegrlError(
+            f"objective.layer={layer:g} is in the half phase 2 freezes (layers {n // 2} ... {n - 1} of "
+            f"model={model['name']}), so {name} could not train it there; use objective.layer<{n // 2} or freeze=false"
+        )
 
 
 def phase3_weights(joint: dict[str, float]) -> dict[str, float]:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from negrl.core.errors import NegrlError, RunFailed
 from negrl.method.data import PhaseData
 from negrl.method.evaluation import Evaluator
-from negrl.method.objectives import sequence_logprob
+from negrl.method.objectives import NEEDS, sequence_logprob
 from negrl.method.phases import PhaseModule
 from negrl.method.reference import ReferenceLogprobs
 from negrl.model.backbone import Backbone, fp32_inference
@@ -213,6 +213,17 @@ class StackFailed(RunFailed):
     def __init__(self, reasons: list[str]):
         super().__init__("; ".join(reasons))
         self.reasons = reasons
+
+
+def check_stackable_objective(name: str) -> None:
+    """Stacked seeds give each seed's objective the policy's and the reference's label log-probs only: an objective
+    that reads logits or hidden states (`Needs`: undial, rmu) runs one seed at a time (checked with the other
+    conditions of a stack, `negrl.pipeline.check_stackable`, before any job of a stacked sweep starts)."""
+    if NEEDS[name]:
+        raise NegrlError(
+            f"objective={name} reads the models' logits or hidden states, which stacked seeds do not compute; "
+            "run it without hydra/launcher=stacked"
+        )
 
 
 class StackedRunner:

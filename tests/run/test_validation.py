@@ -35,8 +35,17 @@ CASES = [
     (["dpo.beta=0"], "dpo.beta=0 must be > 0"),
     (["objective=ipo", "objective.tau=0"], r"objective.tau=0 must be positive for objective=ipo"),
     (["objective=unlikelihood", "objective.alpha=-1"], r"objective.alpha=-1 must be non-negative"),
-    (["objective.name=kto"], r"objective=kto is unknown; choose one of: dpo, ipo, hinge, npo, simnpo"),
-    (["+objective.gamma=1"], r"objective=dpo takes objective.beta, got beta, gamma; fix objective"),
+    (["objective.name=ppo"], r"objective=ppo is unknown; choose one of: dpo, ipo, hinge, npo, simnpo, .*, kto, "
+                             r"kto_undesirable, orpo, cpo, simpo, grad_diff, wga, undial, rmu$"),
+    (["+objective.gamma=1"], r"objective=dpo takes objective.beta, objective.label_smoothing, got beta, gamma, "
+                             r"label_smoothing; fix objective"),
+    (["objective=robust", "objective.label_smoothing=0.5"], r"objective.label_smoothing=0.5 must be in \[0, 0.5\)"),
+    (["objective=exo_pair", "objective.label_smoothing=0"], r"objective.label_smoothing=0 must be in \(0, 1\)"),
+    (["objective=kto", "objective.undesirable_weight=-1"], r"objective.undesirable_weight=-1 must be non-negative"),
+    (["objective=rmu", "objective.layer=2"], r"objective.layer=2 is in the half phase 2 freezes \(layers 2 ... 3 of "
+                                             r"model=tiny\), so rmu could not train it there; use objective.layer<2 "
+                                             r"or freeze=false"),
+    (["objective=rmu", "objective.layer=4", "freeze=false"], r"objective.layer=4 must be a layer index 0 ... 3"),
     (["extraction.candidates=0"], r"extraction.candidates=0 must be >= 1"),
     (["extraction.enabled=maybe"], r"extraction.enabled='maybe' must be true or false"),
     (
@@ -198,7 +207,8 @@ CLI_CASES = [
     (["model.architecture.vocab_size=10"], r"model.architecture.vocab_size=10 is smaller than model=tiny's built-in "
                                            r"vocabulary \(28 tokens: 26 letters and the 2 prefixes\)"),
     # a key of other options of its config group: those options are named, never the key itself as the fix
-    (["objective.tau=0.5"], r"objective.tau is not a setting of the chosen objective=; it belongs to objective=ipo:"),
+    (["objective.tau=0.5"], r"objective.tau is not a setting of the chosen objective=; it belongs to "
+                            r"objective=discopop, objective=ipo:"),
     (["model.tokenizer=X"], r"model.tokenizer is not a setting of the chosen model=; it belongs to model=gemma-3-270m"),
     (["model.foo=1"], r"model.foo is not a negrl setting; valid keys here: name, model_type"),
     # values only transformers, torch or peft would check, refused before any work (the model's meta-device twin)
