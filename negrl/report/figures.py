@@ -1,42 +1,168 @@
 """The paper's figures from grouped runs (`negrl.report.groups`), drawn without pyplot's global state.
 
-Each `plot_*` function takes groups and an optional output path, saves a PNG there (Agg) and
-returns the `Figure` (a notebook displays it inline). `make_figures` draws those the data supports.
-Chance is drawn at each group's own log(1/K) (K letters; 1/K on fig_positions' rates), one line per K when
-groups differ.
+Each `plot_*` function takes groups and an optional output path, saves a PNG there (Agg) and returns the `Figure`
+(a notebook displays it inline). `make_figures` draws those the data supports. Every figure keeps the same
+conventions (tests/report/test_figures.py checks them on a synthetic sweep):
+
+- one colour per evaluation set (`COLORS`), whatever the figure: held-out red, useful blue, random gray;
+- where seeds are pooled, the mean and ± one standard deviation over seeds (error bars on the sweeps and the
+  ablations, a shaded band on the curves, the lens and the positions), nothing where a group has one seed;
+- the legend under the plot, in room of its own (constrained layout), never over the data;
+- group labels longer than `labels.MAX_NAME` characters are G1, G2, ... on the axis, each spelled out in the key;
+- every axis labelled; titles and legend entries wrapped to the figure's width (`WIDTH`).
+
+Chance is drawn at each group's own log(1/K) (K letters; 1/K on fig_positions' rates), one line per K when groups
+differ.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from negrl.core import stats
 from negrl.core.protocol import EVAL_SETS, PHASES, condition
 from negrl.core.stats import Summary
-from negrl.report.curves import as_float
+from negrl.report.curves import as_float, pooled, stack_curves
 from negrl.report.groups import Group
-from negrl.report.labels import fmt_value, slug, sort_value
+from negrl.report.labels import fmt_value, group_names, slug, sort_value
 from negrl.report.runs import Run
 
+#: The colour of each evaluation set, in every figure.
 COLORS = {"heldout": "tab:red", "useful": "tab:blue", "random": "tab:gray"}
 SET_LABELS = {"heldout": "held-out negatives", "useful": "useful negatives", "random": "random passwords"}
 #: Line styles of the chance levels, one per K in a figure.
 CHANCE_STYLES = (":", "-.", (0, (1, 3)), (0, (5, 2)))
+#: Markers of the series of a sweep figure (the settings of the other knobs), in order.
+SERIES_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
+#: Opacity of the ± std bands.
+BAND_ALPHA = 0.18
+
+#: Every figure's width and the height its plot gets (inches); the title, the axis labels and the legend add theirs.
+WIDTH, PLOT_HEIGHT = 7.0, 3.4
+DPI = 100
+FONT, LABEL_FONT, TITLE_FONT = 8, 9, 10
+#: Characters per line across the figure (DejaVu Sans, with a margin): titles at TITLE_FONT, legends at FONT.
+TITLE_CHARS, LEGEND_CHARS = 84, 100
+#: Inches per legend line at FONT (text and spacing), and what the title, tick labels and x label add.
+LEGEND_LINE, TITLE_LINE, DECORATIONS = 1.75 * FONT / 72, 1.3 * TITLE_FONT / 72, 0.8
+
+Entry = tuple[Artist, str]
 
 
 def _save(fig: Figure, path: Path | str | None) -> Figure:
     if path is not None:
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        fig.savefig(path, dpi=DPI)
     return fig
+
+
+def _figure() -> tuple[Figure, Axes]:
+    """A figure laid out by constrained layout (its size is set by `_finish`) and its axes."""
+    fig = Figure(layout="constrained")
+    ax = fig.add_subplot()
+    ax.tick_params(labelsize=FONT)
+    return fig, ax
+
+
+def _wrap(text: str, width: int) -> str:
+    """`text` wrapped at `width` characters, each of its lines on its own."""
+    return "\n".join(textwrap.fill(line, width, break_on_hyphens=False) or line for line in text.split("\n"))
+
+
+def _columns(labels: Sequence[str]) -> int:
+    """Legend columns: three or two where every label fits its column, else one."""
+    for n in (3, 2):
+        if len(labels) >= n and max(map(len, labels)) <= LEGEND_CHARS // n - 8:
+            return n
+    return 1
+
+
+def _legend_lines(labels: Sequence[str], ncols: int) -> int:
+    """The height of the legend in lines: matplotlib fills its columns top to bottom."""
+    per_column = math.ceil(len(labels) / ncols)
+    heights = [label.count("\n") + 1 for label in labels]
+    return max(sum(heights[i : i + per_column]) for i in range(0, len(heights), per_column))
+
+
+def _finish(
+    fig: Figure,
+    ax: Axes,
+    title: str,
+    entries: Sequence[Entry],
+    path: Path | str | None,
+    plot_height: float = PLOT_HEIGHT,
+    title_pad: float = 6.0,
+) -> Figure:
+    """Title the axes (wrapped), put the legend under the plot, size the figure so the plot keeps `plot_height`
+    inches, save it to `path`."""
+    title = _wrap(title, TITLE_CHARS)
+    ax.set_title(title, fontsize=TITLE_FONT, pad=title_pad)
+    ax.xaxis.label.set_fontsize(LABEL_FONT)
+    ax.yaxis.label.set_fontsize(LABEL_FONT)
+    ncols = _columns([label for _, label in entries])
+    labels = [_wrap(label, LEGEND_CHARS // ncols - 8) for _, label in entries]
+    fig.legend(
+        [h for h, _ in entries], labels, loc="outside lower center", ncols=ncols, fontsize=FONT, frameon=False,
+        handlelength=3, columnspacing=1.5,
+    )  # fmt: skip
+    title_height = (title.count("\n") + 1) * TITLE_LINE
+    fig.set_size_inches(WIDTH, plot_height + DECORATIONS + title_height + _legend_lines(labels, ncols) * LEGEND_LINE)
+    return _save(fig, path)
+
+
+def _tag(artists: Any, name: str) -> None:
+    """Mark the artists of set `name` (its gid), so a reader of the figure (or a test) can tell which set each is."""
+    for a in artists if isinstance(artists, (list, tuple)) else [artists]:
+        if isinstance(a, (list, tuple)):
+            _tag(a, name)
+        elif a is not None:
+            a.set_gid(name)
+
+
+def _set_entry(name: str, ls: Any = "-", label: str | None = None) -> Entry:
+    """The legend entry of evaluation set `name`: its colour."""
+    return Line2D([], [], color=COLORS[name], ls=ls, lw=2), label or SET_LABELS[name]
+
+
+def _style_entry(ls: Any, label: str, marker: str = "") -> Entry:
+    """A legend entry for a line style or marker (in black: it means the same in every colour)."""
+    return Line2D([], [], color="black", ls=ls, lw=1.2, marker=marker), label
+
+
+def _spread_entry(n: int, bars: bool = False) -> list[Entry]:
+    """The legend entry of the ± std bands (or error bars), if any was drawn (n >= 2 seeds)."""
+    if n < 2:
+        return []
+    if bars:
+        return [(Line2D([], [], color="black", marker="|", ms=10, ls="none"), f"bars: ± 1 std over the {n} seeds")]
+    return [(Patch(color="black", alpha=BAND_ALPHA, lw=0), f"shaded: ± 1 std over the {n} seeds")]
+
+
+def _band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, name: str) -> None:
+    """The ± std band of set `name` around `mean` (where the std is known: two or more seeds)."""
+    known = np.isfinite(std) & np.isfinite(mean)
+    if known.any():
+        band = ax.fill_between(x, mean - std, mean + std, where=known, color=COLORS[name], alpha=BAND_ALPHA, lw=0)
+        band.set_gid(name)
+
+
+def _bars(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, name: str) -> None:
+    """The ± std error bars of set `name` at `x` (no line, no caps: the line is drawn on its own)."""
+    if np.isfinite(std).any():
+        bars = ax.errorbar(x, mean, yerr=np.nan_to_num(std), fmt="none", ecolor=COLORS[name], elinewidth=1, capsize=0)
+        _tag(list(bars.lines), name)
 
 
 def _err(s: Summary) -> float:
@@ -54,18 +180,22 @@ def _chance_symbol(groups: Sequence[Group]) -> str:
     return f"log(1/{ks[0]})" if len(ks) == 1 else "log(1/K)"
 
 
-def _chance_line(ax: Axes, groups: Sequence[Group], vertical: bool = False) -> None:
+def _chance_line(ax: Axes, groups: Sequence[Group], vertical: bool = False) -> list[Entry]:
     """Chance log(1/K): on an LL axis a line at each K's level (named by K when they differ), on a (vertical)
-    delta axis at 0, which is chance for every group."""
+    delta axis at 0, which is chance for every group. Returns their legend entries."""
     ks = _letters(groups)
     if vertical:
         where = stats.chance_name(ks[0]) if len(ks) == 1 else f"log(1/K) of each group's K ({', '.join(map(str, ks))})"
-        ax.axvline(0.0, color="black", lw=0.8, ls=":", label=f"chance: delta = 0, LL = {where}")
-        return
+        line = ax.axvline(0.0, color="black", lw=0.8, ls=":", label=f"chance: delta = 0, LL = {where}")
+        return [(line, line.get_label())]
+    entries = []
     for i, k in enumerate(ks):
         which = f" (groups with {k} letters)" if len(ks) > 1 else ""
         style = CHANCE_STYLES[i % len(CHANCE_STYLES)]
-        ax.axhline(stats.chance_ll(k), color="black", lw=0.8, ls=style, label=f"chance {stats.chance_name(k)}{which}")
+        label = f"chance {stats.chance_name(k)}{which}"
+        line = ax.axhline(stats.chance_ll(k), color="black", lw=0.8, ls=style, label=label)
+        entries.append((line, line.get_label()))
+    return entries
 
 
 def _spread(groups: Sequence[Group]) -> str:
@@ -82,47 +212,51 @@ def _seeds_label(runs: Sequence[Run]) -> str:
 
 
 def _rest_label(group: Group, knob: str) -> str:
-
     return " ".join(f"{k}={fmt_value(v)}" for k, v in group.knobs.items() if k != knob)
 
 
 def plot_sweep(
     groups: Sequence[Group], knob: str, path: Path | str | None = None, order: Callable[[Any], Any] | None = None
 ) -> Figure:
-    """Held-out and random max LL (mean ± std over seeds) against `knob`; one line pair per other-knob setting.
+    """Held-out and random max LL (mean ± std over seeds) against `knob`: colour is the set, the marker the setting
+    of the other knobs (one per series, named in the legend).
 
     Numeric knobs are placed by value; others (e.g. model) categorically, sorted by `order`.
     """
-
     values = sorted({g.knobs[knob] for g in groups}, key=order or sort_value)
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     position = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
     series: dict[str, list[Group]] = {}
     for g in groups:
         series.setdefault(_rest_label(g, knob), []).append(g)
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    shift = 0.0 if numeric else 0.06
+    fig, ax = _figure()
+    # Categorical x: each series' held-out and random bars side by side within ±0.15 of the tick.
+    slot = 0.0 if numeric else 0.3 / (2 * len(series))
+    entries = [_set_entry("heldout"), _set_entry("random", "--", f"{SET_LABELS['random']} (control)")]
     for i, (rest, members) in enumerate(series.items()):
         members = sorted(members, key=lambda g: position[g.knobs[knob]])
         x = np.array([position[g.knobs[knob]] for g in members], dtype=float)
-        suffix = f" ({rest})" if rest else ""
-        color = f"C{i}"
-        for which, marker, ls, dx in (("metric", "o", "-", -shift), ("control_metric", "s", "--", shift)):
+        marker = SERIES_MARKERS[i % len(SERIES_MARKERS)]
+        for j, (name, which, ls) in enumerate((("heldout", "metric", "-"), ("random", "control_metric", "--"))):
+            dx = (2 * i + j - (2 * len(series) - 1) / 2) * slot
             summaries = [getattr(g.stats, which) for g in members]
-            name = "held-out negatives" if which == "metric" else "random (control)"
-            ax.errorbar(
+            label = f"{SET_LABELS[name]} ({rest})" if rest else SET_LABELS[name]
+            bars = ax.errorbar(
                 x + dx, [s.mean for s in summaries], yerr=[_err(s) for s in summaries], marker=marker, ls=ls,
-                color=color, alpha=1.0 if which == "metric" else 0.6, capsize=3, label=f"{name}{suffix}",
+                color=COLORS[name], capsize=3, ms=5, label=label,
             )  # fmt: skip
-    _chance_line(ax, groups)
+            _tag(list(bars.lines), name)
+        if rest:
+            entries.append(_style_entry("none", rest, marker))
+    entries += _chance_line(ax, groups)
     if not numeric:
-        ax.set_xticks(range(len(values)), [str(v) for v in values])
+        names = [str(v) for v in values]
+        slanted = max(map(len, names)) > 10  # long names slant so neighbours do not overlap
+        ax.set_xticks(range(len(values)), names, rotation=30 if slanted else 0, ha="right" if slanted else "center")
     ax.set_xlabel(knob)
     ax.set_ylabel("max phase-3 log-likelihood per token")
-    ax.set_title(f"Held-out vs random passwords against {knob} ({_spread(groups)})")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    title = f"Held-out vs random passwords against {knob}\n({_spread(groups)})"
+    return _finish(fig, ax, title, entries, path)
 
 
 def plot_holdout(groups: Sequence[Group], path: Path | str | None = None) -> Figure:
@@ -132,77 +266,80 @@ def plot_holdout(groups: Sequence[Group], path: Path | str | None = None) -> Fig
 
 def plot_models(groups: Sequence[Group], path: Path | str | None = None) -> Figure:
     """fig_models: the same vs model, ordered by size."""
-
     return plot_sweep(groups, "model", path, order=lambda v: sort_value(v, "model"))
 
 
 def plot_ablations(groups: Sequence[Group], path: Path | str | None = None) -> Figure:
-    """fig_ablations: each group's delta and control delta as horizontal error bars around 0 = chance log(1/K)."""
-    fig = Figure(figsize=(7, 1.2 + 0.55 * len(groups)))
-    ax = fig.add_subplot()
+    """fig_ablations: each group's delta and control delta as horizontal error bars around 0 = chance log(1/K);
+    groups whose labels are long are named G1, G2, ... on the axis and spelled out in the key."""
+    fig, ax = _figure()
     y = np.arange(len(groups))[::-1].astype(float)
-    for which, marker, color, dy, name in (
-        ("delta", "o", COLORS["heldout"], 0.12, "held-out negatives"),
-        ("control_delta", "s", COLORS["random"], -0.12, "random (control)"),
-    ):
+    entries: list[Entry] = []
+    for name, which, marker, dy in (("heldout", "delta", "o", 0.15), ("random", "control_delta", "s", -0.15)):
         summaries = [getattr(g.stats, which) for g in groups]
-        ax.errorbar(
-            [s.mean for s in summaries], y + dy, xerr=[_err(s) for s in summaries], fmt=marker, color=color,
-            capsize=3, label=name,
+        label = SET_LABELS[name] + (" (control)" if name == "random" else "")
+        bars = ax.errorbar(
+            [s.mean for s in summaries], y + dy, xerr=[_err(s) for s in summaries], fmt=marker, color=COLORS[name],
+            capsize=3, ms=5, label=label,
         )  # fmt: skip
-    _chance_line(ax, groups, vertical=True)
-    ax.set_yticks(y, [f"{g.label} (n={g.stats.n})" for g in groups])
+        _tag(list(bars.lines), name)
+        entries.append((Line2D([], [], color=COLORS[name], marker=marker, ls="none"), label))
+    entries += _chance_line(ax, groups, vertical=True)
+    full = [g.label for g in groups]
+    names = group_names(full)
+    ax.set_yticks(y, [f"{n} (n={g.stats.n})" for n, g in zip(names, groups)])
+    if names != full:
+        entries += [(Line2D([], [], ls="none"), f"{n}: {label}") for n, label in zip(names, full)]
     ax.set_ylim(-0.6, len(groups) - 0.4)
-    ax.set_xlabel(f"delta = max phase-3 LL − {_chance_symbol(groups)}  ({_spread(groups)})")
-    ax.set_title("Per group: held-out negatives vs random control around chance")
-    ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    ax.set_xlabel(f"delta = max phase-3 LL − {_chance_symbol(groups)}")
+    ax.set_ylabel("group")
+    title = f"Per group: held-out negatives vs random control around chance\n({_spread(groups)})"
+    return _finish(fig, ax, title, entries, path, plot_height=max(1.6, 0.6 + 0.32 * len(groups)))
+
+
+def curve_stacks(group: Group) -> tuple[np.ndarray, dict[str, np.ndarray], list[Run]]:
+    """Steps, per set the (seeds x steps) LL of the group's runs with curves (NaN where a run has no value), and
+    those runs."""
+    runs = [r for r in group.runs if r.curves is not None]
+    steps, stacks = stack_curves([r.curves for r in runs])
+    return steps, stacks, runs
 
 
 def mean_curves(group: Group) -> tuple[np.ndarray, dict[str, np.ndarray], list[Run]]:
     """Steps, the per-set mean LL over the group's seeds at each step (NaN-aware), and the runs with curves."""
-    runs = [r for r in group.runs if r.curves is not None]
-    steps = np.unique(np.concatenate([r.curves.step for r in runs])) if runs else np.array([], dtype=int)
-    means = {}
-    for s in EVAL_SETS:
-        stack = np.full((len(runs), steps.size), np.nan)
-        for i, r in enumerate(runs):
-            stack[i, np.searchsorted(steps, r.curves.step)] = r.curves.ll[s]
-        with np.errstate(all="ignore"):
-            means[s] = np.nanmean(stack, axis=0) if runs else stack.mean(axis=0)
-    return steps, means, runs
+    steps, stacks, runs = curve_stacks(group)
+    return steps, {s: pooled(stack)[0] for s, stack in stacks.items()}, runs
 
 
 def plot_curves(group: Group, path: Path | str | None = None) -> Figure:
-    """fig_curves: the three eval LL curves over all phases vs global step; per-seed thin lines, mean thick
-    (a single seed: its own curve, labelled by the seed)."""
-    steps, means, runs = mean_curves(group)
-    fig = Figure(figsize=(9, 4.5))
-    ax = fig.add_subplot()
+    """fig_curves: the three eval LL curves over all phases vs global step: the mean over the group's seeds and a
+    ± std band (a single seed: its own curve, labelled by the seed)."""
+    steps, stacks, runs = curve_stacks(group)
+    fig, ax = _figure()
+    entries: list[Entry] = []
     for s in EVAL_SETS:
-        for r in runs if len(runs) > 1 else []:
-            ax.plot(r.curves.step, r.curves.ll[s], color=COLORS[s], lw=0.6, alpha=0.3)
-        ax.plot(steps, means[s], color=COLORS[s], lw=2, label=f"{SET_LABELS[s]}, {_seeds_label(runs)}")
+        mean, std = pooled(stacks[s])
+        _band(ax, steps, mean, std, s)
+        (line,) = ax.plot(steps, mean, color=COLORS[s], lw=1.8, label=f"{SET_LABELS[s]}, {_seeds_label(runs)}")
+        line.set_gid(s)
+        entries.append((line, line.get_label()))
+    entries += _spread_entry(len(runs))
     bounds = runs[0].boundaries() if runs else []
     for i, b in enumerate(bounds):
-        ax.axvline(b, color="black", lw=0.8, ls="--", label="phase boundary" if i == 0 else None)
+        line = ax.axvline(b, color="black", lw=0.8, ls="--", label="phase boundary" if i == 0 else None)
+        if i == 0:
+            entries.append((line, "phase boundary"))
     edges = [int(steps.min()), *bounds, int(steps.max())] if steps.size else []
     for p, (a, b) in enumerate(zip(edges[:-1], edges[1:]), start=1):
         ax.text(
-            (a + b) / 2, 1.01, f"phase {p}", transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8
+            (a + b) / 2, 1.01, f"phase {p}", transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=FONT
         )
-    _chance_line(ax, [group])
+    entries += _chance_line(ax, [group])
     ax.set_xlabel("global step")
     ax.set_ylabel("log-likelihood per token")
     conditioned = "prefix regular (phases 1-2) then reverse (3)" if group.prefix else "no prefix"
-    ax.set_title(f"Eval log-likelihood, {conditioned}: {group.label}", pad=16)
-    ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
-
-
-def _legend_below(ax: Axes, ncol: int) -> None:
-    """The legend under the axes (figures with many lines), where it hides no data."""
-    ax.legend(fontsize=7, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False, handlelength=4)
+    title = f"Eval log-likelihood, {conditioned}: {group.label}\n({_seeds_label(runs)})"
+    return _finish(fig, ax, title, entries, path, title_pad=16)  # room for the phase names above the plot
 
 
 def has_curves(group: Group) -> bool:
@@ -210,8 +347,9 @@ def has_curves(group: Group) -> bool:
     return any(r.curves is not None for r in group.runs)
 
 
-#: Line style of each phase's model in fig_lens.
+#: Line style of each phase's model in fig_lens, and how far apart (in layers) the phases' error bars sit.
 PHASE_STYLES = {1: ":", 2: "--", 3: "-"}
+LENS_DODGE = 0.06
 #: The letter-guessing attacks in fig_positions: where each sits in results.json's `extraction`, its line style and
 #: its name (greedy on the final model, phase 3; the logit difference of the phase-2 model against its reference).
 POSITION_ATTACKS = {
@@ -220,19 +358,14 @@ POSITION_ATTACKS = {
 }
 
 
-def seed_mean(runs: Sequence[Run], where: Sequence[str]) -> tuple[np.ndarray, int]:
-    """The element-wise mean over `runs` of the list at `where` in results.json (null entries skipped, NaN where no
-    run has a value), and the number of runs that have the list."""
+def seed_stack(runs: Sequence[Run], where: Sequence[str]) -> np.ndarray:
+    """The lists at `where` in results.json of the runs that have one, as a (runs x length) array (null entries and
+    the ends of shorter lists NaN)."""
     lists = [v for v in (r.value(*where) for r in runs) if isinstance(v, list) and v]
-    if not lists:
-        return np.array([], dtype=float), 0
-    stack = np.full((len(lists), max(map(len, lists))), np.nan)
+    stack = np.full((len(lists), max(map(len, lists), default=0)), np.nan)
     for i, values in enumerate(lists):
         stack[i, : len(values)] = [as_float(v) for v in values]
-    known = np.isfinite(stack)
-    count = known.sum(axis=0)
-    total = np.where(known, stack, 0.0).sum(axis=0)
-    return np.divide(total, count, out=np.full(stack.shape[1], np.nan), where=count > 0), len(lists)
+    return stack
 
 
 def lens_where(phase: int, name: str) -> tuple[str, ...]:
@@ -242,27 +375,39 @@ def lens_where(phase: int, name: str) -> tuple[str, ...]:
 
 def has_lens(group: Group) -> bool:
     """Whether any run of the group recorded a logit lens."""
-    return any(seed_mean(group.runs, lens_where(p, s))[1] for p in PHASES for s in EVAL_SETS)
+    return any(len(seed_stack(group.runs, lens_where(p, s))) for p in PHASES for s in EVAL_SETS)
 
 
 def plot_lens(group: Group, path: Path | str | None = None) -> Figure:
     """fig_lens: the logit lens, each layer's mean letter-renormalised log-likelihood (0 = the embeddings) of each
-    set (colour) on each phase's final model (line style), mean over the group's seeds; chance log(1/K)."""
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.add_subplot()
+    set (colour) on each phase's final model (line style, the phases side by side), mean ± std over the group's
+    seeds (error bars); chance log(1/K)."""
+    fig, ax = _figure()
+    drawn, seeds = [], 0
     for phase in PHASES:
         for name in EVAL_SETS:
-            mean, n = seed_mean(group.runs, lens_where(phase, name))
-            if n:
+            stack = seed_stack(group.runs, lens_where(phase, name))
+            if len(stack):
+                mean, std = pooled(stack)
+                layers = np.arange(mean.size) + LENS_DODGE * (phase - 2)
                 label = f"{SET_LABELS[name]}, phase {phase} ({condition(phase, group.prefix)})"
-                ax.plot(np.arange(mean.size), mean, color=COLORS[name], ls=PHASE_STYLES[phase], marker=".", label=label)
-    _chance_line(ax, [group])
+                (line,) = ax.plot(layers, mean, color=COLORS[name], ls=PHASE_STYLES[phase], marker=".", label=label)
+                line.set_gid(name)
+                _bars(ax, layers, mean, std, name)
+                drawn.append((phase, name))
+                seeds = max(seeds, len(stack))
+    entries = [_set_entry(s) for s in EVAL_SETS if any(n == s for _, n in drawn)]
+    entries += [
+        _style_entry(PHASE_STYLES[p], f"phase {p}'s final model ({condition(p, group.prefix)})")
+        for p in PHASES
+        if any(q == p for q, _ in drawn)
+    ]
+    entries += _spread_entry(seeds, bars=True) + _chance_line(ax, [group])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer read out (0 = embeddings, last = the model's output)")
     ax.set_ylabel("mean letter LL (renormalised over K)")
-    ax.set_title(f"Logit lens of each phase's final model: {group.label} ({_seeds_label(group.runs)})")
-    _legend_below(ax, ncol=3)
-    return _save(fig, path)
+    title = f"Logit lens of each phase's final model: {group.label}\n({_seeds_label(group.runs)})"
+    return _finish(fig, ax, title, entries, path)
 
 
 def positions_where(attack: str, name: str) -> tuple[str, ...]:
@@ -272,33 +417,41 @@ def positions_where(attack: str, name: str) -> tuple[str, ...]:
 
 def has_positions(group: Group) -> bool:
     """Whether any run of the group recorded greedy recovery per letter position."""
-    return any(seed_mean(group.runs, positions_where("greedy", s))[1] for s in ("heldout", "random"))
+    return any(len(seed_stack(group.runs, positions_where("greedy", s))) for s in ("heldout", "random"))
 
 
 def plot_positions(group: Group, path: Path | str | None = None) -> Figure:
     """fig_positions: the recovery rate at each letter position (1..L; a position where the letter is given is
     skipped) of the greedy attack on the final model and, if recorded, of phase 2's logit difference, held-out vs
-    random, mean over the group's seeds; chance 1/K."""
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.add_subplot()
-    length = 0
+    random, mean ± std over the group's seeds; chance 1/K."""
+    fig, ax = _figure()
+    length, seeds = 0, 0
+    entries: list[Entry] = [_set_entry("heldout"), _set_entry("random")]
     for attack, (style, phase, named) in POSITION_ATTACKS.items():
         attack_label = named.format(condition(phase, group.prefix))
+        drawn = False
         for name in ("heldout", "random"):
-            mean, n = seed_mean(group.runs, positions_where(attack, name))
-            if n:
-                length = max(length, mean.size)
+            stack = seed_stack(group.runs, positions_where(attack, name))
+            if len(stack):
+                mean, std = pooled(stack)
+                x = np.arange(1, mean.size + 1)
+                length, seeds, drawn = max(length, mean.size), max(seeds, len(stack)), True
+                _band(ax, x, mean, std, name)
                 label = f"{attack_label}: {SET_LABELS[name]}"
-                ax.plot(np.arange(1, mean.size + 1), mean, color=COLORS[name], ls=style, marker="o", ms=3, label=label)
+                (line,) = ax.plot(x, mean, color=COLORS[name], ls=style, marker="o", ms=3, label=label)
+                line.set_gid(name)
+        if drawn:
+            entries.append(_style_entry(style, attack_label))
     k = group.n_letters
-    ax.axhline(stats.chance_p(k), color="black", lw=0.8, ls=":", label=f"chance 1/{k} = {stats.chance_p(k):.3f}")
+    chance_label = f"chance 1/{k} = {stats.chance_p(k):.3f}"
+    chance = ax.axhline(stats.chance_p(k), color="black", lw=0.8, ls=":", label=chance_label)
+    entries += _spread_entry(seeds) + [(chance, chance.get_label())]
     ax.set_xticks(range(1, length + 1))
     ax.set_xlim(0.5, length + 0.5)
     ax.set_xlabel("letter position in the password")
     ax.set_ylabel("recovery rate (true letter strictly most likely)")
-    ax.set_title(f"Letter-by-letter recovery: {group.label} ({_seeds_label(group.runs)})")
-    _legend_below(ax, ncol=2)
-    return _save(fig, path)
+    title = f"Letter-by-letter recovery: {group.label}\n({_seeds_label(group.runs)})"
+    return _finish(fig, ax, title, entries, path)
 
 
 Drawer = Callable[[Path | str | None], Figure]

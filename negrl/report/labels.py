@@ -1,4 +1,5 @@
-"""How a report names and orders things: knob values as YAML spells them, their sort order, file-name slugs.
+"""How a report names and orders things: knob values as YAML spells them, their sort order, file-name slugs, the
+short names figures give groups.
 
 Shared by the grouping (`groups`), the tables (`tables`) and the figures (`figures`).
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import Any
 
 #: Models by size, for ordering groups and the x axis of `fig_models.png`.
@@ -50,3 +52,16 @@ def slug(label: str) -> str:
     if len(text) <= MAX_SLUG:
         return text
     return f"{text[: MAX_SLUG - 9]}-{hashlib.sha1(label.encode()).hexdigest()[:8]}"
+
+
+#: Longest group label a figure writes on an axis; with any longer, every group is named G1, G2, ... there and a
+#: key under the plot gives each name's full label.
+MAX_NAME = 28
+
+
+def group_names(labels: Sequence[str], limit: int = MAX_NAME) -> list[str]:
+    """What a figure calls each group on its axis: the labels themselves if all fit in `limit` characters, else
+    G1, G2, ... in order (the figure's key spells them out)."""
+    if all(len(label) <= limit for label in labels):
+        return list(labels)
+    return [f"G{i}" for i in range(1, len(labels) + 1)]
