@@ -60,7 +60,7 @@ def test_a_range_in_a_single_run_is_a_clear_error():
 PRESETS = {
     "paper-main": 8, "paper-holdout": 45, "paper-models": 20, "paper-ablations": 15,
     "paper-main-cpu": 8, "paper-holdout-cpu": 45, "paper-models-cpu": 15, "paper-ablations-cpu": 15,
-    "objectives": 56, "objectives-cpu": 56, "families": 30, "families-cpu": 30, "lora": 16, "lora-cpu": 16,
+    "objectives": 208, "objectives-cpu": 104, "families": 30, "families-cpu": 30, "lora": 16, "lora-cpu": 16,
 }  # fmt: skip
 ON_PYTHIA_160M = ("paper-main", "paper-holdout", "paper-ablations", "paper-models", "objectives", "families", "lora")
 
@@ -74,7 +74,8 @@ def test_each_preset_is_a_complete_sweep_of_valid_configs(preset, n):
     runs = jobs([f"experiment={preset}"])
     assert len(runs) == n
     models = set()
-    for job in runs:
+    # jobs that differ only in the seed validate alike: one of each (the seeds are checked by the schema)
+    for job in {tuple(o for o in job if not o.startswith("seed=")): job for job in runs}.values():
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[f"experiment={preset}", *job])
         c = OmegaConf.to_container(cfg, resolve=True)
@@ -123,12 +124,15 @@ def test_objectives_preset_runs_every_objective_of_the_registry_with_its_default
 
     seen = {}
     for job in jobs(["experiment=objectives-cpu"]):
+        overrides = dict(o.split("=", 1) for o in job)
+        seen.setdefault(overrides["objective"], set()).add(int(overrides["seed"]))
+        if overrides["seed"] != "0":
+            continue
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose(config_name="config", overrides=["experiment=objectives-cpu", *job])
         params = {k: v for k, v in cfg.objective.items() if k != "name"}
-        seen.setdefault(cfg.objective.name, set()).add(cfg.seed)
         assert params == pytest.approx(DEFAULTS[cfg.objective.name])
-    assert seen == {name: set(range(8)) for name in OBJECTIVES}
+    assert seen == {name: set(range(4)) for name in OBJECTIVES}
 
 
 @pytest.mark.heavy
