@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench figures clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ SWEEP_ARGS ?= --model tiny --data small --stacks 1,2,4,8
 bench: $(STAMP)
 	$(PY) -m negrl.tools.bench $(BENCH_ARGS) --json bench.json
 	$(PY) -m negrl.tools.sweep_bench $(SWEEP_ARGS) --json sweep-bench.json
+
+# docs/figures/ from real runs of the presets' CPU twins, one run after another, drawn by negrl-report (captions in
+# docs/figures/README.md): FIGURE_SCALE=full runs the presets as they are (hours); small: data=small, fewer seeds (~30 min).
+FIGURE_SCALE ?= full
+figures: $(STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m negrl.tools.figures --scale $(FIGURE_SCALE)
 
 lint: $(STAMP)
 	$(PY) -m ruff check negrl tests train.py hydra_plugins

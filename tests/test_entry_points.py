@@ -25,7 +25,7 @@ def test_the_console_scripts_load():
 
 def test_the_modules_make_runs_and_python_m_negrl_report_exist():
     modules = set(re.findall(r"-m (negrl[\w.]*)", (ROOT / "Makefile").read_text()))
-    assert modules == {"negrl.tools.bench", "negrl.tools.sweep_bench"}
+    assert modules == {"negrl.tools.bench", "negrl.tools.sweep_bench", "negrl.tools.figures"}
     for module in modules:
         assert callable(importlib.import_module(module).main)
     assert importlib.util.find_spec("negrl.report.__main__") is not None

@@ -1,5 +1,5 @@
-"""Tools around the experiment: the step and sweep benchmarks (`make bench`), the FLOP count they use, and
-`negrl-pretrain`.
+"""Tools around the experiment: the step and sweep benchmarks (`make bench`), the FLOP count they use, the docs'
+figures (`make figures`) and `negrl-pretrain`.
 
 May import anything of negrl but the report.
 """

@@ -1,0 +1,46 @@
+"""`make figures` (negrl.tools.figures): its sweeps compose with Hydra at both scales (no training), and its captions
+say the seeds, the scale and whether the task was learned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from test_sweeps import jobs
+
+from negrl.cli import expand_ranges
+from negrl.tools import figures
+
+#: Jobs of each sweep: --scale small, and the presets' own (--scale full).
+JOBS = {"small": {"main": 4, "holdout": 10, "models": 6, "ablations": 6}, "full": {"main": 8, "holdout": 45,
+        "models": 15, "ablations": 15}}  # fmt: skip
+
+
+@pytest.mark.parametrize("scale", list(figures.SCALES))
+def test_every_sweep_composes_with_its_jobs(scale: str, tmp_path: Path):
+    for sweep in figures.SWEEPS:
+        argv = figures.command(sweep, scale, tmp_path / sweep.name)[1:]
+        assert argv[0] == f"experiment={sweep.preset}" and f"hydra.sweep.dir={tmp_path / sweep.name}" in argv
+        runs = jobs(argv)
+        assert len(runs) == JOBS[scale][sweep.name], sweep.name
+        expanded = expand_ranges(argv)
+        overrides = OverridesParser.create().parse_overrides(expanded)
+        fixed = [a for a, o in zip(expanded, overrides) if not o.is_sweep_override()]
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[*fixed, *runs[-1]])
+        assert (cfg.data.batch_size == 16) == (scale == "small")
+        assert cfg.model.name.startswith("tiny")
+
+
+def test_captions_name_the_seeds_the_scale_and_the_runs_that_did_not_learn():
+    results = [{"run": {"seed": s}, "task": {"learned": s != 1}} for s in range(4)] * 2
+    argv = ["train.py", "experiment=x", "hydra.sweep.dir=/tmp/a"]
+    text = figures.caption("small", "What it shows.", argv, results, 90)
+    assert text.startswith("What it shows. 8 runs: 2 group(s) x seeds 0-3 (4 seeds per group); scale: data=small (")
+    assert "did not learn the task in 2 of 8 runs" in text and "hydra.sweep.dir" not in text
+    assert "`OMP_NUM_THREADS=1 python train.py experiment=x`" in text and "The sweep took 2 min." in text
+    learned = figures.learned_text([{"run": {"seed": 0}, "task": {"learned": True}}])
+    assert learned.startswith("The model learned the task in every run")
