@@ -141,13 +141,14 @@ def _style_entry(ls: Any, label: str, marker: str = "") -> Entry:
     return Line2D([], [], color="black", ls=ls, lw=1.2, marker=marker), label
 
 
-def _spread_entry(n: int, bars: bool = False) -> list[Entry]:
+def _spread_entry(n: int, bars: bool = False, note: str = "") -> list[Entry]:
     """The legend entry of the ± std bands (or error bars), if any was drawn (n >= 2 seeds)."""
     if n < 2:
         return []
     if bars:
-        return [(Line2D([], [], color="black", marker="|", ms=10, ls="none"), f"bars: ± 1 std over the {n} seeds")]
-    return [(Patch(color="black", alpha=BAND_ALPHA, lw=0), f"shaded: ± 1 std over the {n} seeds")]
+        handle = Line2D([], [], color="black", marker="|", ms=10, ls="none")
+        return [(handle, f"bars: ± 1 std over the {n} seeds{note}")]
+    return [(Patch(color="black", alpha=BAND_ALPHA, lw=0), f"shaded: ± 1 std over the {n} seeds{note}")]
 
 
 def _band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, name: str) -> None:
@@ -158,11 +159,22 @@ def _band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, name: str)
         band.set_gid(name)
 
 
-def _bars(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, name: str) -> None:
-    """The ± std error bars of set `name` at `x` (no line, no caps: the line is drawn on its own)."""
-    if np.isfinite(std).any():
-        bars = ax.errorbar(x, mean, yerr=np.nan_to_num(std), fmt="none", ecolor=COLORS[name], elinewidth=1, capsize=0)
-        _tag(list(bars.lines), name)
+def _dodge(i: int, n: int, span: float) -> float:
+    """The x offset of the i-th of n series drawn side by side within `span` around each x."""
+    return (i - (n - 1) / 2) * span / n
+
+
+def _bars(
+    ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, name: str, bounds: tuple[float, float] | None = None
+) -> None:
+    """The ± std error bars of set `name` at `x`, cut at `bounds` (a rate's 0 and 1) if given (no line, no caps: the
+    line is drawn on its own)."""
+    if not np.isfinite(std).any():
+        return
+    std = np.nan_to_num(std)
+    low, high = (std, std) if bounds is None else (np.minimum(std, mean - bounds[0]), np.minimum(std, bounds[1] - mean))
+    bars = ax.errorbar(x, mean, yerr=[low, high], fmt="none", ecolor=COLORS[name], elinewidth=1, capsize=0)
+    _tag(list(bars.lines), name)
 
 
 def _err(s: Summary) -> float:
@@ -231,14 +243,14 @@ def plot_sweep(
         series.setdefault(_rest_label(g, knob), []).append(g)
     fig, ax = _figure()
     # Categorical x: each series' held-out and random bars side by side within ±0.15 of the tick.
-    slot = 0.0 if numeric else 0.3 / (2 * len(series))
+    span = 0.0 if numeric else 0.3
     entries = [_set_entry("heldout"), _set_entry("random", "--", f"{SET_LABELS['random']} (control)")]
     for i, (rest, members) in enumerate(series.items()):
         members = sorted(members, key=lambda g: position[g.knobs[knob]])
         x = np.array([position[g.knobs[knob]] for g in members], dtype=float)
         marker = SERIES_MARKERS[i % len(SERIES_MARKERS)]
         for j, (name, which, ls) in enumerate((("heldout", "metric", "-"), ("random", "control_metric", "--"))):
-            dx = (2 * i + j - (2 * len(series) - 1) / 2) * slot
+            dx = _dodge(2 * i + j, 2 * len(series), span)
             summaries = [getattr(g.stats, which) for g in members]
             label = f"{SET_LABELS[name]} ({rest})" if rest else SET_LABELS[name]
             bars = ax.errorbar(
@@ -347,15 +359,17 @@ def has_curves(group: Group) -> bool:
     return any(r.curves is not None for r in group.runs)
 
 
-#: Line style of each phase's model in fig_lens, and how far apart (in layers) the phases' error bars sit.
+#: Line style of each phase's model in fig_lens, and the width (in layers) its nine series share around a layer.
 PHASE_STYLES = {1: ":", 2: "--", 3: "-"}
-LENS_DODGE = 0.06
+LENS_SPAN = 0.54
 #: The letter-guessing attacks in fig_positions: where each sits in results.json's `extraction`, its line style and
 #: its name (greedy on the final model, phase 3; the logit difference of the phase-2 model against its reference).
 POSITION_ATTACKS = {
     "greedy": ("-", 3, "greedy, final model (phase 3, {})"),
     "logit_diff": ("--", 2, "logit difference, phase 2 vs reference ({})"),
 }
+#: The width (in positions) fig_positions' series share around a position.
+POSITIONS_SPAN = 0.5
 
 
 def seed_stack(runs: Sequence[Run], where: Sequence[str]) -> np.ndarray:
@@ -380,16 +394,16 @@ def has_lens(group: Group) -> bool:
 
 def plot_lens(group: Group, path: Path | str | None = None) -> Figure:
     """fig_lens: the logit lens, each layer's mean letter-renormalised log-likelihood (0 = the embeddings) of each
-    set (colour) on each phase's final model (line style, the phases side by side), mean ± std over the group's
-    seeds (error bars); chance log(1/K)."""
+    set (colour) on each phase's final model (line style), mean ± std over the group's seeds (error bars, the nine
+    series side by side around each layer); chance log(1/K)."""
     fig, ax = _figure()
     drawn, seeds = [], 0
-    for phase in PHASES:
-        for name in EVAL_SETS:
+    for p, phase in enumerate(PHASES):
+        for i, name in enumerate(EVAL_SETS):
             stack = seed_stack(group.runs, lens_where(phase, name))
             if len(stack):
                 mean, std = pooled(stack)
-                layers = np.arange(mean.size) + LENS_DODGE * (phase - 2)
+                layers = np.arange(mean.size) + _dodge(p * len(EVAL_SETS) + i, len(PHASES) * len(EVAL_SETS), LENS_SPAN)
                 label = f"{SET_LABELS[name]}, phase {phase} ({condition(phase, group.prefix)})"
                 (line,) = ax.plot(layers, mean, color=COLORS[name], ls=PHASE_STYLES[phase], marker=".", label=label)
                 line.set_gid(name)
@@ -423,20 +437,21 @@ def has_positions(group: Group) -> bool:
 def plot_positions(group: Group, path: Path | str | None = None) -> Figure:
     """fig_positions: the recovery rate at each letter position (1..L; a position where the letter is given is
     skipped) of the greedy attack on the final model and, if recorded, of phase 2's logit difference, held-out vs
-    random, mean ± std over the group's seeds; chance 1/K."""
+    random, mean ± std over the group's seeds (error bars within [0, 1], the four series side by side around each
+    position); chance 1/K."""
     fig, ax = _figure()
     length, seeds = 0, 0
     entries: list[Entry] = [_set_entry("heldout"), _set_entry("random")]
-    for attack, (style, phase, named) in POSITION_ATTACKS.items():
+    for a, (attack, (style, phase, named)) in enumerate(POSITION_ATTACKS.items()):
         attack_label = named.format(condition(phase, group.prefix))
         drawn = False
-        for name in ("heldout", "random"):
+        for i, name in enumerate(("heldout", "random")):
             stack = seed_stack(group.runs, positions_where(attack, name))
             if len(stack):
                 mean, std = pooled(stack)
-                x = np.arange(1, mean.size + 1)
+                x = np.arange(1, mean.size + 1) + _dodge(2 * a + i, 2 * len(POSITION_ATTACKS), POSITIONS_SPAN)
                 length, seeds, drawn = max(length, mean.size), max(seeds, len(stack)), True
-                _band(ax, x, mean, std, name)
+                _bars(ax, x, mean, std, name, bounds=(0.0, 1.0))
                 label = f"{attack_label}: {SET_LABELS[name]}"
                 (line,) = ax.plot(x, mean, color=COLORS[name], ls=style, marker="o", ms=3, label=label)
                 line.set_gid(name)
@@ -445,7 +460,7 @@ def plot_positions(group: Group, path: Path | str | None = None) -> Figure:
     k = group.n_letters
     chance_label = f"chance 1/{k} = {stats.chance_p(k):.3f}"
     chance = ax.axhline(stats.chance_p(k), color="black", lw=0.8, ls=":", label=chance_label)
-    entries += _spread_entry(seeds) + [(chance, chance.get_label())]
+    entries += _spread_entry(seeds, bars=True, note=" (within 0 and 1)") + [(chance, chance.get_label())]
     ax.set_xticks(range(1, length + 1))
     ax.set_xlim(0.5, length + 0.5)
     ax.set_xlabel("letter position in the password")
