@@ -141,10 +141,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(sweep_dir, ignore_errors=True)
             print(f"figures: {sweep.name}: python {' '.join(cmd)}", flush=True)
             started = time.perf_counter()
-            subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True)
+            if subprocess.run([sys.executable, *cmd], cwd=ROOT).returncode:
+                print(f"figures: a run of {sweep.name} failed (above); its runs are in {sweep_dir}", file=sys.stderr)
+                return 1
             wall = time.perf_counter() - started
         report = sweep_dir / "report"
-        subprocess.run([sys.executable, "-m", "negrl.report", str(sweep_dir), "--out", str(report)], cwd=ROOT)
+        draw = [sys.executable, "-m", "negrl.report", str(sweep_dir), "--out", str(report)]
+        if subprocess.run(draw, cwd=ROOT).returncode:
+            print(f"figures: negrl-report found no complete run of {sweep.name} in {sweep_dir}", file=sys.stderr)
+            return 1
         results = run_results(sweep_dir)
         for source, target, text in sweep.figures:
             shutil.copyfile(report / source, args.out / target)
