@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from negrl.cli import check_group_choices, expand_ranges, preflight, rename_deprecated, run_from_hydra
-from negrl.core.errors import NegrlError
+from negrl.cli import command_line, run_from_hydra
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -17,11 +14,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    try:
-        sys.argv[1:] = expand_ranges(rename_deprecated(sys.argv[1:]))
-        check_group_choices(sys.argv[1:])
-        sys.argv[1:] = preflight(sys.argv[1:])  # every job checked before Hydra writes anything
-    except NegrlError as err:
-        print(f"negrl: error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
-    main()
+    command_line(main)  # checks every job first (a refusal: one line, exit 2), then runs; stops on SIGINT/SIGTERM

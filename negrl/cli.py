@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,9 @@ from negrl.core.distributed import is_rank_zero
 from negrl.core.errors import NegrlError, RunFailed
 from negrl.launcher import check_max_stack
 from negrl.pipeline import check_stackable, run, run_stacked
-from negrl.run import checkpoint
+from negrl.run import checkpoint, signals
 from negrl.run.config import CONF_DIR
-from negrl.run.overrides import (  # noqa: F401 (train.py imports them from here)
+from negrl.run.overrides import (
     MULTIRUN_FLAGS,
     check_group_choices,
     compose_job,
@@ -31,7 +33,7 @@ from negrl.run.overrides import (  # noqa: F401 (train.py imports them from here
     sweep_jobs,
 )
 from negrl.run.rundir import RunDir, read_json, write_json_atomic
-from negrl.run.validation import validate
+from negrl.run.validation import check_weights_at_hand, validate
 from negrl.stacked.runner import StackFailed
 
 #: hydra/launcher=stacked (conf/hydra/launcher/stacked.yaml): a sweep's jobs that differ only in `seed` train together.
@@ -52,10 +54,13 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
     fixed = [a for a, o in zip(overrides, parsed) if not o.is_sweep_override()]
     base = compose_job(fixed, conf_dir)
     if any(a in MULTIRUN_FLAGS for a in argv) or base.hydra.mode == RunMode.MULTIRUN:
+        launcher = str(OmegaConf.select(base, "hydra.launcher._target_") or "")
+        _LAUNCH.update(multirun=True, workers="joblib" in launcher.lower())
         jobs, swept = sweep_jobs(parser, overrides, base)
         stacked = OmegaConf.select(base, "hydra.launcher._target_") == STACKED_LAUNCHER
         if stacked:
             check_max_stack(OmegaConf.select(base, "hydra.launcher.max_stack"))
+        models = []
         for i, job in enumerate(jobs):
             try:
                 s = validate(compose_job(job, conf_dir), warn=False)
@@ -64,11 +69,14 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
             except NegrlError as err:
                 knobs = " ".join(o for o in job if o.partition("=")[0] in swept)
                 raise NegrlError(f"job {i} of the sweep{f' ({knobs})' if knobs else ''}: {err}") from None
+            models.append(s.model)
+        check_weights_at_hand(models)
         return argv
     if len(fixed) < len(overrides):
         several = next(a for a, o in zip(overrides, parsed) if o.is_sweep_override())
         raise NegrlError(f"{several} lists several values; sweep them with -m (python train.py -m {several})")
     c = validate(base, warn=False).config
+    check_weights_at_hand([c["model"]])
     if c["resume"]:
         search = resume_search(base.hydra, base, multirun=False)
         run_dir, why = checkpoint.resume_dir(c["resume"], search, c)
@@ -78,6 +86,50 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
     run_dir = Path(base.hydra.run.dir)
     RunDir(run_dir).check_usable()
     return [*argv, f"hydra.run.dir={_quoted(run_dir)}"]
+
+
+#: How this process runs what `python train.py` asked: a sweep or not, its jobs in worker processes (Hydra's joblib
+#: launcher) or here (`guarded`: set by `command_line`).
+_LAUNCH: dict[str, bool] = {"multirun": False, "workers": False, "guarded": False}
+
+
+def command_line(hydra_main: Callable[[], Any], argv: list[str] | None = None) -> None:
+    """`python train.py ARGV`: renamed keys and ranges rewritten, every job checked (a refusal: one line, exit 2,
+    nothing written), then Hydra's main under `guarded`."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        sys.argv[1:] = expand_ranges(rename_deprecated(argv))
+        check_group_choices(sys.argv[1:])
+        sys.argv[1:] = preflight(sys.argv[1:])  # every job checked before Hydra writes anything
+    except NegrlError as err:
+        print(f"negrl: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    guarded(hydra_main, argv)
+
+
+def guarded(hydra_main: Callable[[], Any], argv: list[str]) -> None:
+    """Hydra's main with SIGINT and SIGTERM stopping the run, or the whole sweep (`negrl.run.signals`): exit code
+    128 + the signal's number (130, 143) and, for a sweep, one line saying how to continue it. A local sweep's
+    workers get the signal (the terminal's or `timeout`'s process group, else passed on) and this process waits for
+    them to record their jobs."""
+    _LAUNCH["guarded"] = not _LAUNCH["workers"]
+    try:
+        with signals.stop_on_signals(forward=_LAUNCH["workers"]):
+            hydra_main()
+    except BaseException:
+        if signals.received() is None:
+            raise
+    signum = signals.received()
+    if signum is None:
+        return
+    if _LAUNCH["multirun"]:
+        again = shlex.join([a for a in argv if a.partition("=")[0].lstrip("+") != "resume"] + ["resume=true"])
+        print(
+            f"negrl: the sweep stopped on {signals.signal_name(signum)} (complete jobs kept, the stopped ones recorded "
+            f"failed: interrupted); continue it with: python train.py {again}",
+            file=sys.stderr,
+        )
+    sys.exit(128 + signum)
 
 
 def _quoted(path: Path) -> str:
@@ -94,6 +146,8 @@ class SweepSummary(Callback):
     by its record (a resumed job ran in its earlier directory), else by its directory's results.json."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if signals.received() is not None:
+            return  # stopped by a signal: `guarded` says how to continue
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         records = [read_json(p) or {"dir": ""} for p in sorted((sweep_dir / JOB_RECORDS).glob("*.json"))]
         recorded = {r["dir"] for r in records}
@@ -123,16 +177,29 @@ def _reason(run_dir: Path) -> str:
 def run_from_hydra(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> float:
     """Run one job of `train.py`; returns the held-out delta (NaN for a failed job of a sweep).
 
-    A single run exits with code 2 on bad input (leaving no directory behind) and 1 on a failed run.
-    In a multirun, a failing job is recorded in its results.json and the sweep goes on.
+    A single run exits with code 2 on bad input (leaving no directory behind), 1 on a failed run, 128 + the
+    signal's number when SIGINT or SIGTERM stopped it. In a multirun, a failing job is recorded in its results.json
+    and the sweep goes on; a job stopped by a signal stops the sweep (`guarded`).
     `hydra_cfg`: the job's `hydra` node (default: Hydra's, inside its job).
     """
     hydra_cfg = hydra_cfg or HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun and not _LAUNCH["guarded"]:
+        signals.install()  # a local sweep's worker process: a signal stops its job, and it starts no other
+    if multirun and signals.received() is not None:  # a local sweep's worker asked to stop: no new job starts
+        RunDir(run_dir).remove_if_unused(stop_at=Path(hydra_cfg.sweep.dir))
+        return math.nan
     cfg = job_config(cfg, hydra_cfg)
     try:
-        outcome: Any = run(cfg, run_dir, search=resume_search(hydra_cfg, cfg, multirun))
+        outcome: Any = run(cfg, run_dir, search=resume_search(hydra_cfg, cfg, multirun), sweep=multirun)
+    except signals.Interrupted as err:  # before the run could record anything
+        outcome = RunFailed(f"{err} before it started; nothing to resume: run the same command again")
+        outcome.exit_code = err.code
+        RunDir(run_dir).remove_if_unused(stop_at=Path(hydra_cfg.sweep.dir) if multirun else None)
+        if not multirun:
+            print(f"negrl: error: {outcome}", file=sys.stderr)
+            sys.exit(err.code)
     except (NegrlError, RunFailed) as err:
         if not multirun:
             print(f"negrl: error: {err}", file=sys.stderr)
@@ -144,7 +211,18 @@ def run_from_hydra(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> floa
         if not multirun:
             raise
         outcome = err
-    return job_outcome(hydra_cfg, run_dir, outcome)
+    value = job_outcome(hydra_cfg, run_dir, outcome)
+    stop_sweep_if_asked()
+    return value
+
+
+def stop_sweep_if_asked() -> None:
+    """In the process that runs a sweep's jobs one after another (Hydra's basic launcher, the stacked one), a
+    signal that stopped a job stops the sweep (`guarded` says how to continue it). In a local sweep's worker
+    process, the job returns and the worker starts no other."""
+    signum = signals.received()
+    if signum is not None and _LAUNCH["guarded"]:
+        raise signals.Interrupted(signum)
 
 
 def run_stacked_from_hydra(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float]:
@@ -159,9 +237,13 @@ def run_stacked_from_hydra(jobs: list[tuple[DictConfig, DictConfig]]) -> list[fl
         outcomes: list[Any] = run_stacked(cfgs, dirs, searches=searches)
     except StackFailed as err:  # interrupted: each seed's own reason
         outcomes = [RunFailed(reason) for reason in err.reasons]
+    except signals.Interrupted as err:  # before the stack could record anything
+        outcomes = [RunFailed(f"{err} before it started; run the same command again")] * len(jobs)
     except Exception as err:  # bad input for the stack, or a crash (each seed's results.json records it)
         outcomes = [err] * len(jobs)
-    return [job_outcome(hydra_cfg, run_dir, o) for (_, hydra_cfg), run_dir, o in zip(jobs, dirs, outcomes)]
+    values = [job_outcome(hydra_cfg, run_dir, o) for (_, hydra_cfg), run_dir, o in zip(jobs, dirs, outcomes)]
+    stop_sweep_if_asked()
+    return values
 
 
 def job_config(cfg: DictConfig, hydra_cfg: DictConfig) -> DictConfig:

@@ -4,6 +4,7 @@ several seeds of one configuration at once (negrl.stacked.runner)."""
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +18,37 @@ from negrl.method.phases import JointPhase, NTPPhase, ObjectivePhase
 from negrl.method.reference import ReferenceLogprobs
 from negrl.model.backbone import Backbone
 from negrl.model.loading import load_model
-from negrl.run.checkpoint import numeric_config, resume_dir
+from negrl.run.checkpoint import numeric_config, resume_dir, sweep_resume_dir
 from negrl.run.rundir import RunDir
 from negrl.run.runner import PhaseEndHook, PhaseRunner, quiet_lightning
+from negrl.run.signals import stop_on_signals
 from negrl.run.validation import Settings, validate, warn_degenerate
 from negrl.stacked.runner import StackedRunner, StackHook, check_stackable_objective
 
 
 def run(
-    cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None, search: str | None = None
-) -> dict[str, Any]:
+    cfg: DictConfig, run_dir: Path, on_phase_end: PhaseEndHook | None = None, search: str | None = None,
+    sweep: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """Run the three phases; returns the results, also in `run_dir/results.json`.
 
     Bad input raises `NegrlError` before anything is written. Once training starts, `results.json` says
     `running`, then `complete` or `failed` (with the reason). `on_phase_end(phase, backbone)` is called after
     each phase. `search`: where `resume=true` looks for the run to continue (a glob; default: beside `run_dir`).
+    `sweep`: a job of a sweep, where `resume=true` skips a job already complete (its results returned) and starts
+    one that never reached a checkpoint afresh.
     """
     s = validate(cfg, warn=False)
+    if sweep and s.resume is True:
+        kind, found, why = sweep_resume_dir(search or str(Path(run_dir).parent / "*"), s.config)
+        if kind == "complete":
+            results = RunDir(found).read_results() or {}
+            return {**results, "verdict": f"negrl: {found} is {why} (resume=true)"}
+        if kind == "fresh":
+            s = replace(s, resume=False, config={**s.config, "resume": False})
+            print(f"negrl: resume=true: {why}")
     run_dir, why = _resumed(s, run_dir, search)
-    with RunDir(run_dir).claimed(writer=is_rank_zero()) as owner, quiet_lightning():
+    with stop_on_signals(), RunDir(run_dir).claimed(writer=is_rank_zero()) as owner, quiet_lightning():
         runner, backbone = _seed_runner(s, owner, why, on_phase_end)
         warn_degenerate(s)  # after the last check that can refuse the run
         return three_phases(runner, backbone, s)
@@ -51,6 +64,7 @@ def run_stacked(
     check_stackable(settings)
     resumed = [_resumed(s, d, q) for s, d, q in zip(settings, run_dirs, searches or [None] * len(cfgs))]
     with ExitStack() as claims:
+        claims.enter_context(stop_on_signals())
         owners = [claims.enter_context(RunDir(d).claimed()) for d, _ in resumed]
         claims.enter_context(quiet_lightning())
         seeds = [_seed_runner(s, owner, why) for s, owner, (_, why) in zip(settings, owners, resumed)]

@@ -84,6 +84,27 @@ def resume_dir(resume: bool | str, search: str, c: dict[str, Any]) -> tuple[Path
     return run_dir, f"the newest of {len(found)} unfinished run(s) of this config in {search}"
 
 
+def sweep_resume_dir(search: str, c: dict[str, Any]) -> tuple[str, Path | None, str]:
+    """`resume=true` for a job of a sweep: ("continue", dir, why) as `resume_dir`; else ("complete", dir, why) when a
+    complete run of this config is in `search` (nothing to do), else ("fresh", None, why): the job never got to
+    its first checkpoint, so it starts afresh."""
+    try:
+        run_dir, why = resume_dir(True, search, c)
+        return "continue", run_dir, why
+    except NegrlError:
+        pass
+    complete = []
+    for path in glob.glob(search):
+        owner = RunDir(path)
+        if owner.status() == "complete":
+            saved = owner.read_config()
+            if saved is not None and numeric_config(saved) == numeric_config(c):
+                complete.append((owner.results.stat().st_mtime, owner.path))
+    if complete:
+        return "complete", max(complete)[1], "complete, nothing to do"
+    return "fresh", None, f"no run of this config with a checkpoint in {search}: started afresh"
+
+
 def check_same_config(saved: dict[str, Any] | None, c: dict[str, Any], run_dir: Path) -> None:
     if saved is None:
         raise NegrlError(f"resume: {run_dir} has no readable config.yaml; resume a run directory written by negrl")

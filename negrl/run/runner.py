@@ -24,7 +24,7 @@ from negrl.method.phases import PhaseModule
 from negrl.method.reference import ReferenceLogprobs
 from negrl.model.backbone import Backbone
 from negrl.model.loading import model_record
-from negrl.run import checkpoint
+from negrl.run import checkpoint, signals
 from negrl.run.callbacks import Checkpointing, Evaluation, ExtractionAttacks, MetricsLogging
 from negrl.run.progress import PhaseProgressBar, progress_callbacks
 from negrl.run.record import RunRecord
@@ -128,7 +128,12 @@ class PhaseRunner:
         return reference
 
     def save(self, phase: int, step: int, phase_done: bool = False, **optim_state: Any) -> None:
-        """Checkpoint the run after `step` of `phase` (metrics.csv flushed first, so it holds every row up to it)."""
+        """Checkpoint the run after `step` of `phase` (metrics.csv flushed first, so it holds every row up to it);
+        a signal arriving meanwhile stops the run once the checkpoint is written."""
+        with signals.deferred():
+            self._save(phase, step, phase_done, **optim_state)
+
+    def _save(self, phase: int, step: int, phase_done: bool = False, **optim_state: Any) -> None:
         if self.writer:
             self.run_logger.flush()
             ref = self.reference
@@ -148,13 +153,17 @@ class PhaseRunner:
 
     @contextmanager
     def recording_failure(self) -> Iterator[None]:
-        """A run that stops early is recorded `failed` with the reason; Ctrl-C and a full disk become one line."""
+        """A run that stops early is recorded `failed` with the reason; a signal (SIGINT, SIGTERM: exit code 128 +
+        its number) and a full disk become one line."""
         try:
             yield
         except BaseException as err:
-            reason = self.record_failure(err)
+            with signals.deferred():
+                reason = self.record_failure(err)
             if isinstance(err, (KeyboardInterrupt, SystemExit)) or disk_full(err):
-                raise RunFailed(reason) from None
+                failed = RunFailed(reason)
+                failed.exit_code = err.code if isinstance(err, signals.Interrupted) else failed.exit_code
+                raise failed from None
             raise
 
     def record_failure(self, err: BaseException) -> str:
@@ -177,9 +186,10 @@ class PhaseRunner:
         results["model"] = model_record(self.backbone, self.s.model, self.s.adapter, self.s.freeze)
         results["reference"] = {"cache": ref.use_cache, "sequences_computed": sum_over_ranks(ref.computed)}
         wandb_dir = self.run_logger.wandb_dir
-        self.run_logger.finish("success", {"metric": results["metric"], "delta": results["delta"]})
-        if self.writer:
-            self.owner.write_results(results)
+        with signals.deferred():  # a signal now stops the command once the run is recorded complete
+            self.run_logger.finish("success", {"metric": results["metric"], "delta": results["delta"]})
+            if self.writer:
+                self.owner.write_results(results)
         files = [str(path) for path in (self.owner.results, self.owner.metrics, self.owner.config)]
         results["verdict"] = verdict(results, files, wandb_dir)
         return results
@@ -192,7 +202,9 @@ def failure_reason(err: BaseException, owner: RunDir, saved_at: tuple[int, int, 
     else:
         kept = f"the checkpoint after phase {saved_at[0]} step {saved_at[1]}"
         again = f"continue with the same overrides and resume={owner.path} ({kept})"
-    if isinstance(err, (KeyboardInterrupt, SystemExit)):  # Lightning turns Ctrl-C into SystemExit
+    if isinstance(err, signals.Interrupted):
+        return f"interrupted by {signals.signal_name(err.signum)}; {again}"
+    if isinstance(err, (KeyboardInterrupt, SystemExit)):  # Lightning turns a KeyboardInterrupt into SystemExit
         return f"interrupted; {again}"
     if disk_full(err):
         return f"disk full ({err.filename or owner.path}): free some space, then {again}"
@@ -208,6 +220,7 @@ def quiet_lightning() -> Iterator[None]:
     """While a run trains: without Lightning's per-Trainer banners, and without its warnings that do not apply to
     negrl's phases (restored afterwards)."""
     loggers = [logging.getLogger(f"lightning.{part}.utilities.rank_zero") for part in ("pytorch", "fabric")]
+    loggers.append(logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector"))  # negrl says it
     levels = [log.level for log in loggers]
     with warnings.catch_warnings():
         for log in loggers:

@@ -1,0 +1,160 @@
+"""SIGINT and SIGTERM stop a run within seconds, wherever it is, with its state recorded and exit code 128 + the
+signal's number; a signal that stops a job stops its sweep, and `resume=true` continues the sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FAST, FEW_STEPS, ROOT
+
+from negrl.run import signals
+
+#: A signal stops a run within this many seconds (measured: about 3 s on 2 loaded cores; the margin is the CI's).
+STOP_WITHIN = 20
+
+
+def start(*args: str, group: bool = False) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=group)  # fmt: skip
+
+
+def wait_for(proc: subprocess.Popen, pattern: str, root: Path, timeout: float = 240) -> None:
+    """Until a file matching `pattern` exists under `root` (the process still running)."""
+    end = time.monotonic() + timeout
+    while not list(root.glob(pattern)):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < end, f"no {pattern} under {root} after {timeout} s"
+        time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen, signum: int, group: bool = False) -> tuple[int, float, str]:
+    """Send `signum` (to the process group, as `timeout` and a terminal's Ctrl-C do, with `group`); the exit code,
+    the seconds it took to exit, and stderr."""
+    sent = time.monotonic()
+    os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, time.monotonic() - sent, err
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+# ---- in-process ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def forget_signals():
+    yield
+    signals.reset()  # this test process received them, not a run of the other tests
+
+
+def test_a_signal_raises_interrupted_with_the_shells_exit_code_and_handlers_are_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(signals.Interrupted) as err, signals.stop_on_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # never reached: the handler raises at once
+    assert (err.value.code, err.value.signum, str(err.value)) == (143, signal.SIGTERM, "interrupted by SIGTERM")
+    assert signals.received() == signal.SIGTERM and signals.exit_code() == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_during_a_checkpoint_is_raised_once_it_is_written():
+    written = []
+    with pytest.raises(signals.Interrupted) as err, signals.stop_on_signals():
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            written.append("checkpoint")  # the block finishes
+        written.append("after")  # not reached
+    assert written == ["checkpoint"] and err.value.code == 130
+
+
+# ---- a real run, stopped -------------------------------------------------------------------------
+
+
+@pytest.mark.heavy
+def test_sigterm_in_training_stops_the_run_in_seconds_recorded_with_its_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(*FAST, "checkpoint.every=10", f"hydra.run.dir={run_dir}")
+    wait_for(proc, "metrics.csv", run_dir)  # written with the first checkpoint: the run is in phase 1 or 2
+    code, took, err = stop(proc, signal.SIGTERM)
+    assert code == 143 and took < STOP_WITHIN, err[-2000:]
+    r = results(run_dir)
+    assert r["status"] == "failed"
+    assert r["reason"].startswith(f"interrupted by SIGTERM; continue with the same overrides and resume={run_dir} ")
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert err.strip().splitlines()[-1] == f"negrl: error: {r['reason']}"
+    assert "Received SIGTERM" not in err  # Lightning's notice: negrl says it in its one line
+
+
+@pytest.mark.heavy
+def test_ctrl_c_during_the_attacks_stops_the_run_with_exit_code_130(tmp_path):
+    run_dir = tmp_path / "run"
+    # Phase 1 is 4 steps; its attacks then decode 20000 candidates twice (tens of seconds on one core).
+    proc = start(*FAST, *FEW_STEPS, "extraction.samples=20000", f"hydra.run.dir={run_dir}")
+    wait_for(proc, "results.json", run_dir)
+    time.sleep(4)
+    assert not (run_dir / "checkpoints").exists()  # still in phase 1's attacks (saved after them)
+    code, took, err = stop(proc, signal.SIGINT)
+    assert code == 130 and took < STOP_WITHIN, err[-2000:]
+    assert results(run_dir)["reason"] == (
+        "interrupted by SIGINT; it stopped before its first checkpoint, so there is nothing to resume: "
+        "run the same command again"
+    )
+    assert "Traceback" not in err
+
+
+# ---- sweeps -----------------------------------------------------------------------------------------
+
+
+def sweep_args(sweep: Path, *more: str, seeds: str = "0,1") -> list[str]:
+    return ["-m", f"seed={seeds}", *FAST, *FEW_STEPS, f"hydra.sweep.dir={sweep}", *more]
+
+
+@pytest.mark.heavy
+def test_a_signal_stops_the_whole_sweep_and_resume_true_skips_complete_jobs_and_continues_the_rest(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = start(*sweep_args(sweep))
+    wait_for(proc, "1-*/metrics.csv", sweep)  # job 0 complete, job 1 past its first checkpoint
+    code, took, err = stop(proc, signal.SIGTERM)
+    assert code == 143 and took < STOP_WITHIN, err[-2000:]
+    again = " ".join(sweep_args(sweep, "resume=true"))
+    assert err.strip().splitlines()[-1] == (
+        "negrl: the sweep stopped on SIGTERM (complete jobs kept, the stopped ones recorded failed: interrupted); "
+        f"continue it with: python train.py {again}"
+    )
+    first, second = sorted(p for p in sweep.iterdir() if not p.name.startswith("."))[:2]
+    assert results(first)["status"] == "complete"
+    assert results(second)["reason"].startswith("interrupted by SIGTERM; continue with the same overrides")
+    done = results(first)
+
+    resumed = subprocess.run([sys.executable, "train.py", *sweep_args(sweep, "resume=true")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"negrl: {first} is complete, nothing to do (resume=true)" in resumed.stdout
+    assert f"negrl: resuming {second} after phase" in resumed.stdout
+    assert results(first) == done  # untouched
+    assert results(second)["status"] == "complete"
+    assert "negrl: all 2 jobs of" in resumed.stdout
+
+
+@pytest.mark.heavy
+def test_a_signal_to_a_local_sweep_stops_its_workers_and_starts_no_other_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = start(*sweep_args(sweep, "hydra/launcher=local", "hydra.launcher.n_jobs=2", seeds="0-3"), group=True)
+    wait_for(proc, "*/metrics.csv", sweep)
+    code, took, err = stop(proc, signal.SIGTERM, group=True)  # as `timeout` sends it
+    assert code == 143 and took < STOP_WITHIN, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("negrl: the sweep stopped on SIGTERM")
+    assert "Traceback" not in err
+    jobs = sorted(p.name for p in sweep.iterdir() if not p.name.startswith(".") and p.is_dir())
+    assert jobs == ["0-tiny-seed0", "1-tiny-seed1"]  # jobs 2 and 3 never started
+    assert all(results(sweep / j)["reason"].startswith("interrupted by SIGTERM") for j in jobs)
