@@ -168,3 +168,24 @@ def test_gpu_per_job_spreads_jobs_over_the_gpus():
     assert [job_devices(k, 4) for k in range(6)] == [[0], [1], [2], [3], [0], [1]]
     with pytest.raises(NegrlError, match="gpu_per_job=true needs CUDA GPUs"):
         job_devices(0, 0)
+
+
+def test_a_sweep_of_hub_weights_out_of_reach_is_refused_in_one_line_before_any_job(tmp_path, monkeypatch, capsys):
+    """experiment=paper-main without network (and pythia-160m not cached): the single run's refusal, once, exit 2,
+    nothing written; not eight failed jobs."""
+    import huggingface_hub
+
+    from negrl import cli
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # an empty cache
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    monkeypatch.setattr(cli, "_LAUNCH", dict(cli._LAUNCH))
+    started = []
+    with pytest.raises(SystemExit) as exit_:
+        cli.command_line(lambda: started.append(1), ["experiment=paper-main", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert exit_.value.code == 2 and not started and not (tmp_path / "sweep").exists()
+    assert capsys.readouterr().err.splitlines() == [
+        "negrl: error: cannot load EleutherAI/pythia-160m from the Hugging Face hub or its cache (HF_HUB_OFFLINE is "
+        "set): EleutherAI/pythia-160m is not in the local cache; connect once to cache it, or pass model.path=DIR (a "
+        "saved checkpoint), or model.init=random"
+    ]

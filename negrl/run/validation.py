@@ -21,7 +21,7 @@ from negrl.method.data import DataSizes, PasswordSplits, heldout_count
 from negrl.method.objectives import DEFAULTS, NEEDS, OBJECTIVES
 from negrl.method.phases import OptimSettings
 from negrl.model.adapters import check_targets
-from negrl.model.families import decoder_layers, meta_model
+from negrl.model.families import decoder_layers, hub_reachable, hub_unreachable_message, meta_model
 from negrl.model.loading import check_model
 from negrl.run.config import check_config
 from negrl.run.tracking import wandb_login_found
@@ -91,6 +91,7 @@ def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
     optim = optim_settings(c)
     attacks = attack_settings(c["extraction"], c["seed"], n_letters, sizes.password_length)
     _check_memory(sizes, attacks.candidates if attacks else 0)
+    check_work(sizes, c["eval"]["every"], attacks, c["model"])
     settings = Settings(
         config=c, seed=c["seed"], model=c["model"], adapter=c["adapter"], tokens=c["tokens"], sizes=sizes,
         holdout_frac=c["holdout_frac"], prefix=c["prefix"], freeze=c["freeze"], compute=c["compute"],
@@ -140,6 +141,90 @@ def _check_memory(sizes: DataSizes, candidates: int) -> None:
                 f"{what} need about {need / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB of memory "
                 "available here; lower data.n_negatives, data.negative_repeats, data.n_phase1 or extraction.candidates"
             )
+
+
+#: The most token passes (one token of one sequence through the model, a training pass counted 3 times for its
+#: backward) a run may make: about 780 times the paper's run (8.8e7: 8.3e7 training, 4.6e6 evaluations, 3.7e5
+#: attacks), so that a mistyped size (an extra zero or three) is refused before any work, a scaled-up study not.
+MAX_TOKEN_PASSES = 2**36
+#: Evaluation sets scored at each evaluation (held-out, useful, random and the phase's own), and sequences in a
+#: training example of each phase (phase 2: chosen and rejected, and the reference's two; phase 3: the pair, the
+#: reference's, a random and a useful sequence).
+EVAL_SETS, SEQUENCES_PER_EXAMPLE = 4, {1: 1, 2: 4, 3: 6}
+
+
+def check_work(sizes: DataSizes, eval_every: int, attacks: AttackSettings | None, model: dict[str, Any]) -> None:
+    """Every size's cost is bounded before any work: the memory of the attacks' decoding (extraction.samples: each
+    candidate's key-value cache and scores) and of the bootstrap (extraction.bootstrap), and the run's time (its
+    token passes: training, evaluations and attacks, at most `MAX_TOKEN_PASSES`). data.* sizes are bounded by
+    `_check_memory` (their draw) and the time; data.batch_size by data.n_negatives and data.n_phase1."""
+    length = sizes.password_length + 2  # a prefix and a BOS at most
+    architecture = model.get("architecture") or {}
+    positions = architecture.get("max_position_embeddings") or architecture.get("n_positions")
+    if isinstance(positions, int) and length > positions:
+        raise NegrlError(
+            f"data.password_length={sizes.password_length} needs up to {length} positions (a prefix and a BOS "
+            f"before the letters), more than model={model.get('name')}'s {positions}; use "
+            f"data.password_length={positions - 2} or less"
+        )
+    steps = {p: sizes.steps(p) for p in (1, 2, 3)}
+    training = 3 * sum(steps[p] * sizes.batch_size * SEQUENCES_PER_EXAMPLE[p] for p in steps) * length
+    evaluations = sum(steps[p] // eval_every + 1 for p in steps) * EVAL_SETS * sizes.eval_size * length
+    attacks_passes = 0
+    if attacks is not None:
+        decoded = 2 * attacks.samples * sizes.password_length  # beam search and sampling, one token per step
+        attacks_passes = 3 * ((attacks.candidates + 2 * EVAL_SETS * sizes.eval_size) * length + decoded)
+        available = available_memory()
+        per_row = _decode_bytes_per_row(model, length)
+        needs = (
+            (attacks.samples * per_row, f"extraction.samples={attacks.samples}", "its decoding (each candidate's "
+             "key-value cache and scores)"),
+            (attacks.bootstrap * 2 * sizes.eval_size * 8 * 4, f"extraction.bootstrap={attacks.bootstrap}",
+             "its resamples"),
+        )  # fmt: skip
+        for need, what, why in needs:
+            if need > available:
+                raise NegrlError(
+                    f"{what} needs about {need / 2**30:,.1f} GiB for {why}, more than the {available / 2**30:,.1f} "
+                    f"GiB of memory available here; lower {what.partition('=')[0]}"
+                )
+    total = training + evaluations + attacks_passes
+    if total > MAX_TOKEN_PASSES:
+        parts = {"training (data.*)": training, "evaluations (eval.every, data.eval_size)": evaluations,
+                 "attacks (extraction.*)": attacks_passes}  # fmt: skip
+        largest = max(parts, key=parts.__getitem__)
+        raise NegrlError(
+            f"this run would make about {total:.2g} token passes, {total / MAX_TOKEN_PASSES:,.0f} times the most a run "
+            f"may make ({MAX_TOKEN_PASSES:.2g}, about 780 paper runs), {parts[largest] / total:.0%} of them in "
+            f"{largest}; lower those sizes"
+        )
+
+
+def _decode_bytes_per_row(model: dict[str, Any], length: int) -> int:
+    """Bytes each decoded candidate holds: its fp32 key-value cache over `length` positions in every layer (from the
+    model's architecture), its letters' scores (float64, over 26 letters, with the beam search's sort) and tokens."""
+    architecture = model.get("architecture") or {}
+    layers = architecture.get("num_hidden_layers") or architecture.get("n_layer") or 12
+    hidden = architecture.get("hidden_size") or architecture.get("n_embd") or 768
+    heads = architecture.get("num_attention_heads") or architecture.get("n_head") or 1
+    kv_heads = architecture.get("num_key_value_heads") or heads
+    kv_width = kv_heads * (architecture.get("head_dim") or hidden // heads)
+    return 2 * layers * kv_width * length * 4 + 26 * 8 * 3 + length * 8 * 2
+
+
+def check_weights_at_hand(models: list[dict[str, Any]]) -> None:
+    """Each `model.init=pretrained` model of the hub (no model.path) must be at hand now: the hub reachable, or its
+    config in the local cache (checked by the command line for every job of a sweep before the first starts; the
+    run itself checks it again when it loads the weights). One probe of the network for all of them."""
+    wanted = {(m["hub_id"], m.get("revision")) for m in models if m.get("init") == "pretrained" and not m.get("path")
+              and m.get("hub_id")}  # fmt: skip
+    if not wanted or hub_reachable():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    for hub_id, revision in sorted(wanted, key=str):
+        if not isinstance(try_to_load_from_cache(hub_id, "config.json", revision=revision), str):
+            raise NegrlError(hub_unreachable_message(hub_id, OSError(f"{hub_id} is not in the local cache")))
 
 
 def available_memory() -> int:

@@ -14,6 +14,7 @@ from negrl.core.errors import NegrlError, RunFailed
 from negrl.pipeline import run
 from negrl.run import checkpoint
 from negrl.run.rundir import RunDir
+from negrl.run.validation import validate
 
 CASES = [
     (["holdout_frac=0"], "holdout_frac=0 must be > 0 and < 1; fix holdout_frac"),
@@ -88,6 +89,11 @@ CASES = [
     (["data.password_length=1"], "data.password_length=1 over 26 letters gives 26 distinct passwords, fewer than"),
     (["data.n_negatives=1000000000"], r"the passwords of data.\* need about .* GiB, more than the .* GiB of memory"),
     (["extraction.candidates=100000000"], r"extraction.candidates need about .* GiB, more than"),
+    (["extraction.samples=1000000000"], r"extraction.samples=1000000000 needs about .* GiB for its decoding \(each "
+     r"candidate's key-value cache and scores\), more than the .* GiB of memory available here; lower extraction.s"),
+    (["extraction.bootstrap=1000000000"], r"extraction.bootstrap=1000000000 needs about .* GiB for its resamples"),
+    (["data.password_length=63"], r"data.password_length=63 needs up to 65 positions \(a prefix and a BOS before the "
+     r"letters\), more than model=tiny's 64; use data.password_length=62 or less"),
     (["wandb.enabled=true", "wandb.mode=cloud"], "wandb.mode='cloud' is not allowed; choose one of: offline, online"),
 ]
 
@@ -99,6 +105,21 @@ def test_bad_config_is_a_one_line_error_before_any_work(overrides, message, tmp_
         run(make_cfg(*overrides), run_dir)
     assert "\n" not in str(err.value)
     assert not run_dir.exists()
+
+
+def test_every_size_is_bounded_in_time_where_memory_would_allow_it(monkeypatch):
+    """On a machine with memory enough for anything, a run of about 1,000 paper runs' work is refused: a size
+    mistyped by a factor of 1,000 (phase 1's passwords, 1% of the paper's work: 1,000,000), whichever it is."""
+    from negrl.run import validation
+
+    monkeypatch.setattr(validation, "available_memory", lambda: 2**60)
+    validate(make_cfg("data=paper", "data.negative_repeats=600", "extraction.samples=1024"), warn=False)  # 10 paper
+    pattern = (r"^this run would make about .* token passes, .* times the most a run may make \(6.9e\+10, about 780 "
+               r"paper runs\), .* of them in .*; lower those sizes$")  # fmt: skip
+    for mistyped in ("data.negative_repeats=60000", "data.n_phase1=8192000000", "extraction.samples=1024000000",
+                     "extraction.candidates=4095000000"):  # fmt: skip
+        with pytest.raises(NegrlError, match=pattern):
+            validate(make_cfg("data=paper", mistyped), warn=False)
 
 
 def test_model_path_of_another_family_is_refused(tmp_path):
