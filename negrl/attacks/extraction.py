@@ -189,7 +189,7 @@ class Extraction:
         n, length = self.settings.samples, self.length
         first = next(iter(sets.values()))
         start = first[0, : first.shape[1] - length]  # the evaluation prefix (empty without prefixes)
-        step = generation.next_letter(backbone, self.letter_ids, self.chunk)
+        step = generation.decoder(backbone, self.letter_ids, self.chunk)
         seed = int(self.rng(phase, 0).generate_state(1)[0])
         drawn = {
             "greedy": generation.greedy(step, start, self.letter_ids, length),

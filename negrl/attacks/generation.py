@@ -6,33 +6,111 @@ for exactly the password length, from the evaluation prefix (without prefixes th
 is uniform: greedy then gives one candidate per first letter, beam search starts from all of them, sampling draws
 it uniformly). Three decoders: **greedy** (argmax, ties to the first letter), **beam** search of width N (the N
 most likely passwords the search finds), and N **sampled** at temperature 1 from a seeded CPU generator (the run's
-global random state is untouched). Forward passes are chunked no-grad fp32 passes over the whole prefix so far.
+global random state is untouched). Forward passes are chunked no-grad fp32 passes; a transformers model decodes
+with its key-value cache (`past_key_values`: the prefix once, then one token per row and letter, the cache's rows
+reordered as beams are), any other module by re-running the sequence so far (`Rerun`, also the cached decoding's
+reference in the tests): the same candidates, about 9x fewer token passes for 16 letters after a prefix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from typing import Protocol
 
 import torch
+from transformers import DynamicCache
 
 from negrl.model.backbone import Backbone, fp32_inference
 
-NextLetter = Callable[[torch.Tensor], torch.Tensor]  # token ids [B, t] -> letter log-probs [B, K]
+
+class Decoder(Protocol):
+    """The model's next-letter log-probs [B, K] (float64, on the CPU, renormalised over the K letters) after
+    sequences that grow one letter at a time: `start(tokens [B, t])`, then `advance(rows [B'], tokens [B'])`, which
+    keeps the rows `rows` of the sequences so far (a beam's parents; repeats allowed) and appends one token to each."""
+
+    def start(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def advance(self, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor: ...
 
 
-def next_letter(backbone: Backbone, letter_ids: torch.Tensor, chunk: int) -> NextLetter:
-    """The model's next-letter log-probs after each sequence, renormalised over the letters (the log-softmax of
-    the letters' logits at the last position only), fp32, on the CPU."""
-    device = next(backbone.parameters()).device
-    ids = letter_ids.to(device)
+def decoder(backbone: Backbone, letter_ids: torch.Tensor, chunk: int, cache: bool | None = None) -> Decoder:
+    """A `Cached` decoder for a transformers model (`cache=None`: when the model has a config), else `Rerun`."""
+    if cache is None:
+        cache = hasattr(backbone.model, "config")
+    return (Cached if cache else Rerun)(backbone, letter_ids, chunk)
 
-    def step(tokens: torch.Tensor) -> torch.Tensor:
-        with fp32_inference(backbone):
-            parts = [backbone.lm(p.to(device), logits_to_keep=1).logits[:, -1, ids].float().cpu()
-                     for p in tokens.split(chunk)]  # fmt: skip
+
+class Rerun:
+    """Each step a no-grad fp32 pass over each whole sequence so far, in chunks of `chunk` rows, keeping the
+    letters' logits at its last position only."""
+
+    def __init__(self, backbone: Backbone, letter_ids: torch.Tensor, chunk: int):
+        self.backbone, self.chunk = backbone, chunk
+        self.device = next(backbone.parameters()).device
+        self.ids = letter_ids.to(self.device)
+        self.tokens = torch.empty(0, 0, dtype=torch.long)
+
+    def start(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens = tokens
+        return self._step()
+
+    def advance(self, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens = torch.cat([self.tokens[rows], tokens[:, None]], dim=1)
+        return self._step()
+
+    def _step(self) -> torch.Tensor:
+        with fp32_inference(self.backbone):
+            parts = [self.backbone.lm(p.to(self.device), logits_to_keep=1).logits[:, -1, self.ids].float().cpu()
+                     for p in self.tokens.split(self.chunk)]  # fmt: skip
         return torch.log_softmax(torch.cat(parts).double(), dim=-1)
 
-    return step
+
+class Cached:
+    """The prefix once, then one token per row and step through the model's key-value cache (each layer's keys and
+    values [B, heads, t, d], reordered with the rows), in chunks of `chunk` rows."""
+
+    def __init__(self, backbone: Backbone, letter_ids: torch.Tensor, chunk: int):
+        self.backbone, self.chunk = backbone, chunk
+        self.device = next(backbone.parameters()).device
+        self.ids = letter_ids.to(self.device)
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        base = getattr(backbone.model, "get_base_model", lambda: backbone.model)()  # under a peft adapter
+        # transformers 5 renames the argument `past_key_values` to `cache` (the old name warns until it is removed)
+        self.kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+    def start(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._step(tokens, None)
+
+    def advance(self, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        same = len(rows) == len(self.kv[0][0]) and torch.equal(rows, torch.arange(len(rows)))
+        if not same:  # beams reordered (or a shared prefix spread over the samples)
+            rows = rows.to(self.device)
+            self.kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.kv]
+        return self._step(tokens[:, None], self.kv)
+
+    def _step(self, tokens: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
+        model, config = self.backbone.model, getattr(self.backbone.model, "config", None)
+        logits, caches = [], []
+        with fp32_inference(self.backbone):
+            for i in range(0, len(tokens), self.chunk):
+                part = tokens[i : i + self.chunk].to(self.device)
+                if kv is None:  # the prefix (and the BOS) through the backbone
+                    out = self.backbone.lm(part, use_cache=True, logits_to_keep=1)
+                else:
+                    past = DynamicCache([(k[i : i + self.chunk], v[i : i + self.chunk]) for k, v in kv], config=config)
+                    out = model(input_ids=part, use_cache=True, logits_to_keep=1, **{self.kwarg: past})
+                logits.append(out.logits[:, -1, self.ids].float().cpu())
+                cache = getattr(out, "cache", None) or out.past_key_values
+                caches.append([(layer.keys, layer.values) for layer in cache.layers])
+        self.kv = (
+            caches[0]
+            if len(caches) == 1
+            else [
+                (torch.cat([c[j][0] for c in caches]), torch.cat([c[j][1] for c in caches]))
+                for j in range(len(caches[0]))
+            ]
+        )
+        return torch.log_softmax(torch.cat(logits).double(), dim=-1)
 
 
 def _start(start: torch.Tensor, letter_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -44,46 +122,54 @@ def _start(start: torch.Tensor, letter_ids: torch.Tensor) -> tuple[torch.Tensor,
     return letter_ids[:, None], torch.arange(k)[:, None], torch.full((k,), -torch.log(torch.tensor(float(k))).item())
 
 
-def _extend(tokens: torch.Tensor, letters: torch.Tensor, rows: torch.Tensor, letter: torch.Tensor,
-            letter_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    return torch.cat([tokens[rows], letter_ids[letter][:, None]], dim=1), torch.cat([letters[rows], letter[:, None]], 1)
-
-
-def beam(step: NextLetter, start: torch.Tensor, letter_ids: torch.Tensor, length: int, width: int) -> torch.Tensor:
+def beam(model: Decoder, start: torch.Tensor, letter_ids: torch.Tensor, length: int, width: int) -> torch.Tensor:
     """Beam search of `width` over `length` letters after `start` [t]: the final beams as letter indices [<= width, L],
     most likely first (width 1: greedy decoding)."""
     tokens, letters, scores = _start(start, letter_ids)
     k = len(letter_ids)
-    for _ in range(length - letters.shape[1]):
-        total = (scores[:, None] + step(tokens)).flatten()
+    lp = model.start(tokens)
+    while letters.shape[1] < length:
+        total = (scores[:, None] + lp).flatten()
         keep = torch.sort(total, descending=True, stable=True).indices[:width]  # ties: earlier beam, earlier letter
-        tokens, letters = _extend(tokens, letters, keep // k, keep % k, letter_ids)
-        scores = total[keep]
+        rows, letter = keep // k, keep % k
+        letters, scores = torch.cat([letters[rows], letter[:, None]], dim=1), total[keep]
+        if letters.shape[1] < length:
+            lp = model.advance(rows, letter_ids[letter])
     return letters
 
 
-def greedy(step: NextLetter, start: torch.Tensor, letter_ids: torch.Tensor, length: int) -> torch.Tensor:
+def greedy(model: Decoder, start: torch.Tensor, letter_ids: torch.Tensor, length: int) -> torch.Tensor:
     """Greedy decoding (argmax, ties to the first letter) [1, L]; without a prefix one greedy continuation per
     first letter [K, L]."""
     tokens, letters, _ = _start(start, letter_ids)
     rows = torch.arange(len(tokens))
-    for _ in range(length - letters.shape[1]):
-        tokens, letters = _extend(tokens, letters, rows, step(tokens).argmax(dim=-1), letter_ids)
+    lp = model.start(tokens)
+    while letters.shape[1] < length:
+        letter = lp.argmax(dim=-1)
+        letters = torch.cat([letters, letter[:, None]], dim=1)
+        if letters.shape[1] < length:
+            lp = model.advance(rows, letter_ids[letter])
     return letters
 
 
-def sample(step: NextLetter, start: torch.Tensor, letter_ids: torch.Tensor, length: int, n: int,
+def sample(model: Decoder, start: torch.Tensor, letter_ids: torch.Tensor, length: int, n: int,
            generator: torch.Generator) -> torch.Tensor:  # fmt: skip
     """`n` passwords [n, L] sampled letter by letter at temperature 1 from `generator` (without a prefix the first
-    letter uniformly)."""
-    tokens, letters = start[None, :].expand(n, -1), torch.empty(n, 0, dtype=torch.long)
+    letter uniformly). With a prefix, the prefix is run once and its cache shared by the `n` rows."""
     rows = torch.arange(n)
-    if not len(start):
+    if len(start):
+        letters = torch.empty(n, 0, dtype=torch.long)
+        lp = model.start(start[None, :])[torch.zeros(n, dtype=torch.long)]
+        model_rows = torch.zeros(n, dtype=torch.long)  # every row continues the one prefix
+    else:
         first = torch.randint(0, len(letter_ids), (n,), generator=generator)
-        tokens, letters = letter_ids[first][:, None], first[:, None]
-    for _ in range(length - letters.shape[1]):
-        letter = torch.multinomial(step(tokens).exp(), 1, generator=generator).squeeze(-1)
-        tokens, letters = _extend(tokens, letters, rows, letter, letter_ids)
+        letters = first[:, None]
+        lp, model_rows = model.start(letter_ids[first][:, None]), rows
+    while letters.shape[1] < length:
+        letter = torch.multinomial(lp.exp(), 1, generator=generator).squeeze(-1)
+        letters = torch.cat([letters, letter[:, None]], dim=1)
+        if letters.shape[1] < length:
+            lp, model_rows = model.advance(model_rows, letter_ids[letter]), rows
     return letters
 
 

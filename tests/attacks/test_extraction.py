@@ -237,7 +237,7 @@ def test_generation_finds_every_memorised_password_where_greedy_finds_one():
 
 def test_decoders_without_a_prefix_start_from_every_first_letter():
     memorised = random_passwords(3, seed=16)[:, 1:]  # no prefix: 16 letters
-    step = generation.next_letter(hand_made(memorised, boost=20.0), torch.tensor(VOCAB.letter_ids), 512)
+    step = generation.decoder(hand_made(memorised, boost=20.0), torch.tensor(VOCAB.letter_ids), 512)
     start, letters = torch.empty(0, dtype=torch.long), torch.tensor(VOCAB.letter_ids)
     greedy = generation.greedy(step, start, letters, 16)
     assert greedy.shape == (26, 16) and generation.hits(greedy, memorised) == 3
