@@ -187,7 +187,8 @@ class PhaseRunner:
         results["reference"] = {"cache": ref.use_cache, "sequences_computed": sum_over_ranks(ref.computed)}
         wandb_dir = self.run_logger.wandb_dir
         with signals.deferred():  # a signal now stops the command once the run is recorded complete
-            self.run_logger.finish("success", {"metric": results["metric"], "delta": results["delta"]})
+            summary = {"metric": results["metric"], "control": results["control"]["metric"], "delta": results["delta"]}
+            self.run_logger.finish("success", summary)
             if self.writer:
                 self.owner.write_results(results)
         files = [str(path) for path in (self.owner.results, self.owner.metrics, self.owner.config)]
@@ -217,8 +218,13 @@ def disk_full(err: BaseException) -> bool:
 
 @contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """While a run trains: without Lightning's per-Trainer banners, and without its warnings that do not apply to
-    negrl's phases (restored afterwards)."""
+    """While a run trains: without Lightning's per-Trainer banners, its warnings that do not apply to negrl's phases,
+    transformers' progress bars while it loads weights, and a deprecation warning peft's LoRA raises inside
+    transformers (nothing a user can act on); all restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     loggers = [logging.getLogger(f"lightning.{part}.utilities.rank_zero") for part in ("pytorch", "fabric")]
     loggers.append(logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector"))  # negrl says it
     levels = [log.level for log in loggers]
@@ -230,6 +236,7 @@ def quiet_lightning() -> Iterator[None]:
             ".*module\\(s\\) in eval mode.*",  # the frozen reference is in eval mode on purpose
             ".*LeafSpec.*",
             ".*litlogger.*",
+            ".*is_gradient_checkpointing. is deprecated.*",  # peft's LoRA calls it (transformers 5)
         ):
             warnings.filterwarnings("ignore", message=pattern)
         try:
@@ -237,6 +244,8 @@ def quiet_lightning() -> Iterator[None]:
         finally:
             for log, level in zip(loggers, levels):
                 log.setLevel(level)
+            if bars:
+                hf_logging.enable_progress_bar()
 
 
 def make_trainer(

@@ -37,8 +37,10 @@ class RunLogger:
             logger.log_metrics(row, step=self.offset + step)
 
     def log_config(self, config: dict[str, Any]) -> None:
+        """The run's config: nested in the CSV logger's hparams.yaml, flat (`data.n_negatives`) in W&B, whose
+        group-by and filters then take each key as it is."""
         for logger in self.loggers:
-            logger.log_hyperparams(config)
+            logger.log_hyperparams(flat_config(config) if isinstance(logger, WandbLogger) else config)
 
     def flush(self) -> None:
         for logger in self.loggers:
@@ -69,6 +71,17 @@ class RunLogger:
             if isinstance(logger, WandbLogger):
                 return str(Path(logger.experiment.dir).parent)
         return None
+
+
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as one level of dotted keys: {"data": {"n_negatives": 8}} -> {"data.n_negatives": 8}."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def build_loggers(
@@ -113,9 +126,12 @@ def _csv_rows_up_to(path: Path, last_step: int) -> list[tuple[int, dict[str, flo
 
 def _wandb_logger(**kwargs: Any) -> WandbLogger:
     """Lightning's WandbLogger without its `anonymous=None` init argument, which wandb warns about on every run
-    ("The anonymous setting has no effect"); each one its own W&B run, also beside others in the process (stacked
-    seeds, negrl.stacked.runner: `reinit="create_new"` leaves the other runs, and `wandb.run`, alone)."""
-    logger = WandbLogger(reinit="create_new", **kwargs)
+    ("The anonymous setting has no effect"), and quiet; each one its own W&B run, also beside others in the process
+    (stacked seeds, negrl.stacked.runner: `reinit="create_new"` leaves the other runs, and `wandb.run`, alone)."""
+    import wandb
+
+    # quiet: no banner, sync hints or run summary on the terminal (negrl's verdict names the W&B folder)
+    logger = WandbLogger(reinit="create_new", settings=wandb.Settings(quiet=True, silent=True), **kwargs)
     logger._wandb_init.pop("anonymous", None)
     return logger
 
