@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from negrl.cli import command_line, run_from_hydra
+from negrl.core.errors import NegrlError
+from negrl.run.config import check_config
+from negrl.run.overrides import (
+    check_group_choices,
+    compose_job,
+    expand_ranges,
+    hydra_call,
+    override_parser,
+    rename_deprecated,
+)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    from negrl.cli import run_from_hydra
+
     return run_from_hydra(cfg)
 
 
+def checked_before_torch(argv: list[str]) -> list[str]:
+    """The checks that need no torch, so that a mistyped command is refused in about a second: renamed keys, ranges,
+    group choices, the overrides' syntax, unknown keys and each value's type and range (negrl.run.config, on the
+    composed config; a sweep's values are checked with its jobs). Returns argv rewritten."""
+    argv = expand_ranges(rename_deprecated(argv))
+    check_group_choices(argv)
+    if not any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):  # not --help, --cfg, ...
+        overrides = [a for a in argv if not a.startswith("-")]
+        parser = override_parser()
+        parsed = hydra_call(lambda: parser.parse_overrides(overrides))
+        check_config(compose_job([a for a, o in zip(overrides, parsed) if not o.is_sweep_override()]))
+    return argv
+
+
 if __name__ == "__main__":
-    command_line(main)  # checks every job first (a refusal: one line, exit 2), then runs; stops on SIGINT/SIGTERM
+    try:
+        rewritten = checked_before_torch(sys.argv[1:])
+    except NegrlError as err:
+        print(f"negrl: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    from negrl.cli import command_line  # torch and the model code: the rest of the checks, then the run
+
+    command_line(main, sys.argv[1:], rewritten)  # every job checked (a refusal: one line, exit 2); stops on signals

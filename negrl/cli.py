@@ -71,7 +71,7 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
                 raise NegrlError(f"job {i} of the sweep{f' ({knobs})' if knobs else ''}: {err}") from None
             models.append(s.model)
         check_weights_at_hand(models)
-        return argv
+        return [*argv, *knob_subdir(argv, jobs, swept, base, conf_dir)]
     if len(fixed) < len(overrides):
         several = next(a for a, o in zip(overrides, parsed) if o.is_sweep_override())
         raise NegrlError(f"{several} lists several values; sweep them with -m (python train.py -m {several})")
@@ -93,14 +93,17 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
 _LAUNCH: dict[str, bool] = {"multirun": False, "workers": False, "guarded": False}
 
 
-def command_line(hydra_main: Callable[[], Any], argv: list[str] | None = None) -> None:
-    """`python train.py ARGV`: renamed keys and ranges rewritten, every job checked (a refusal: one line, exit 2,
-    nothing written), then Hydra's main under `guarded`."""
+def command_line(hydra_main: Callable[[], Any], argv: list[str] | None = None,
+                 rewritten: list[str] | None = None) -> None:  # fmt: skip
+    """`python train.py ARGV`: renamed keys and ranges rewritten (`rewritten`: already done, by train.py before it
+    imports torch), every job checked (a refusal: one line, exit 2, nothing written), then Hydra's main under
+    `guarded`."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        sys.argv[1:] = expand_ranges(rename_deprecated(argv))
-        check_group_choices(sys.argv[1:])
-        sys.argv[1:] = preflight(sys.argv[1:])  # every job checked before Hydra writes anything
+        if rewritten is None:
+            rewritten = expand_ranges(rename_deprecated(argv))
+            check_group_choices(rewritten)
+        sys.argv[1:] = preflight(rewritten)  # every job checked before Hydra writes anything
     except NegrlError as err:
         print(f"negrl: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
@@ -130,6 +133,31 @@ def guarded(hydra_main: Callable[[], Any], argv: list[str]) -> None:
             file=sys.stderr,
         )
     sys.exit(128 + signum)
+
+
+def knob_subdir(argv: list[str], jobs: list[list[str]], swept: set[str], base: DictConfig,
+                conf_dir: Path = CONF_DIR) -> list[str]:  # fmt: skip
+    """`hydra.sweep.subdir` with each knob the sweep varies besides the seed and the model, e.g.
+    `2-tiny-seed0-holdout_frac0.1` for `-m seed=0,1 holdout_frac=0.05,0.1` (a group by its option's name:
+    `-objectiveipo`); none where the user set the subdir, nothing varies, or a value is a path."""
+    if any(a.partition("=")[0].lstrip("+") == "hydra.sweep.subdir" for a in argv):
+        return []
+    parts = []
+    for key in sorted(k.lstrip("+~") for k in swept):
+        if key in ("seed", "model") or key.startswith("hydra"):
+            continue
+        values = [o.partition("=")[2] for job in jobs for o in job if o.partition("=")[0].lstrip("+~") == key]
+        if any("/" in v or len(v) > 40 for v in values):
+            continue
+        if (conf_dir / key).is_dir():  # a config group: its option's name
+            if OmegaConf.select(base, f"{key}.name", default=None) is not None:
+                parts.append(f"{key}${{{key}.name}}")
+        elif "/" not in key:
+            parts.append(f"{key.rpartition('.')[2]}${{{key}}}")
+    if not parts:
+        return []
+    template = OmegaConf.to_container(base.hydra.sweep, resolve=False)["subdir"]
+    return [f"hydra.sweep.subdir='{template}-{'-'.join(parts)}'"]
 
 
 def _quoted(path: Path) -> str:

@@ -189,3 +189,25 @@ def test_a_sweep_of_hub_weights_out_of_reach_is_refused_in_one_line_before_any_j
         "set): EleutherAI/pythia-160m is not in the local cache; connect once to cache it, or pass model.path=DIR (a "
         "saved checkpoint), or model.init=random"
     ]
+
+
+def test_sweep_subdirectories_show_the_knobs_the_sweep_varies(tmp_path, monkeypatch):
+    """`2-tiny-seed0-holdout_frac0.1`, not `2-tiny-seed0`; a group by its option's name; the seed alone as before."""
+    from omegaconf import OmegaConf
+
+    from negrl.cli import preflight, resume_search
+
+    monkeypatch.chdir(tmp_path)
+    common = [*SMALL_ATTACKS, "data=small", "wandb.enabled=false", "trainer.accelerator=cpu"]
+    subdir = preflight(["-m", "seed=0,1", "holdout_frac=0.05,0.1", "freeze=true,false", *common])[-1]
+    assert subdir == (
+        "hydra.sweep.subdir='${hydra.job.num}-${model.name}-seed${seed}-freeze${freeze}-holdout_frac${holdout_frac}'"
+    )
+    assert preflight(["-m", "seed=0", "objective=dpo,ipo", *common])[-1] == (
+        "hydra.sweep.subdir='${hydra.job.num}-${model.name}-seed${seed}-objective${objective.name}'"
+    )
+    assert preflight(["-m", "seed=0,1", *common])[-1] == "trainer.accelerator=cpu"  # the seed is in the name already
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["holdout_frac=0.1", "seed=2", subdir], return_hydra_config=True)
+    search = resume_search(cfg.hydra, OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), multirun=True)
+    assert search.endswith("/*-tiny-seed2-freezeTrue-holdout_frac0.1")  # resume=true finds the job's earlier runs

@@ -386,3 +386,18 @@ def test_an_unwritable_run_directory_is_refused_before_any_work(tmp_path, monkey
     with pytest.raises(NegrlError, match=r"cannot write the run directory .*run \(.* is not writable\)"):
         run(make_cfg(), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arg", ["seed=0-7", "model=nope", "+optim.learning_rate=1", "holdout_frac=2"])
+def test_a_mistyped_command_is_refused_before_torch_is_imported(arg):
+    """Ranges, group choices, unknown keys, a value's type and range: refused in about a second (measured 0.6-0.9 s
+    on 2 loaded cores; 16 s when the refusal waited for torch and the model code)."""
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['train.py', {arg!r}]\n"
+        "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+        "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False"], proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("negrl: error: ")

@@ -186,11 +186,11 @@ def test_a_stacked_sweep_gives_every_job_its_own_run_and_wandb_run(separate, tmp
     assert f"negrl: all 6 jobs of {sweep} complete" in proc.stdout
     assert "in 4 stack(s) of at most 2" in proc.stdout + proc.stderr
     dirs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
-    assert [p.name for p in dirs] == [f"{i}-tiny-seed{s}" for i, s in enumerate([0, 0, 1, 1, 2, 2])]
+    assert [p.name for p in dirs] == [f"{i}-tiny-seed{i // 2}-freeze{i % 2 == 0}" for i in range(6)]  # the knob too
     for p in dirs:
         assert len(list((p / "wandb").glob("offline-run-*"))) == 1
-    assert_same_run(sweep / "0-tiny-seed0", separate / "seed0")  # stacked with seed 1
-    assert_same_run(sweep / "4-tiny-seed2", separate / "seed2")  # alone: a plain run
+    assert_same_run(sweep / "0-tiny-seed0-freezeTrue", separate / "seed0")  # stacked with seed 1
+    assert_same_run(sweep / "4-tiny-seed2-freezeTrue", separate / "seed2")  # alone: a plain run
 
 
 def test_a_stacked_sweep_refuses_gpu_per_job_before_writing_anything(tmp_path):
