@@ -1,7 +1,7 @@
 """`make figures`: the figures of the docs (docs/figures/) from real runs of the presets' CPU twins, drawn by
 `negrl-report`.
 
-    python -m negrl.tools.figures --scale small      # data=small, fewer seeds: about half an hour on one core
+    python -m negrl.tools.figures --scale small      # data=small, fewer seeds: about an hour on one core
     python -m negrl.tools.figures                    # the presets as they are (conf/experiment/*-cpu.yaml): hours
 
 Each sweep runs one job after another (Hydra's basic launcher, one thread: set OMP_NUM_THREADS=1), into
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = args.runs or ROOT / "multirun" / "figures" / args.scale
     args.out.mkdir(parents=True, exist_ok=True)
-    entries = []
+    entries, total = [], 0.0
     for sweep in SWEEPS:
         if args.only and sweep.name not in args.only:
             continue
@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"figures: a run of {sweep.name} failed (above); its runs are in {sweep_dir}", file=sys.stderr)
                 return 1
             wall = time.perf_counter() - started
+            total += wall
         report = sweep_dir / "report"
         draw = [sys.executable, "-m", "negrl.report", str(sweep_dir), "--out", str(report)]
         if subprocess.run(draw, cwd=ROOT).returncode:
@@ -154,26 +155,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         for source, target, text in sweep.figures:
             shutil.copyfile(report / source, args.out / target)
             entries.append((target, caption(args.scale, text, cmd, results, wall)))
-    write_captions(args.out / "README.md", entries, args.scale)
+    write_captions(args.out / "README.md", entries, args.scale, None if args.no_train else total)
     print(f"figures: wrote {', '.join(t for t, _ in entries)} and README.md into {args.out}")
     return 0
 
 
-def write_captions(path: Path, entries: Sequence[tuple[str, str]], scale: str) -> None:
-    """docs/figures/README.md: each figure with its caption, and how to make them again."""
+def write_captions(path: Path, entries: Sequence[tuple[str, str]], scale: str, wall: float | None) -> None:
+    """docs/figures/README.md: each figure with its caption, how to make them again and (if they ran now) how long
+    the sweeps took."""
+    took = f" ({wall / 60:.0f} min in all)" if wall is not None else ""
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     lines = [
         "# Figures of the docs",
         "",
         "Drawn by `negrl-report` from real runs of the presets' CPU twins (`conf/experiment/*-cpu.yaml`), "
-        f"made on {date} on {device_name('cpu')} with one thread per run, one run after another, by",
+        f"made on {date} on {device_name('cpu')} with one thread per run, one run after another{took}, by",
         "",
         "```bash",
         f"make figures FIGURE_SCALE={scale}   # python -m negrl.tools.figures --scale {scale}",
         "```",
         "",
         "`make figures` (FIGURE_SCALE=full, the default) runs the presets at their own scale (hours on a CPU); "
-        "FIGURE_SCALE=small runs them on `data=small` with fewer seeds (about half an hour on one core). "
+        "FIGURE_SCALE=small runs them on `data=small` with fewer seeds (about an hour on one core). "
         "Each caption gives the command, the seeds and the scale of its figure.",
     ]
     for name, text in entries:
