@@ -168,7 +168,7 @@ def write_captions(path: Path, entries: Sequence[tuple[str, str]], scale: str, w
     lines = [
         "# Figures of the docs",
         "",
-        "Drawn by `negrl-report` from real runs of the presets' CPU twins (`conf/experiment/*-cpu.yaml`), "
+        "Drawn by `negrl-report` from real runs of the presets' CPU twins (the `-cpu` presets of `conf/experiment/`), "
         f"made on {date} on {device_name('cpu')} with one thread per run, one run after another{took}, by",
         "",
         "```bash",
