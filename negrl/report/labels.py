@@ -13,8 +13,10 @@ from typing import Any
 
 #: Models by size, for ordering groups and the x axis of `fig_models.png`.
 MODEL_ORDER = ("tiny", "tiny-h128", "tiny-h256", "pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b")
-#: Objectives in the order of the README (the paper's DPO first), for ordering groups.
-OBJECTIVE_ORDER = ("dpo", "ipo", "hinge", "npo", "simnpo", "unlikelihood", "grad_ascent")
+#: Objectives in the order of docs/objectives.md (the paper's DPO first), for ordering groups.
+OBJECTIVE_ORDER = ("dpo", "ipo", "hinge", "npo", "simnpo", "unlikelihood", "grad_ascent", "robust", "exo_pair",
+                   "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_pair", "apo_zero", "apo_down", "discopop", "kto",
+                   "kto_undesirable", "orpo", "cpo", "simpo", "grad_diff", "wga", "undial", "rmu")  # fmt: skip
 
 
 def fmt_value(value: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import ROOT
 from test_report import CHANCE_26, complete_results, make_run, with_attacks
 
 from negrl.report.groups import group_runs
@@ -33,3 +34,13 @@ def test_objectives_table_has_a_row_per_objective_and_every_column(tmp_path: Pat
     assert kto[1:6] == ["2", "+0.0550 ± 0.0071", "+0.0550 ± 0.0071", "-0.0200 ± 0.0000", "-0.0200 ± 0.0000"]
     assert kto[10:13] == ["0.550 ± 0.000"] * 3
     assert rows["objective=wga"][10:] == ["n/a"] * 3 + ["n/a / n/a"] * 3
+
+
+def test_the_report_orders_every_registered_objective_as_docs_objectives_md_lists_them():
+    from negrl.method.objectives import OBJECTIVES
+    from negrl.report.labels import OBJECTIVE_ORDER
+
+    assert set(OBJECTIVE_ORDER) == set(OBJECTIVES) and OBJECTIVE_ORDER[0] == "dpo"
+    listed = [line.split("`")[1] for line in (ROOT / "docs" / "objectives.md").read_text().splitlines()
+              if line.startswith("| `") and line.split("`")[1] in OBJECTIVES]  # fmt: skip
+    assert tuple(dict.fromkeys(listed)) == OBJECTIVE_ORDER
