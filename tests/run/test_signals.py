@@ -157,4 +157,5 @@ def test_a_signal_to_a_local_sweep_stops_its_workers_and_starts_no_other_job(tmp
     assert "Traceback" not in err
     jobs = sorted(p.name for p in sweep.iterdir() if not p.name.startswith(".") and p.is_dir())
     assert jobs == ["0-tiny-seed0", "1-tiny-seed1"]  # jobs 2 and 3 never started
-    assert all(results(sweep / j)["reason"].startswith("interrupted by SIGTERM") for j in jobs)
+    reasons = {j: results(sweep / j).get("reason", results(sweep / j)["status"]) for j in jobs}
+    assert all(r.startswith("interrupted by SIGTERM") for r in reasons.values()), reasons
