@@ -11,6 +11,7 @@ from negrl.core.errors import NegrlError
 from negrl.run.config import check_config
 from negrl.run.overrides import (
     check_group_choices,
+    check_not_a_hidden_sweep,
     compose_job,
     expand_ranges,
     hydra_call,
@@ -29,14 +30,17 @@ def main(cfg: DictConfig) -> float:
 def checked_before_torch(argv: list[str]) -> list[str]:
     """The checks that need no torch, so that a mistyped command is refused in about a second: renamed keys, ranges,
     group choices, the overrides' syntax, unknown keys and each value's type and range (negrl.run.config, on the
-    composed config; a sweep's values are checked with its jobs). Returns argv rewritten."""
+    composed config; a sweep's values are checked with its jobs), several values without -m. Returns argv
+    rewritten."""
     argv = expand_ranges(rename_deprecated(argv))
     check_group_choices(argv)
     if not any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):  # not --help, --cfg, ...
         overrides = [a for a in argv if not a.startswith("-")]
         parser = override_parser()
         parsed = hydra_call(lambda: parser.parse_overrides(overrides))
-        check_config(compose_job([a for a, o in zip(overrides, parsed) if not o.is_sweep_override()]))
+        base = compose_job([a for a, o in zip(overrides, parsed) if not o.is_sweep_override()])
+        check_config(base)
+        check_not_a_hidden_sweep(argv, overrides, parsed, base)
     return argv
 
 

@@ -25,6 +25,7 @@ from negrl.run.config import CONF_DIR
 from negrl.run.overrides import (
     MULTIRUN_FLAGS,
     check_group_choices,
+    check_not_a_hidden_sweep,
     compose_job,
     expand_ranges,
     hydra_call,
@@ -72,9 +73,7 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
             models.append(s.model)
         check_weights_at_hand(models)
         return [*argv, *knob_subdir(argv, jobs, swept, base, conf_dir)]
-    if len(fixed) < len(overrides):
-        several = next(a for a, o in zip(overrides, parsed) if o.is_sweep_override())
-        raise NegrlError(f"{several} lists several values; sweep them with -m (python train.py -m {several})")
+    check_not_a_hidden_sweep(argv, overrides, parsed, base)
     c = validate(base, warn=False).config
     check_weights_at_hand([c["model"]])
     if c["resume"]:

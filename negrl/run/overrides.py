@@ -16,6 +16,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import create_config_search_path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -110,6 +111,17 @@ def sweep_jobs(parser: OverridesParser, overrides: list[str], base: DictConfig) 
     parsed = hydra_call(lambda: parser.parse_overrides(preset + overrides))
     swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch], swept
+
+
+def check_not_a_hidden_sweep(argv: list[str], overrides: list[str], parsed: list[Any], base: DictConfig) -> None:
+    """Several values of a key (`seed=0,1`) in a command that is no sweep (no -m, no preset that makes it one): one
+    line naming the value and the -m that sweeps it. `parsed`: Hydra's parse of `overrides`; `base`: the config the
+    overrides without several values compose."""
+    if any(a in MULTIRUN_FLAGS for a in argv) or OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN:
+        return
+    several = next((a for a, o in zip(overrides, parsed) if o.is_sweep_override()), None)
+    if several is not None:
+        raise NegrlError(f"{several} lists several values; sweep them with -m (python train.py -m {several})")
 
 
 def compose_job(overrides: list[str], conf_dir: Path = CONF_DIR) -> DictConfig:
