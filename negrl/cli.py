@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -254,10 +255,40 @@ def stop_sweep_if_asked() -> None:
 
 def run_stacked_from_hydra(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float]:
     """Jobs of a sweep that differ only in `seed` (hydra/launcher=stacked: (config, hydra node) each), trained as
-    one stack (negrl.stacked.runner; a job alone as a plain run); each job's return value as `run_from_hydra`'s."""
+    one stack (negrl.stacked.runner; a job alone as a plain run); each job's return value as `run_from_hydra`'s.
+    With `resume=true` the jobs already complete are skipped (nothing to do), those that never reached a checkpoint
+    start afresh as one stack and those with a checkpoint continue as another (a stack's seeds share their step)."""
     if len(jobs) == 1:
         return [run_from_hydra(*jobs[0])]
+    if jobs[0][0].get("resume") is not True:
+        return _stack(jobs)
+    kinds = [resume_kind(cfg, hydra_cfg) for cfg, hydra_cfg in jobs]
+    values: list[float] = [math.nan] * len(jobs)
+    for kind in ("complete", "fresh", "continue"):
+        part = [i for i, k in enumerate(kinds) if k == kind]
+        if kind == "complete" or len(part) == 1:  # a plain run says "nothing to do", or runs alone
+            outcomes = [run_from_hydra(*jobs[i]) for i in part]
+        else:
+            outcomes = _stack([jobs[i] for i in part], fresh=kind == "fresh") if part else []
+        for i, value in zip(part, outcomes):
+            values[i] = value
+    return values
+
+
+def resume_kind(cfg: DictConfig, hydra_cfg: DictConfig) -> str:
+    """"complete", "fresh" or "continue": what `resume=true` finds for this job of a sweep (negrl.run.checkpoint)."""
+    c = validate(job_config(copy.deepcopy(cfg), hydra_cfg), warn=False).config  # job_config edits in place
+    return checkpoint.sweep_resume_dir(resume_search(hydra_cfg, cfg, True), c)[0]
+
+
+def _stack(jobs: list[tuple[DictConfig, DictConfig]], fresh: bool = False) -> list[float]:
+    """Train `jobs` as one stack; `fresh`: jobs of a resumed sweep that never reached a checkpoint (no resume)."""
     cfgs = [job_config(cfg, hydra_cfg) for cfg, hydra_cfg in jobs]
+    if fresh:
+        for cfg in cfgs:
+            with open_dict(cfg):
+                cfg.resume = False
+        print(f"negrl: resume=true: {len(cfgs)} jobs never reached a checkpoint: started afresh")
     dirs = [Path(hydra_cfg.runtime.output_dir) for _, hydra_cfg in jobs]
     searches = [resume_search(hydra_cfg, cfg, True) for cfg, (_, hydra_cfg) in zip(cfgs, jobs)]
     try:

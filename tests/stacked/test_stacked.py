@@ -193,6 +193,31 @@ def test_a_stacked_sweep_gives_every_job_its_own_run_and_wandb_run(separate, tmp
     assert_same_run(sweep / "4-tiny-seed2-freezeTrue", separate / "seed2")  # alone: a plain run
 
 
+@pytest.mark.heavy
+def test_resume_true_on_a_stacked_sweep_skips_complete_jobs_and_stacks_the_rest(tmp_path):
+    """Seeds 0-1 complete as one stack; then seeds 0-3 with resume=true: 0 and 1 are complete (nothing to do, their
+    results untouched) and seeds 2 and 3, which never reached a checkpoint, start afresh as one stack."""
+    sweep = tmp_path / "sweep"
+
+    def sweep_cmd(seeds: str, *more: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "train.py", "-m", f"seed={seeds}", "hydra/launcher=stacked", *FAST, *FEW,
+               "extraction.enabled=false", f"hydra.sweep.dir={sweep}", *more]  # fmt: skip
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    first = sweep_cmd("0-1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    done = {s: (sweep / f"{s}-tiny-seed{s}" / "results.json").read_text() for s in (0, 1)}
+    again = sweep_cmd("0-3", "resume=true")
+    assert again.returncode == 0, again.stderr[-2000:]
+    for s in (0, 1):
+        assert f"negrl: {sweep / f'{s}-tiny-seed{s}'} is complete, nothing to do (resume=true)" in again.stdout
+        assert (sweep / f"{s}-tiny-seed{s}" / "results.json").read_text() == done[s]
+    assert "negrl: resume=true: 2 jobs never reached a checkpoint: started afresh" in again.stdout
+    for s in (2, 3):
+        assert json.loads((sweep / f"{s}-tiny-seed{s}" / "results.json").read_text())["status"] == "complete"
+    assert "negrl: all 4 jobs of" in again.stdout
+
+
 def test_a_stacked_sweep_refuses_gpu_per_job_before_writing_anything(tmp_path):
     cmd = [sys.executable, "train.py", "-m", "seed=0-1", "hydra/launcher=stacked", "gpu_per_job=true", *FAST,
            f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
