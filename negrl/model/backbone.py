@@ -184,8 +184,7 @@ class Backbone(nn.Module):
         logits, labels = self.logits(tokens[:, :-1]), tokens[:, 1:]
         if self.fused_logprobs:
             return label_logprobs(logits, labels)
-        logits = logits.float()
-        return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        return plain_label_logprobs(logits.float(), labels)
 
     def token_outputs(self, tokens: torch.Tensor, logits: bool = False, layer: int | None = None) -> dict:
         """One forward over tokens [B, T] giving what an objective asks for beyond `token_logprobs`:
@@ -207,7 +206,7 @@ class Backbone(nn.Module):
         labels = tokens[:, 1:]
         if logits or not self.fused_logprobs:
             full = out.float()
-            result = {"logprobs": full.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(full, dim=-1)}
+            result = {"logprobs": plain_label_logprobs(full, labels)}
             if logits:
                 result["logits"] = full
         else:
@@ -244,3 +243,8 @@ def fp32_inference(backbone: nn.Module) -> Iterator[None]:
             yield
     finally:
         backbone.train(was_training)
+
+
+def plain_label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Label log-probs under autograd: gather minus logsumexp of fp32 logits [..., V] at labels [...]."""
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
