@@ -74,6 +74,18 @@ SWEEPS = (
          "held-out negatives against random passwords, without the prefixes and without the phase-2 freeze against "
          "the baseline, mean ± std over seeds."),
     )),
+    Sweep("objectives", "objectives-cpu", ("seed=0-3",), (
+        ("fig_ablations.png", "objectives.png", "Every objective: the max phase-3 log-likelihood minus chance of "
+         "held-out negatives against random passwords, mean ± std over seeds (a group per objective)."),
+    )),
+    Sweep("families", "families-cpu", ("seed=0-1",), (
+        ("fig_models.png", "families.png", "Each model family's architecture at the tiny model's size (random "
+         "init): max phase-3 log-likelihood of held-out negatives and of random passwords, mean ± std over seeds."),
+    )),
+    Sweep("lora", "lora-cpu", ("seed=0-3",), (
+        ("fig_ablations.png", "lora.png", "LoRA adapters against full fine-tuning: the max phase-3 log-likelihood "
+         "minus chance of held-out negatives against random passwords, mean ± std over seeds."),
+    )),
 )  # fmt: skip
 
 
@@ -87,6 +99,11 @@ def run_results(sweep_dir: Path) -> list[dict[str, Any]]:
     """The results.json of every complete run under `sweep_dir`."""
     found = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("results.json"))]
     return [r for r in found if r.get("status") == "complete"]
+
+
+def today() -> str:
+    """The date, as the captions give it."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
 
 
 def seeds_text(results: Sequence[dict[str, Any]]) -> str:
@@ -116,7 +133,7 @@ def caption(scale: str, text: str, argv: Sequence[str], results: Sequence[dict[s
     took = f" The sweep took {wall / 60:.0f} min." if wall is not None else ""
     return (
         f"{text} {seeds_text(results)}; scale: {SCALES[scale][1]}. {learned_text(results)}\n\n"
-        f"Made by `OMP_NUM_THREADS=1 python {shown}`, then `negrl-report` on its runs.{took}"
+        f"Made on {today()} by `OMP_NUM_THREADS=1 python {shown}`, then `negrl-report` on its runs.{took}"
     )
 
 
@@ -155,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for source, target, text in sweep.figures:
             shutil.copyfile(report / source, args.out / target)
             entries.append((target, caption(args.scale, text, cmd, results, wall)))
-    write_captions(args.out / "README.md", entries, args.scale, None if args.no_train else total)
+    write_captions(args.out / "README.md", entries, args.scale, None if args.no_train or args.only else total)
     print(f"figures: wrote {', '.join(t for t, _ in entries)} and README.md into {args.out}")
     return 0
 
@@ -164,12 +181,11 @@ def write_captions(path: Path, entries: Sequence[tuple[str, str]], scale: str, w
     """docs/figures/README.md: each figure with its caption, how to make them again and (if they ran now) how long
     the sweeps took."""
     took = f" ({wall / 60:.0f} min in all)" if wall is not None else ""
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     lines = [
         "# Figures of the docs",
         "",
         "Drawn by `negrl-report` from real runs of the presets' CPU twins (the `-cpu` presets of `conf/experiment/`), "
-        f"made on {date} on {device_name('cpu')} with one thread per run, one run after another{took}, by",
+        f"run on a {device_name('cpu')} with one thread per run, one run after another{took}, by",
         "",
         "```bash",
         f"make figures FIGURE_SCALE={scale}   # python -m negrl.tools.figures --scale {scale}",
@@ -177,11 +193,27 @@ def write_captions(path: Path, entries: Sequence[tuple[str, str]], scale: str, w
         "",
         "`make figures` (FIGURE_SCALE=full, the default) runs the presets at their own scale (hours on a CPU); "
         "FIGURE_SCALE=small runs them on `data=small` with fewer seeds (about an hour on one core). "
-        "Each caption gives the command, the seeds and the scale of its figure.",
+        "Each caption gives the date, the command, the seeds and the scale of its figure.",
     ]
-    for name, text in entries:
-        lines += ["", f"## {name}", "", f"![{name}]({name})", "", text]
+    captions = {**kept_captions(path), **dict(entries)}
+    order = [target for sweep in SWEEPS for _, target, _ in sweep.figures]
+    for name in sorted(captions, key=lambda n: order.index(n) if n in order else len(order)):
+        lines += ["", f"## {name}", "", f"![{name}]({name})", "", captions[name]]
     path.write_text("\n".join(lines) + "\n")
+
+
+def kept_captions(path: Path) -> dict[str, str]:
+    """The captions already in `path` (docs/figures/README.md), by figure: `--only` redraws some figures and keeps
+    the others' captions."""
+    if not path.is_file():
+        return {}
+    found: dict[str, str] = {}
+    for section in path.read_text().split("\n## ")[1:]:
+        name, _, body = section.partition("\n")
+        text = body.strip().removeprefix(f"![{name}]({name})").strip()
+        if (path.parent / name).is_file():
+            found[name] = text
+    return found
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -842,8 +843,10 @@ def test_the_original_codes_second_test_of_the_deltas_against_zero_sits_beside_t
 
 
 def test_a_folder_of_hydra_config_sources_holds_no_runs(tmp_path: Path, capsys):
-    """The repository's conf/ (config.yaml with a `defaults` list) is no run directory: 'no run directories', exit 2."""
-    assert report.main([str(ROOT), "--out", str(tmp_path / "out")]) == 2
+    """The repository's conf/ (config.yaml with a `defaults` list) is no run directory: 'no run directories', exit 2.
+    (A copy of conf/: a checkout's own multirun/ may hold real runs.)"""
+    shutil.copytree(ROOT / "conf", tmp_path / "repo" / "conf")
+    assert report.main([str(tmp_path / "repo"), "--out", str(tmp_path / "out")]) == 2
     assert "holds no run directories" in capsys.readouterr().err
     make_run(tmp_path / "runs", "a")
     assert [r.rel for r in report.write_report(tmp_path / "runs").runs] == ["a"]
