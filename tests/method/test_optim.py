@@ -14,6 +14,7 @@ TINY = {"vocab_size": 28, "hidden_size": 16, "num_hidden_layers": 2, "num_attent
 def test_auto_does_not_fuse_adamw_on_cpu_and_true_forces_it():
     cpu_params = [torch.nn.Parameter(torch.zeros(3))]
     assert not OptimSettings().adamw(cpu_params).defaults["fused"]
+    assert OptimSettings().adamw(cpu_params).defaults["foreach"]  # the multi-tensor path, not the per-tensor loop
     assert OptimSettings(fused=True).adamw(cpu_params).defaults["fused"]
     opt = OptimSettings(lr=3e-4, weight_decay=0.5).adamw(cpu_params)
     assert (opt.defaults["lr"], opt.defaults["weight_decay"]) == (3e-4, 0.5)
@@ -36,3 +37,28 @@ def test_gradient_clipping_caps_the_global_norm_of_trainable_parameters():
     assert abs(norm.item() - 1.0) < 1e-5
     for p in backbone.parameters():  # one common factor: directions unchanged
         assert torch.allclose(p.grad, torch.full_like(p, p.grad.flatten()[0].item()))
+
+
+def test_the_multi_tensor_adamw_on_cpu_updates_bit_identically_to_pytorchs_per_tensor_default():
+    """negrl's CPU AdamW (foreach) against torch.optim.AdamW's own CPU default (the per-tensor loop): five steps of
+    a tiny model's shapes, weight decay and bias correction included, equal to the last bit."""
+    shapes = [(16, 16), (64, 16), (16,), (28, 16), (3, 5, 7)]
+
+    def params() -> list[torch.nn.Parameter]:
+        torch.manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+
+    ours, plain = params(), params()
+    settings = OptimSettings(lr=1e-3, weight_decay=0.01)
+    opt_ours = settings.adamw(ours)
+    # PyTorch's own default on CPU: the per-tensor loop (CPU is not among its foreach devices)
+    opt_plain = torch.optim.AdamW(plain, lr=1e-3, weight_decay=0.01, betas=settings.betas, eps=settings.eps)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        for a, b in zip(ours, plain):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        opt_ours.step()
+        opt_plain.step()
+    assert all(torch.equal(a, b) for a, b in zip(ours, plain))
+    assert not all(torch.equal(a, b) for a, b in zip(ours, params()))  # they moved
