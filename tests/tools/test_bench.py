@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -98,14 +99,20 @@ def test_step_flops_match_a_hand_count_for_tiny():
     )
 
 
-@pytest.mark.heavy
+#: 4 + 9 + 9 steps without the attacks: the smallest complete runs.
+SWEEP_FEW = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64",
+             "data.eval_size=8", "extraction.enabled=false"]  # fmt: skip
+
+
+@pytest.mark.slow
 def test_sweep_bench_times_stacked_and_separate_sweeps(tmp_path, capsys):
+    """The real `train.py -m` sweeps, end to end (slow: four processes). The same figures are checked in the fast
+    suite in-process, each sweep replaced by a stand-in (the test below), and `sweep` itself with its process
+    replaced (test_sweep_runs_train_py_and_reads_each_seeds_results)."""
     from negrl.tools.sweep_bench import main as sweep_main
 
     out = tmp_path / "sweep.json"
-    few = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64",
-           "data.eval_size=8", "extraction.enabled=false"]  # fmt: skip
-    assert sweep_main(["--stacks", "2", "--device", "cpu", "--json", str(out), *few]) == 0
+    assert sweep_main(["--stacks", "2", "--device", "cpu", "--json", str(out), *SWEEP_FEW]) == 0
     r = json.loads(out.read_text())
     assert [row["K"] for row in r["stacks"]] == [2]
     for row in r["stacks"]:
@@ -114,6 +121,91 @@ def test_sweep_bench_times_stacked_and_separate_sweeps(tmp_path, capsys):
         assert row["max_metric_diff"] < 1e-5
     assert r["run_training_flops"] > 0 and r["matmul_peak_flops"] > 0
     assert "stacked is" in capsys.readouterr().out
+
+
+def test_sweep_bench_figures_of_stacked_and_separate_sweeps(tmp_path, capsys, monkeypatch):
+    """The sweep bench's figures, in-process: each `train.py -m` sweep replaced by a stand-in that checks what it is
+    asked for and returns fixed times and metrics (the real sweeps: the slow test above)."""
+    import os
+
+    from negrl.tools import sweep_bench
+
+    asked = []
+    wall = {"stacked": 10.0, "separate": 16.0}
+    metrics = {"stacked": [-3.0, -2.5], "separate": [-3.0, -2.5 + 4e-6]}
+
+    def stand_in(overrides, k, launcher, sweep_dir, env):
+        way = "stacked" if launcher == ["hydra/launcher=stacked"] else "separate"
+        asked.append((way, k, launcher, env, sweep_dir.name, overrides))
+        results = {s: {"metric": metrics[way][s], "reference": {"sequences_computed": 960}} for s in range(k)}
+        return {"wall_s": wall[way], "results": results}
+
+    monkeypatch.setattr(sweep_bench, "sweep", stand_in)
+    monkeypatch.setattr(sweep_bench, "matmul_peak", lambda dtype, device: 1e11)  # measured in test_bench_writes_...
+    out = tmp_path / "sweep.json"
+    assert sweep_bench.main(["--stacks", "2", "--device", "cpu", "--json", str(out), *SWEEP_FEW]) == 0
+    cores = os.cpu_count() or 1
+    jobs = min(2, cores)
+    common = ["model=tiny", "data=small", "trainer.precision=32-true", "trainer.accelerator=cpu", "wandb.enabled=false",
+              "trainer.enable_progress_bar=false", *SWEEP_FEW]  # fmt: skip
+    assert asked == [
+        ("stacked", 2, ["hydra/launcher=stacked"], {}, "stacked-2", common),
+        ("separate", 2, ["hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"],
+         {"OMP_NUM_THREADS": str(max(1, cores // jobs))}, "separate-2", common),
+    ]  # fmt: skip
+    r = json.loads(out.read_text())
+    assert [row["K"] for row in r["stacks"]] == [2]
+    flops = r["run_training_flops"]
+    assert flops > 0 and r["matmul_peak_flops"] == 1e11
+    for row in r["stacks"]:
+        for way in ("stacked", "separate"):
+            assert row[way]["wall_s"] > 0 and row[way]["runs_per_hour"] > 0 and len(row[way]["metrics"]) == row["K"]
+            assert row[way]["wall_s"] == wall[way] and row[way]["metrics"] == metrics[way]
+            assert row[way]["runs_per_hour"] == pytest.approx(3600 * 2 / wall[way])
+            assert row[way]["flops_per_s"] == pytest.approx(2 * flops / wall[way])
+            assert row[way]["frac_of_peak"] == pytest.approx(2 * flops / wall[way] / 1e11)
+        assert row["max_metric_diff"] < 1e-5 and row["max_metric_diff"] == pytest.approx(4e-6)
+        assert row["speedup"] == pytest.approx(1.6)
+    assert "stacked is 1.60x faster" in capsys.readouterr().out
+
+
+def test_sweep_runs_train_py_and_reads_each_seeds_results(tmp_path, monkeypatch):
+    """`sweep` (the sweep bench's `train.py -m`), its process replaced by a stand-in that writes each seed's run
+    directory: the command and environment it runs, the complete runs it reads back, and its two refusals."""
+    import subprocess
+    import sys
+
+    from negrl.tools import sweep_bench
+
+    ran = []
+
+    def fake_run(cmd, env, capture_output, text):
+        ran.append((cmd, env))
+        sweep_dir = Path(cmd[-1].partition("=")[2])
+        for s in range(2):
+            (sweep_dir / f"{s}-tiny-seed{s}").mkdir(parents=True)
+            results = {"status": "complete", "run": {"seed": s}, "metric": -3.0 + s}
+            (sweep_dir / f"{s}-tiny-seed{s}" / "results.json").write_text(json.dumps(results))
+        (sweep_dir / ".jobs").mkdir()
+        (sweep_dir / "multirun.yaml").write_text("")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(sweep_bench.subprocess, "run", fake_run)
+    got = sweep_bench.sweep(["data=small"], 2, ["hydra/launcher=stacked"], tmp_path / "a", {"OMP_NUM_THREADS": "1"})
+    (cmd, env), = ran
+    assert cmd == [sys.executable, str(sweep_bench.TRAIN), "-m", "seed=0-1", "hydra/launcher=stacked", "data=small",
+                   f"hydra.sweep.dir={tmp_path / 'a'}"]  # fmt: skip
+    assert env["OMP_NUM_THREADS"] == "1" and "PATH" in env
+    assert got["wall_s"] > 0 and {s: r["metric"] for s, r in got["results"].items()} == {0: -3.0, 1: -2.0}
+    with pytest.raises(RuntimeError, match=r"complete runs of seeds \[0, 1\], expected 0..2"):
+        sweep_bench.sweep([], 3, [], tmp_path / "b", {})
+
+    def failing(cmd, env, capture_output, text):
+        return subprocess.CompletedProcess(cmd, 1, "", "a first line\nnegrl: error: the last line\n")
+
+    monkeypatch.setattr(sweep_bench.subprocess, "run", failing)
+    with pytest.raises(RuntimeError, match=r"failed \(1\): \['negrl: error: the last line'\]"):
+        sweep_bench.sweep([], 2, [], tmp_path / "c", {})
 
 
 def test_sweep_bench_rejects_bad_stacks(tmp_path, capsys):
