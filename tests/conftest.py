@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import lzma
 import os
+import subprocess
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +82,76 @@ def tokenizer_path(tmp_path_factory) -> Callable[[str], Path]:
 def tokenizer_json(tokenizer_path) -> Path:
     """The GPT-NeoX-20B (Pythia) tokenizer.json."""
     return tokenizer_path("gpt-neox-20b")
+
+
+@dataclass
+class Finished:
+    """What `python train.py ARGV` ended with: its exit code and everything it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _train_in_process(argv: list[str], cwd: Path, env: dict[str, str], monkeypatch, capfd) -> Finished:
+    """train.py run as `python train.py ARGV` runs it (its `__main__` block: the checks before torch, then
+    negrl.cli.command_line and Hydra), in this process: what a process would have left behind is undone (Hydra's
+    global state, its logging configuration, the environment, the signal handlers)."""
+    import logging
+    import runpy
+    import signal
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from negrl import cli
+    from negrl.run import signals
+
+    capfd.readouterr()
+    root = logging.getLogger()
+    loggers = {n: lg for n, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in (root, *loggers.values())]
+    handlers = {s: signal.getsignal(s) for s in signals.STOP_SIGNALS}
+    environ = dict(os.environ)
+    code = 0
+    with monkeypatch.context() as m:
+        m.chdir(cwd)
+        m.setattr(sys, "argv", [str(ROOT / "train.py"), *argv])
+        m.setattr(cli, "_LAUNCH", {key: False for key in cli._LAUNCH})  # a fresh process's
+        os.environ.update(env)
+        try:
+            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            GlobalHydra.instance().clear()
+            HydraConfig.instance().cfg = None
+            for lg, kept, level, propagate, disabled in saved:
+                for h in set(lg.handlers) - set(kept):
+                    h.close()
+                lg.handlers[:] = kept
+                lg.setLevel(level)
+                lg.propagate, lg.disabled = propagate, disabled
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            os.environ.clear()
+            os.environ.update(environ)
+    out, err = capfd.readouterr()
+    return Finished(code, out, err)
+
+
+@pytest.fixture(params=["in-process", pytest.param("process", marks=pytest.mark.slow)])
+def train_py(request, monkeypatch, capfd) -> Callable[..., Finished]:
+    """`train_py(*argv, cwd=ROOT, env={})`: `python train.py ARGV` with `env` added to the environment. In the fast
+    suite it runs in this process (no second start-up of torch and Lightning: 6-9 s each on 2 cores); with
+    `make test-slow`, also as its own process, as a user runs it."""
+
+    def train(*argv: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> Finished:
+        if request.param == "in-process":
+            return _train_in_process(list(argv), cwd, env or {}, monkeypatch, capfd)
+        cmd = [sys.executable, str(ROOT / "train.py"), *argv]
+        env = {**os.environ, **(env or {})}
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        return Finished(proc.returncode, proc.stdout, proc.stderr)
+
+    return train

@@ -138,18 +138,11 @@ def test_bf16_mixed_runs_on_cpu_and_evaluates_in_fp32(tmp_path):
     assert results["phases"]["3"]["eval"]["heldout"]["final"] == pytest.approx(ll, abs=1e-6)
 
 
-def test_a_log_gets_progress_lines_not_progress_bar_frames(tmp_path):
-    """Output to a file (SLURM, `> log`): a line per tenth of each phase, no carriage-return frames."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "data=small", "data.negative_repeats=1", *SMALL_ATTACKS,
-         "wandb.enabled=false", "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+def test_a_log_gets_progress_lines_not_progress_bar_frames(tmp_path, train_py):
+    """Output to a file (SLURM, `> log`): a line per tenth of each phase, no carriage-return frames. Through
+    train.py: in this process in the fast suite, as its own process in the slow one (`train_py`)."""
+    proc = train_py("data=small", "data.negative_repeats=1", *SMALL_ATTACKS, "wandb.enabled=false",
+                    "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stdout + proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("phase ")]

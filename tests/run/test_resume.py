@@ -200,20 +200,15 @@ def test_a_full_disk_is_one_line_and_failed_with_the_last_checkpoint_kept(tmp_pa
 
 
 @pytest.mark.heavy
-def test_a_sweep_with_resume_true_continues_each_job_and_leaves_no_new_job_directory(tmp_path, monkeypatch):
+def test_a_sweep_with_resume_true_continues_each_job_and_leaves_no_new_job_directory(tmp_path, monkeypatch, train_py):
     """`python train.py -m seed=0 resume=true`: the job continues the killed run of a former sweep (found through
-    the sweep's directory pattern), the new sweep keeps no empty job directory, and the summary counts the job."""
-    import subprocess
-    import sys
-
-    from conftest import FAST, ROOT
+    the sweep's directory pattern), the new sweep keeps no empty job directory, and the summary counts the job.
+    Through train.py: in this process in the fast suite, as its own process in the slow one (`train_py`)."""
+    from conftest import FAST
 
     old = tmp_path / "multirun" / "2026-01-01" / "00-00-00" / "0-tiny-seed0"
     killed_run(monkeypatch, old)
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", *FAST, *ARGS, "seed=0", "resume=true"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = train_py("-m", *FAST, *ARGS, "seed=0", "resume=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((old / "results.json").read_text())["status"] == "complete"
     sweeps = [p for p in (tmp_path / "multirun").glob("*/*") if p.parent.name != "2026-01-01"]

@@ -335,10 +335,11 @@ def test_non_finite_loss_names_the_part_that_went_non_finite(tmp_path, monkeypat
     assert "or try trainer.precision=32-true" not in json.loads((tmp_path / "results.json").read_text())["reason"]
 
 
-def test_multirun_with_a_bad_value_in_any_job_is_refused_before_any_job_runs(tmp_path):
-    proc = _train(
+def test_multirun_with_a_bad_value_in_any_job_is_refused_before_any_job_runs(tmp_path, train_py):
+    """Through train.py: in this process in the fast suite, as its own process in the slow one (`train_py`)."""
+    proc = train_py(
         "-m", "data=small", "wandb.enabled=false", "trainer.accelerator=cpu", "optim.lr=1e-4,-1",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", env={"WANDB_MODE": "offline"},
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -348,14 +349,16 @@ def test_multirun_with_a_bad_value_in_any_job_is_refused_before_any_job_runs(tmp
 
 
 @pytest.mark.heavy
-def test_multirun_records_a_failed_job_finishes_the_others_and_exits_1(tmp_path):
+def test_multirun_records_a_failed_job_finishes_the_others_and_exits_1(tmp_path, train_py):
     """Job 1 crashes mid-run (its checkpoint folder cannot be created): recorded `failed`, job 0 completes, and
-    the sweep ends with a summary line and exit code 1."""
+    the sweep ends with a summary line and exit code 1. Through train.py: in this process in the fast suite, as its
+    own process in the slow one (`train_py`)."""
     (tmp_path / "1-tiny-seed1").mkdir(parents=True)
     (tmp_path / "1-tiny-seed1" / "checkpoints").write_text("a file where the checkpoint folder goes")
-    proc = _train(
+    proc = train_py(
         "-m", "data=small", *FEW_STEPS, *SMALL_ATTACKS, "trainer.enable_progress_bar=false",
         "wandb.enabled=false", "trainer.accelerator=cpu", "seed=0,1", f"hydra.sweep.dir={tmp_path}",
+        env={"WANDB_MODE": "offline"},
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]
     statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in tmp_path.glob("*/results.json")}
@@ -365,12 +368,14 @@ def test_multirun_records_a_failed_job_finishes_the_others_and_exits_1(tmp_path)
 
 
 @pytest.mark.heavy
-def test_secrets_in_the_environment_never_reach_saved_files(tmp_path):
+def test_secrets_in_the_environment_never_reach_saved_files(tmp_path, train_py):
+    """Through train.py: in this process in the fast suite, as its own process in the slow one (`train_py`)."""
     fake = "fake0secret0key0" + "1234567890abcdef1234"
-    proc = _train(
+    proc = train_py(
         "data=small", *FEW_STEPS, *SMALL_ATTACKS, "trainer.enable_progress_bar=false",
         "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path}",
-        env_extra={"WANDB_API_KEY": fake, "HF_TOKEN": fake + "hf", "AWS_SECRET_ACCESS_KEY": fake + "aws"},
+        env={"WANDB_MODE": "offline", "WANDB_API_KEY": fake, "HF_TOKEN": fake + "hf",
+             "AWS_SECRET_ACCESS_KEY": fake + "aws"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "wandb").is_dir()

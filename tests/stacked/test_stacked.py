@@ -7,12 +7,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import FAST, ROOT, make_cfg
+from conftest import FAST, make_cfg
 
 from negrl.core.errors import NegrlError, RunFailed
 from negrl.launcher import seed_groups
@@ -177,11 +175,11 @@ def test_seed_groups_are_the_jobs_that_differ_only_in_seed():
 
 
 @pytest.mark.heavy
-def test_a_stacked_sweep_gives_every_job_its_own_run_and_wandb_run(separate, tmp_path):
+def test_a_stacked_sweep_gives_every_job_its_own_run_and_wandb_run(separate, tmp_path, train_py):
+    """Through train.py: in this process in the fast suite, as its own process in the slow one (`train_py`)."""
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "train.py", "-m", "seed=0-2", "freeze=true,false", "hydra/launcher=stacked",
-           "hydra.launcher.max_stack=2", *FAST, *FEW, "wandb.enabled=true", f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = train_py("-m", "seed=0-2", "freeze=true,false", "hydra/launcher=stacked", "hydra.launcher.max_stack=2",
+                    *FAST, *FEW, "wandb.enabled=true", f"hydra.sweep.dir={sweep}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"negrl: all 6 jobs of {sweep} complete" in proc.stdout
     assert "in 4 stack(s) of at most 2" in proc.stdout + proc.stderr
@@ -194,15 +192,15 @@ def test_a_stacked_sweep_gives_every_job_its_own_run_and_wandb_run(separate, tmp
 
 
 @pytest.mark.heavy
-def test_resume_true_on_a_stacked_sweep_skips_complete_jobs_and_stacks_the_rest(tmp_path):
+def test_resume_true_on_a_stacked_sweep_skips_complete_jobs_and_stacks_the_rest(tmp_path, train_py):
     """Seeds 0-1 complete as one stack; then seeds 0-3 with resume=true: 0 and 1 are complete (nothing to do, their
-    results untouched) and seeds 2 and 3, which never reached a checkpoint, start afresh as one stack."""
+    results untouched) and seeds 2 and 3, which never reached a checkpoint, start afresh as one stack. Through
+    train.py: in this process in the fast suite, as its own process in the slow one (`train_py`)."""
     sweep = tmp_path / "sweep"
 
-    def sweep_cmd(seeds: str, *more: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "train.py", "-m", f"seed={seeds}", "hydra/launcher=stacked", *FAST, *FEW,
-               "extraction.enabled=false", f"hydra.sweep.dir={sweep}", *more]  # fmt: skip
-        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    def sweep_cmd(seeds: str, *more: str):
+        return train_py("-m", f"seed={seeds}", "hydra/launcher=stacked", *FAST, *FEW, "extraction.enabled=false",
+                        f"hydra.sweep.dir={sweep}", *more)  # fmt: skip
 
     first = sweep_cmd("0-1")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -218,10 +216,10 @@ def test_resume_true_on_a_stacked_sweep_skips_complete_jobs_and_stacks_the_rest(
     assert "negrl: all 4 jobs of" in again.stdout
 
 
-def test_a_stacked_sweep_refuses_gpu_per_job_before_writing_anything(tmp_path):
-    cmd = [sys.executable, "train.py", "-m", "seed=0-1", "hydra/launcher=stacked", "gpu_per_job=true", *FAST,
-           f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_a_stacked_sweep_refuses_gpu_per_job_before_writing_anything(tmp_path, train_py):
+    """Through train.py: in this process in the fast suite, as its own process in the slow one (`train_py`)."""
+    proc = train_py("-m", "seed=0-1", "hydra/launcher=stacked", "gpu_per_job=true", *FAST,
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}")  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "negrl: error: job 0 of the sweep (seed=0): gpu_per_job=true gives each job its own GPU, but a stack trains "
