@@ -34,10 +34,12 @@ TWINS = {
     "tiny-olmo-2": ("model.model.layers", "model.lm_head.weight"),
     "tiny-gemma-3": ("model.model.layers", "model.lm_head.weight"),
 }
-#: A few steps per phase: 4 + 9 + 9 steps, small evaluation and attacks.
-FEW = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64", "data.eval_size=8",
-       "extraction.candidates=63", "extraction.samples=16", "extraction.bootstrap=0", "eval.every=10",
-       "schedule.warmup_steps=2"]  # fmt: skip
+#: A few steps per phase: 4 + 9 + 9 steps, evaluated after step 0 of each, no attacks (about 40% of such a run;
+#: no test here reads them).
+QUICK = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64", "data.eval_size=8",
+         "eval.every=10", "schedule.warmup_steps=2", "extraction.enabled=false"]  # fmt: skip
+#: QUICK with small attacks: the runs of each family (the attacks on each family's model run to the end).
+FEW = [*QUICK[:-1], "extraction.candidates=63", "extraction.samples=16", "extraction.bootstrap=0"]
 
 
 @pytest.mark.parametrize("model", sorted(TOKENIZER_OF))
@@ -101,10 +103,10 @@ def snapshot(backbone: Backbone) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in backbone.named_parameters()}
 
 
-def run_phases(tmp_path, *overrides: str) -> tuple[dict, dict[int, dict[str, torch.Tensor]], Backbone]:
+def run_phases(tmp_path, *overrides: str, base=QUICK) -> tuple[dict, dict[int, dict[str, torch.Tensor]], Backbone]:
     states: dict[int, dict[str, torch.Tensor]] = {}
     held: list[Backbone] = []
-    results = run(make_cfg(*FEW, *overrides), tmp_path / "run",
+    results = run(make_cfg(*base, *overrides), tmp_path / "run",
                   on_phase_end=lambda p, b: (states.__setitem__(p, snapshot(b)), held.append(b)))  # fmt: skip
     return results, states, held[0]
 
@@ -115,7 +117,8 @@ def moved(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> set[str]:
 
 @pytest.mark.parametrize("model", sorted(TWINS))
 def test_each_family_freezes_exactly_its_second_half_and_unembedding(model, tmp_path):
-    results, states, backbone = run_phases(tmp_path, f"model={model}")
+    """tiny-gpt2's run is also test_tied_embeddings_per_choice's `untie` (its default): checked here."""
+    results, states, backbone = run_phases(tmp_path, f"model={model}", base=FEW)
     layers, unembedding = TWINS[model]
     n = backbone.model.config.num_hidden_layers
     second_half = {k for k in states[1] if any(k.startswith(f"{layers}.{i}.") for i in range(n // 2, n))}
@@ -131,19 +134,29 @@ def test_each_family_freezes_exactly_its_second_half_and_unembedding(model, tmp_
     assert saved["model"]["tied_embeddings"] == (
         backbone.model.config.model_type in ("gpt2", "llama", "qwen2", "gemma3_text")
     )
+    if model == "tiny-gpt2":
+        assert make_cfg(f"model={model}").model.tied == "untie"
+        check_tied("untie", results, states, backbone, tmp_path / "run")
 
 
-@pytest.mark.parametrize("tied", ["untie", "freeze", "train"])
+@pytest.mark.parametrize("tied", ["freeze", "train"])
 def test_tied_embeddings_per_choice(tied, tmp_path):
     """GPT-2 ties wte and lm_head: `untie` gives each its own copy (the paper's semantics: the input embedding
-    trains, the unembedding is frozen), `freeze` freezes the one matrix, `train` leaves it trainable."""
+    trains, the unembedding is frozen; its default, checked on test_each_family_freezes_...[tiny-gpt2]'s run),
+    `freeze` freezes the one matrix, `train` leaves it trainable."""
     results, states, backbone = run_phases(tmp_path, "model=tiny-gpt2", f"model.tied={tied}")
+    check_tied(tied, results, states, backbone, tmp_path / "run")
+
+
+def check_tied(tied: str, results: dict, states: dict[int, dict[str, torch.Tensor]], backbone: Backbone,
+               run_dir) -> None:  # fmt: skip
+    """A tiny-gpt2 run with `model.tied=<tied>`: which of wte and lm_head exist, moved in phase 2, and are recorded."""
     wte, head = "model.transformer.wte.weight", "model.lm_head.weight"
     shared = tied != "untie"
     assert backbone.shares_embeddings == shared and (head in states[1]) != shared  # named once when shared
     phase2 = moved(states[1], states[2])
     assert {"untie": wte in phase2 and head not in phase2, "freeze": wte not in phase2, "train": wte in phase2}[tied]
-    record = json.loads((tmp_path / "run" / "results.json").read_text())["model"]
+    record = json.loads((run_dir / "results.json").read_text())["model"]
     assert record["tied_embeddings"] is True and record["tied"] == tied
     assert f"tied embeddings {'untied at load' if tied == 'untie' else ''}" in results["verdict"]
 
@@ -271,7 +284,7 @@ def test_lora_under_ddp_with_two_processes_gives_the_single_process_result(tmp_p
 
     from conftest import FAST, ROOT
 
-    args = (*FEW, "adapter=lora", "model=tiny-llama-3.2", "checkpoint.every=0")
+    args = (*QUICK, "adapter=lora", "model=tiny-llama-3.2", "checkpoint.every=0")
     single = run(make_cfg(*args), tmp_path / "one")
     cmd = [sys.executable, "train.py", *FAST, *args, "trainer.devices=2", f"hydra.run.dir={tmp_path}/two"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import FAST, ROOT, make_cfg
+from conftest import FAST, FEW_STEPS, ROOT, make_cfg
 
 from negrl.core.distributed import RankShard
 from negrl.pipeline import run
@@ -16,7 +16,7 @@ from negrl.pipeline import run
 
 @pytest.mark.heavy
 def test_two_processes_give_the_single_device_result(tmp_path):
-    args = ("checkpoint.every=0", "data.negative_repeats=1")  # data=small, phases of 8 + 20 + 20 steps
+    args = ("checkpoint.every=0", *FEW_STEPS, "extraction.enabled=false")  # phases of 4 + 10 + 10 steps, no attacks
     single = run(make_cfg(*args), tmp_path / "one")
     two_dir = f"hydra.run.dir={tmp_path}/two"
     cmd = [sys.executable, "train.py", *FAST, *args, "trainer.devices=2", two_dir]
@@ -32,7 +32,8 @@ def test_two_processes_give_the_single_device_result(tmp_path):
         for name, ev in single["phases"][p]["eval"].items():
             assert abs(two["phases"][p]["eval"][name]["max"] - ev["max"]) < 1e-6
     rows = (tmp_path / "two" / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 1 + 8 + 20 + 20  # one row per step, written once
+    assert [single["phases"][p]["steps"] for p in ("1", "2", "3")] == [4, 10, 10]
+    assert len(rows) == 1 + 4 + 10 + 10  # one row per step, written once
 
 
 def test_rank_shard_is_the_whole_batch_on_one_device():
