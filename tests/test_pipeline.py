@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import SMALL_ATTACKS, make_cfg
+from conftest import FEW_STEPS, SMALL_ATTACKS, make_cfg
 
 from negrl.pipeline import run
 
@@ -120,7 +120,9 @@ def test_bf16_mixed_runs_on_cpu_and_evaluates_in_fp32(tmp_path):
     from negrl.method.data import DataSizes, PasswordData
     from negrl.model.vocab import PasswordVocab
 
-    cfg = make_cfg("trainer.precision=bf16-mixed", "data.negative_repeats=1", "eval.every=1")
+    # 2 + 5 + 5 steps, no attacks (bf16 is slow on a CPU without AVX-512: about 4x fp32), evaluated after each step.
+    cfg = make_cfg("trainer.precision=bf16-mixed", *FEW_STEPS, "data.n_phase1=32", "data.negative_repeats=1",
+                   "extraction.enabled=false", "eval.every=1")  # fmt: skip
     final = {}
     results = run(cfg, tmp_path, on_phase_end=lambda p, b: final.__setitem__(p, snapshot(b)) if p == 3 else None)
     assert results["status"] == "complete"
@@ -132,7 +134,7 @@ def test_bf16_mixed_runs_on_cpu_and_evaluates_in_fp32(tmp_path):
     c = OmegaConf.to_container(cfg, resolve=True)
     model = Backbone.random_init(c["model"]["architecture"], seed=0)
     model.load_state_dict({k: v.float() for k, v in final[3].items()})
-    data = PasswordData(PasswordVocab.builtin(), DataSizes(**c["data"]), 0.05, True, 0)
+    data = PasswordData(PasswordVocab.builtin(), DataSizes(**c["data"]), c["holdout_frac"], True, 0)
     with torch.no_grad():
         ll = model.token_logprobs(data.eval_sets(3)["heldout"]).double().mean(-1).mean().item()
     assert results["phases"]["3"]["eval"]["heldout"]["final"] == pytest.approx(ll, abs=1e-6)
