@@ -83,7 +83,7 @@ def test_a_signal_during_a_checkpoint_is_raised_once_it_is_written():
 @pytest.mark.heavy
 def test_sigterm_in_training_stops_the_run_in_seconds_recorded_with_its_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(*FAST, "checkpoint.every=10", f"hydra.run.dir={run_dir}")
+    proc = start(*FAST, "extraction.enabled=false", "checkpoint.every=10", f"hydra.run.dir={run_dir}")
     wait_for(proc, "metrics.csv", run_dir)  # written with the first checkpoint: the run is in phase 1 or 2
     code, took, err = stop(proc, signal.SIGTERM)
     assert code == 143 and took < STOP_WITHIN, err[-2000:]
@@ -120,7 +120,9 @@ def sweep_args(sweep: Path, *more: str, seeds: str = "0,1") -> list[str]:
 
 
 @pytest.mark.heavy
-def test_a_signal_stops_the_whole_sweep_and_resume_true_skips_complete_jobs_and_continues_the_rest(tmp_path):
+def test_a_signal_stops_the_whole_sweep_and_resume_true_skips_complete_jobs_and_continues_the_rest(tmp_path, train_py):
+    """The sweep stopped is a process; the resumed one runs in this process in the fast suite, as its own process in
+    the slow one (`train_py`)."""
     sweep = tmp_path / "sweep"
     proc = start(*sweep_args(sweep))
     wait_for(proc, "1-*/metrics.csv", sweep)  # job 0 complete, job 1 past its first checkpoint
@@ -136,8 +138,7 @@ def test_a_signal_stops_the_whole_sweep_and_resume_true_skips_complete_jobs_and_
     assert results(second)["reason"].startswith("interrupted by SIGTERM; continue with the same overrides")
     done = results(first)
 
-    resumed = subprocess.run([sys.executable, "train.py", *sweep_args(sweep, "resume=true")], cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    resumed = train_py(*sweep_args(sweep, "resume=true"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"negrl: {first} is complete, nothing to do (resume=true)" in resumed.stdout
     assert f"negrl: resuming {second} after phase" in resumed.stdout
