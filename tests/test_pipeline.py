@@ -78,14 +78,17 @@ def test_evaluation_after_steps_0_5_10_of_each_phase(tiny_run):
     assert float(train[0]["lr"]) == 0.0  # step 0 of the warm-up
 
 
-@pytest.mark.heavy
-def test_same_seed_gives_identical_numbers(tiny_run, tmp_path):
-    first, _, _ = tiny_run
-    second = run(make_cfg("seed=0"), tmp_path)
+#: 4 + 10 + 10 steps without attacks: the runs of the checks that compare two runs' evaluations.
+QUICK = (*FEW_STEPS, "extraction.enabled=false")
+
+
+def test_same_seed_gives_identical_numbers(tmp_path):
+    first = run(make_cfg(*QUICK, "seed=0"), tmp_path / "first")
+    second = run(make_cfg(*QUICK, "seed=0"), tmp_path / "second")
     for key in ("metric", "delta"):
         assert first[key] == second[key]
     assert first["phases"]["3"]["eval"] == second["phases"]["3"]["eval"]
-    other = run(make_cfg("seed=1"), tmp_path / "other")
+    other = run(make_cfg(*QUICK, "seed=1"), tmp_path / "other")
     assert other["metric"] != first["metric"]
 
 
@@ -96,7 +99,7 @@ def test_no_prefix_and_no_freeze_run(tmp_path):
 
 
 def test_one_offline_wandb_run_covers_all_phases(tmp_path):
-    results = run(make_cfg("wandb.enabled=true", "wandb.mode=offline", "data.negative_repeats=1"), tmp_path)
+    results = run(make_cfg("wandb.enabled=true", "wandb.mode=offline", *QUICK), tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
     assert f"wandb sync {runs[0]}" in results["verdict"]
@@ -105,10 +108,13 @@ def test_one_offline_wandb_run_covers_all_phases(tmp_path):
 
 def test_reference_cache_computes_each_sequence_once_and_changes_nothing(tiny_run, tmp_path):
     cached, _, _ = tiny_run
-    uncached = run(make_cfg("seed=0", "reference.cache=false"), tmp_path)
     # data=small with each negative twice: 640 pairs of 320 distinct negatives, 40 steps of 16 pairs per phase.
     assert cached["reference"] == {"cache": True, "sequences_computed": 640 + 320}
-    assert uncached["reference"] == {"cache": False, "sequences_computed": 2 * 40 * 32}
+    # The two compared at 80 negatives, each twice: 160 pairs of 80 distinct negatives, 10 steps of 16 pairs per phase.
+    cached = run(make_cfg(*QUICK, "seed=0"), tmp_path / "cached")
+    uncached = run(make_cfg(*QUICK, "seed=0", "reference.cache=false"), tmp_path / "uncached")
+    assert cached["reference"] == {"cache": True, "sequences_computed": 160 + 80}
+    assert uncached["reference"] == {"cache": False, "sequences_computed": 2 * 10 * 32}
     assert cached["metric"] == pytest.approx(uncached["metric"], abs=1e-5)
     assert cached["control"]["metric"] == pytest.approx(uncached["control"]["metric"], abs=1e-5)
     for p in ("2", "3"):
