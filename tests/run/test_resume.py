@@ -15,6 +15,8 @@ from negrl.run import checkpoint
 from negrl.run.rundir import RunDir
 
 ARGS = ("checkpoint.every=10",)  # the tests' data: 8 + 40 + 40 steps
+#: ARGS without the attacks and evaluated only after step 0 of each phase: the runs whose numbers no test compares.
+QUICK = (*ARGS, "extraction.enabled=false", "eval.every=100")
 
 
 class Killed(RuntimeError):
@@ -33,12 +35,12 @@ def kill_at(monkeypatch, phase_cls, step):
     monkeypatch.setattr(phase_cls, "compute_loss", crashing)
 
 
-def killed_run(monkeypatch, run_dir, phase_cls=ObjectivePhase, step=15, hard=False) -> None:
-    """A run of ARGS in `run_dir` killed at `step` of `phase_cls` (`hard`: without any clean-up)."""
+def killed_run(monkeypatch, run_dir, phase_cls=ObjectivePhase, step=15, hard=False, args=ARGS) -> None:
+    """A run of `args` in `run_dir` killed at `step` of `phase_cls` (`hard`: without any clean-up)."""
     with monkeypatch.context() as m:
         (hard_kill_at if hard else kill_at)(m, phase_cls, step)
         with pytest.raises(Killed):
-            run(make_cfg(*ARGS), run_dir)
+            run(make_cfg(*args), run_dir)
 
 
 def numbers(results):
@@ -83,19 +85,19 @@ def test_resume_after_a_crash_gives_the_same_results(uninterrupted, tmp_path, mo
 
 def test_resume_true_finds_the_newest_unfinished_run_of_the_same_config(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
-    killed_run(monkeypatch, runs / "day" / "killed")
-    resumed = run(make_cfg(*ARGS, "resume=true"), runs / "day" / "new")
+    killed_run(monkeypatch, runs / "day" / "killed", args=QUICK)
+    resumed = run(make_cfg(*QUICK, "resume=true"), runs / "day" / "new")
     assert resumed["run"]["dir"] == str(runs / "day" / "killed")
     with pytest.raises(NegrlError, match="resume=true: no unfinished run of this config with a checkpoint in"):
-        run(make_cfg(*ARGS, "resume=true", "seed=9"), runs / "day" / "other")
+        run(make_cfg(*QUICK, "resume=true", "seed=9"), runs / "day" / "other")
 
 
 def test_resume_errors(tmp_path, monkeypatch):
     with pytest.raises(NegrlError, match="resume=.*: no checkpoint at"):
         run(make_cfg(*ARGS, f"resume={tmp_path / 'nothing'}"), tmp_path / "x")
-    killed_run(monkeypatch, tmp_path / "killed")
+    killed_run(monkeypatch, tmp_path / "killed", args=QUICK)
     with pytest.raises(NegrlError, match=r"config differs .* at dpo.beta \(0.1 -> 0.2\)"):
-        run(make_cfg(*ARGS, "dpo.beta=0.2", f"resume={tmp_path / 'killed'}"), tmp_path / "y")
+        run(make_cfg(*QUICK, "dpo.beta=0.2", f"resume={tmp_path / 'killed'}"), tmp_path / "y")
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
@@ -193,7 +195,7 @@ def test_a_full_disk_is_one_line_and_failed_with_the_last_checkpoint_kept(tmp_pa
     with pytest.raises(
         RunFailed, match=r"^disk full .*: free some space, then continue .*resume=.*after phase 2 step 9"
     ):
-        run(make_cfg(*ARGS), tmp_path)
+        run(make_cfg(*QUICK), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "failed" and saved["reason"].startswith("disk full")
     assert (checkpoint.load(RunDir(tmp_path))["phase"], checkpoint.load(RunDir(tmp_path))["step"]) == (2, 9)
@@ -207,8 +209,8 @@ def test_a_sweep_with_resume_true_continues_each_job_and_leaves_no_new_job_direc
     from conftest import FAST
 
     old = tmp_path / "multirun" / "2026-01-01" / "00-00-00" / "0-tiny-seed0"
-    killed_run(monkeypatch, old)
-    proc = train_py("-m", *FAST, *ARGS, "seed=0", "resume=true", cwd=tmp_path)
+    killed_run(monkeypatch, old, args=QUICK)
+    proc = train_py("-m", *FAST, *QUICK, "seed=0", "resume=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((old / "results.json").read_text())["status"] == "complete"
     sweeps = [p for p in (tmp_path / "multirun").glob("*/*") if p.parent.name != "2026-01-01"]

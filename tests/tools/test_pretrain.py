@@ -139,14 +139,26 @@ def test_a_failed_save_leaves_what_was_there_and_no_partial_checkpoint(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["pre"] and [p.name for p in out.iterdir()] == ["mine.txt"]
 
 
-def test_console_script_lr_inf_is_one_line_exit_2_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("where", ["in-process", pytest.param("process", marks=pytest.mark.slow)])
+def test_console_script_lr_inf_is_one_line_exit_2_and_writes_nothing(tmp_path, where, monkeypatch, capfd):
+    """`python -m negrl.tools.pretrain`: its `__main__` run in this process in the fast suite (runpy; no second
+    start-up of torch), as its own process in the slow one."""
     out = tmp_path / "pre"
-    run = subprocess.run(
-        [sys.executable, "-m", "negrl.tools.pretrain", "--lr", "inf", "--steps", "3", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    argv = ["--lr", "inf", "--steps", "3", "--out", str(out)]
+    if where == "in-process":
+        import runpy
+
+        monkeypatch.setattr(sys, "argv", ["negrl-pretrain", *argv])
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_module("negrl.tools.pretrain", run_name="__main__")
+        run = subprocess.CompletedProcess(argv, exit_.value.code, *capfd.readouterr())
+    else:
+        run = subprocess.run(
+            [sys.executable, "-m", "negrl.tools.pretrain", *argv],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.splitlines() == [
         "negrl-pretrain: error: --lr=inf must be a finite positive number, e.g. --lr=0.001"
