@@ -8,11 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, FEW_STEPS, ROOT
+from conftest import FAST, FEW_STEPS, ROOT, _train_in_process
 
 from negrl.run import signals
 
@@ -20,8 +21,12 @@ from negrl.run import signals
 STOP_WITHIN = 20
 
 
+#: The threads of a run these tests start (as `make test`'s workers have).
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def start(*args: str, group: bool = False) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, **THREADS}
     return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=group)  # fmt: skip
 
@@ -80,12 +85,70 @@ def test_a_signal_during_a_checkpoint_is_raised_once_it_is_written():
 # ---- a real run, stopped -------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["in-process", pytest.param("process", marks=pytest.mark.slow)])
+def stopped_run(request, monkeypatch, capfd):
+    """`stopped_run(args, pattern, root, signum, wait=0, check=None)`: `python train.py ARGS`, sent `signum` once a
+    file matching `pattern` exists under `root` (the run still going) and `wait` seconds more have passed (`check()`
+    called just before the signal); its exit code, the seconds from the signal to its exit, and its stderr.
+
+    In the fast suite the run is train.py's `__main__` in this process (conftest's train_py), the signal sent to this
+    process from a thread, as a terminal or `timeout` sends it to a process (a signal sent too late meets a handler
+    that ignores it); in the slow suite, a process of its own."""
+
+    def in_process(args, pattern, root, signum, wait=0.0, check=None):
+        finished, sent, failed = threading.Event(), [], []
+
+        def signal_when_ready() -> None:
+            end = time.monotonic() + 240
+            while not list(root.glob(pattern)):
+                if finished.is_set() or time.monotonic() > end:
+                    return
+                time.sleep(0.1)
+            time.sleep(wait)
+            try:
+                if check is not None:
+                    check()
+            except BaseException as err:
+                failed.append(err)
+            if not finished.is_set():
+                sent.append(time.monotonic())
+                os.kill(os.getpid(), signum)
+
+        before = {s: signal.getsignal(s) for s in signals.STOP_SIGNALS}
+        for s in signals.STOP_SIGNALS:  # what the run restores at its end: a late signal is ignored
+            signal.signal(s, lambda *_: None)
+        sender = threading.Thread(target=signal_when_ready, daemon=True)
+        try:
+            sender.start()
+            done = _train_in_process(list(args), ROOT, THREADS, monkeypatch, capfd)
+            ended = time.monotonic()
+            finished.set()
+            sender.join()
+        finally:
+            for s, handler in before.items():
+                signal.signal(s, handler)
+        if failed:
+            raise failed[0]
+        assert sent, f"no {pattern} under {root} while the run went on: {done.stderr[-2000:]}"
+        return done.returncode, ended - sent[0], done.stderr
+
+    def in_a_process(args, pattern, root, signum, wait=0.0, check=None):
+        proc = start(*args)
+        wait_for(proc, pattern, root)
+        time.sleep(wait)
+        if check is not None:
+            check()
+        return stop(proc, signum)
+
+    return in_process if request.param == "in-process" else in_a_process
+
+
 @pytest.mark.heavy
-def test_sigterm_in_training_stops_the_run_in_seconds_recorded_with_its_checkpoint(tmp_path):
+def test_sigterm_in_training_stops_the_run_in_seconds_recorded_with_its_checkpoint(tmp_path, stopped_run):
     run_dir = tmp_path / "run"
-    proc = start(*FAST, "extraction.enabled=false", "checkpoint.every=10", f"hydra.run.dir={run_dir}")
-    wait_for(proc, "metrics.csv", run_dir)  # written with the first checkpoint: the run is in phase 1 or 2
-    code, took, err = stop(proc, signal.SIGTERM)
+    args = [*FAST, "extraction.enabled=false", "checkpoint.every=10", f"hydra.run.dir={run_dir}"]
+    # metrics.csv is written with the first checkpoint: the run is in phase 1 or 2
+    code, took, err = stopped_run(args, "metrics.csv", run_dir, signal.SIGTERM)
     assert code == 143 and took < STOP_WITHIN, err[-2000:]
     r = results(run_dir)
     assert r["status"] == "failed"
@@ -96,14 +159,15 @@ def test_sigterm_in_training_stops_the_run_in_seconds_recorded_with_its_checkpoi
 
 
 @pytest.mark.heavy
-def test_ctrl_c_during_the_attacks_stops_the_run_with_exit_code_130(tmp_path):
+def test_ctrl_c_during_the_attacks_stops_the_run_with_exit_code_130(tmp_path, stopped_run):
     run_dir = tmp_path / "run"
+
+    def in_the_attacks() -> None:
+        assert not (run_dir / "checkpoints").exists()  # still in phase 1's attacks (saved after them)
+
     # Phase 1 is 4 steps; its attacks then decode 20000 candidates twice (tens of seconds on one core).
-    proc = start(*FAST, *FEW_STEPS, "extraction.samples=20000", f"hydra.run.dir={run_dir}")
-    wait_for(proc, "results.json", run_dir)
-    time.sleep(4)
-    assert not (run_dir / "checkpoints").exists()  # still in phase 1's attacks (saved after them)
-    code, took, err = stop(proc, signal.SIGINT)
+    code, took, err = stopped_run([*FAST, *FEW_STEPS, "extraction.samples=20000", f"hydra.run.dir={run_dir}"],
+                                  "results.json", run_dir, signal.SIGINT, wait=4, check=in_the_attacks)  # fmt: skip
     assert code == 130 and took < STOP_WITHIN, err[-2000:]
     assert results(run_dir)["reason"] == (
         "interrupted by SIGINT; it stopped before its first checkpoint, so there is nothing to resume: "
