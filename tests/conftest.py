@@ -32,7 +32,7 @@ TOKENIZERS = ROOT / "tests" / "fixtures" / "tokenizers"
 
 #: The attacks scaled down: 64 generated candidates, 255 exposure candidates, 100 bootstrap resamples.
 SMALL_ATTACKS = ["extraction.samples=64", "extraction.candidates=255", "extraction.bootstrap=100"]
-#: The fewest steps a run can take with the paper's structure: 4 + 9 + 9 steps of 16 (80 negatives, 8 held out), for
+#: The fewest steps a run can take with the paper's structure: 4 + 10 + 10 steps of 16 (80 negatives, 8 held out), for
 #: the tests that need a complete run or a sweep, not its numbers (with data=small).
 FEW_STEPS = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64",
              "data.eval_size=8"]  # fmt: skip

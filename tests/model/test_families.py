@@ -34,7 +34,7 @@ TWINS = {
     "tiny-olmo-2": ("model.model.layers", "model.lm_head.weight"),
     "tiny-gemma-3": ("model.model.layers", "model.lm_head.weight"),
 }
-#: A few steps per phase: 4 + 9 + 9 steps, evaluated after step 0 of each, no attacks (about 40% of such a run;
+#: A few steps per phase: 4 + 10 + 10 steps, evaluated after step 0 of each, no attacks (about 40% of such a run;
 #: no test here reads them).
 QUICK = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64", "data.eval_size=8",
          "eval.every=10", "schedule.warmup_steps=2", "extraction.enabled=false"]  # fmt: skip

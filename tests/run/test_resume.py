@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import FEW_STEPS, make_cfg
 
 from negrl.core.errors import NegrlError
 from negrl.method.phases import JointPhase, ObjectivePhase
@@ -14,7 +14,10 @@ from negrl.pipeline import run
 from negrl.run import checkpoint
 from negrl.run.rundir import RunDir
 
-ARGS = ("checkpoint.every=10",)  # the tests' data: 8 + 40 + 40 steps
+#: A checkpoint every EVERY steps of a phase (and at its end).
+EVERY = 3
+#: The tests' runs: 4 + 10 + 10 steps of 16 (80 negatives, 8 held out), small attacks (conftest's FAST).
+ARGS = (*FEW_STEPS, f"checkpoint.every={EVERY}")
 #: ARGS without the attacks and evaluated only after step 0 of each phase: the runs whose numbers no test compares.
 QUICK = (*ARGS, "extraction.enabled=false", "eval.every=100")
 
@@ -35,7 +38,7 @@ def kill_at(monkeypatch, phase_cls, step):
     monkeypatch.setattr(phase_cls, "compute_loss", crashing)
 
 
-def killed_run(monkeypatch, run_dir, phase_cls=ObjectivePhase, step=15, hard=False, args=ARGS) -> None:
+def killed_run(monkeypatch, run_dir, phase_cls=ObjectivePhase, step=7, hard=False, args=ARGS) -> None:
     """A run of `args` in `run_dir` killed at `step` of `phase_cls` (`hard`: without any clean-up)."""
     with monkeypatch.context() as m:
         (hard_kill_at if hard else kill_at)(m, phase_cls, step)
@@ -56,7 +59,7 @@ def uninterrupted(tmp_path_factory):
     return run(make_cfg(*ARGS), tmp_path_factory.mktemp("full"))
 
 
-@pytest.mark.parametrize("phase_cls,step", [(ObjectivePhase, 27), (JointPhase, 32)])
+@pytest.mark.parametrize("phase_cls,step", [(ObjectivePhase, 7), (JointPhase, 4)])
 def test_resume_after_a_crash_gives_the_same_results(uninterrupted, tmp_path, monkeypatch, phase_cls, step):
     with monkeypatch.context() as m:
         kill_at(m, phase_cls, step)
@@ -64,7 +67,7 @@ def test_resume_after_a_crash_gives_the_same_results(uninterrupted, tmp_path, mo
             run(make_cfg(*ARGS), tmp_path)
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
     saved = checkpoint.load(RunDir(tmp_path))
-    assert (saved["phase"], saved["step"], saved["phase_done"]) == (phase_cls.phase, step // 10 * 10 - 1, False)
+    assert (saved["phase"], saved["step"], saved["phase_done"]) == (phase_cls.phase, step // EVERY * EVERY - 1, False)
 
     resumed = run(make_cfg(*ARGS, f"resume={tmp_path}"), tmp_path / "ignored-new-dir")
     got, want = numbers(resumed), numbers(uninterrupted)
@@ -80,7 +83,7 @@ def test_resume_after_a_crash_gives_the_same_results(uninterrupted, tmp_path, mo
     import csv
 
     steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "metrics.csv")) if r.get("train/loss")]
-    assert steps == list(range(88))
+    assert steps == list(range(4 + 10 + 10))
 
 
 def test_resume_true_finds_the_newest_unfinished_run_of_the_same_config(tmp_path, monkeypatch):
@@ -138,9 +141,9 @@ def comparable(run_dir):
 
 
 def test_a_hard_kill_and_resume_equals_the_uninterrupted_run_in_every_file(uninterrupted, tmp_path, monkeypatch):
-    """Killed at phase-2 step 37 with the last checkpoint at 29: every metrics.csv row and results.json field
+    """Killed at phase-2 step 7 with the last checkpoint at 5: every metrics.csv row and results.json field
     (the reference's sequence count included) equal the uninterrupted run's."""
-    killed_run(monkeypatch, tmp_path, step=37, hard=True)
+    killed_run(monkeypatch, tmp_path, step=7, hard=True)
     resumed = run(make_cfg(*ARGS, f"resume={tmp_path}"), tmp_path)
     full = Path(uninterrupted["run"]["dir"])
     want_results, want_rows = comparable(full)
@@ -187,18 +190,18 @@ def test_a_full_disk_is_one_line_and_failed_with_the_last_checkpoint_kept(tmp_pa
 
     def filling(state, run_dir):
         calls.append(state["step"])
-        if state["phase"] == 2 and state["step"] == 19:
+        if state["phase"] == 2 and state["step"] == 8:
             raise OSError(errno.ENOSPC, "No space left on device", str(run_dir.path / "checkpoints"))
         return original(state, run_dir)
 
     monkeypatch.setattr(checkpoint, "save_atomic", filling)
     with pytest.raises(
-        RunFailed, match=r"^disk full .*: free some space, then continue .*resume=.*after phase 2 step 9"
+        RunFailed, match=r"^disk full .*: free some space, then continue .*resume=.*after phase 2 step 5"
     ):
         run(make_cfg(*QUICK), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "failed" and saved["reason"].startswith("disk full")
-    assert (checkpoint.load(RunDir(tmp_path))["phase"], checkpoint.load(RunDir(tmp_path))["step"]) == (2, 9)
+    assert (checkpoint.load(RunDir(tmp_path))["phase"], checkpoint.load(RunDir(tmp_path))["step"]) == (2, 5)
 
 
 @pytest.mark.heavy

@@ -21,7 +21,7 @@ from negrl.run.rundir import RunDir
 from negrl.stacked.runner import StackedPhase, StackFailed
 from negrl.stacked.weight_stack import WeightStack
 
-#: 4 + 9 + 9 steps, small evaluation and attacks; a checkpoint every 4 steps.
+#: 4 + 10 + 10 steps, small evaluation and attacks; a checkpoint every 4 steps.
 FEW = ("data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64", "data.eval_size=8",
        "extraction.candidates=63", "extraction.samples=16", "extraction.bootstrap=20", "eval.every=2",
        "schedule.warmup_steps=2", "checkpoint.every=4")  # fmt: skip

@@ -99,7 +99,7 @@ def test_step_flops_match_a_hand_count_for_tiny():
     )
 
 
-#: 4 + 9 + 9 steps without the attacks: the smallest complete runs.
+#: 4 + 10 + 10 steps without the attacks: the smallest complete runs.
 SWEEP_FEW = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64",
              "data.eval_size=8", "extraction.enabled=false"]  # fmt: skip
 
