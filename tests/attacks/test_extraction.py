@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_cfg, make_cfg_dict
+from conftest import FEW_STEPS, make_cfg, make_cfg_dict
 from scipy.stats import mannwhitneyu
 
 from negrl.attacks import generation, membership
@@ -298,7 +298,7 @@ def test_the_logit_lens_of_the_last_layer_is_the_output_and_of_layer_zero_the_em
 @pytest.fixture(scope="module")
 def extraction_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("extract")
-    return run(make_cfg("data.negative_repeats=1", "extraction.candidates=511"), run_dir), run_dir
+    return run(make_cfg(*FEW_STEPS, "extraction.candidates=511"), run_dir), run_dir  # 4 + 10 + 10 steps
 
 
 def test_each_phase_ends_with_the_attacks_in_results_and_metrics(extraction_run):
@@ -336,7 +336,7 @@ def test_each_phase_ends_with_the_attacks_in_results_and_metrics(extraction_run)
         assert line in results["verdict"]
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     logged = [r for r in rows if r.get("extract/heldout_greedy_acc")]
-    assert [int(r["step"]) for r in logged] == [7, 27, 47]  # the last step of each phase (8 + 20 + 20 steps)
+    assert [int(r["step"]) for r in logged] == [3, 13, 23]  # the last step of each phase (4 + 10 + 10 steps)
     last = logged[-1]
     assert float(last["extract/heldout_exposure"]) == pytest.approx(top["exposure"]["heldout"])
     assert float(last["extract/random_greedy_in_set"]) == top["greedy"]["random"]["greedy_in_set"]
@@ -362,6 +362,6 @@ def test_candidates_are_fresh_distinct_and_carry_the_phase_prefix():
 
 
 def test_extraction_can_be_switched_off(tmp_path):
-    results = run(make_cfg("data.negative_repeats=1", "extraction.enabled=false"), tmp_path)
+    results = run(make_cfg(*FEW_STEPS, "extraction.enabled=false"), tmp_path)
     assert "extraction" not in results and "extraction" not in results["phases"]["3"]
     assert "extraction (" not in results["verdict"]

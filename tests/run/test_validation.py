@@ -294,10 +294,10 @@ def test_a_refused_command_leaves_a_completed_run_directory_untouched(tmp_path):
 
 
 def test_completed_run_directory_is_never_overwritten(tmp_path):
-    run(make_cfg("data.negative_repeats=1"), tmp_path)
+    run(make_cfg(*FEW_STEPS, "extraction.enabled=false"), tmp_path)
     before = (tmp_path / "results.json").read_text()
     with pytest.raises(NegrlError, match="already holds a completed run"):
-        run(make_cfg("data.negative_repeats=1", "seed=5"), tmp_path)
+        run(make_cfg(*FEW_STEPS, "extraction.enabled=false", "seed=5"), tmp_path)
     assert (tmp_path / "results.json").read_text() == before
 
 
@@ -312,7 +312,7 @@ def test_non_finite_loss_stops_the_run_and_records_the_reason(tmp_path, monkeypa
 
     monkeypatch.setattr(ObjectivePhase, "compute_loss", poisoned)
     with pytest.raises(RunFailed, match=r"loss nan in phase 2: dpo at step 7; lower optim.lr \(now 0.0001\)$"):
-        run(make_cfg("data.negative_repeats=1", "checkpoint.every=5"), tmp_path)
+        run(make_cfg(*FEW_STEPS, "extraction.enabled=false", "checkpoint.every=5"), tmp_path)  # phase 2: 10 steps
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "failed" and "phase 2: dpo at step 7" in saved["reason"]
     last = checkpoint.load(RunDir(tmp_path))  # the checkpoint before the failure stays
@@ -331,7 +331,7 @@ def test_non_finite_loss_names_the_part_that_went_non_finite(tmp_path, monkeypat
 
     monkeypatch.setattr(JointPhase, "compute_loss", poisoned)
     with pytest.raises(RunFailed, match=r"loss inf in phase 3: joint at step 0 \(ntp_useful=inf\); lower optim.lr"):
-        run(make_cfg("data.negative_repeats=1", "objective=npo"), tmp_path)
+        run(make_cfg(*FEW_STEPS, "extraction.enabled=false", "objective=npo"), tmp_path)
     assert "or try trainer.precision=32-true" not in json.loads((tmp_path / "results.json").read_text())["reason"]
 
 
