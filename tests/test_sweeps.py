@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from conftest import FEW_STEPS, ROOT, SMALL_ATTACKS
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
 from negrl.cli import expand_ranges, job_devices, sweep_wandb
 from negrl.core.errors import NegrlError
@@ -26,6 +28,23 @@ def jobs(argv: list[str]) -> list[list[str]]:
     preset = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()] if cfg.hydra.sweeper.params else []
     parsed = parser.parse_overrides(preset + argv)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+@functools.cache
+def composed(preset: str, job: tuple[str, ...]) -> DictConfig:
+    """A preset's job composed as train.py composes it (read-only: composed once a process, shared by the tests)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={preset}", *job])
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def but_for_the_seed(runs: list[list[str]]) -> list[list[str]]:
+    """The first job of each set of jobs that differ only in the seed."""
+    first: dict[tuple[str, ...], list[str]] = {}
+    for job in runs:
+        first.setdefault(tuple(o for o in job if not o.startswith("seed=")), job)
+    return list(first.values())
 
 
 def test_seed_range_times_a_list_is_sixteen_runs():
@@ -67,18 +86,14 @@ ON_PYTHIA_160M = ("paper-main", "paper-holdout", "paper-ablations", "paper-model
 
 @pytest.mark.parametrize("preset,n", PRESETS.items())
 def test_each_preset_is_a_complete_sweep_of_valid_configs(preset, n):
-    from omegaconf import OmegaConf
-
     from negrl.run.validation import validate
 
     runs = jobs([f"experiment={preset}"])
     assert len(runs) == n
     models = set()
     # jobs that differ only in the seed validate alike: one of each (the seeds are checked by the schema)
-    for job in {tuple(o for o in job if not o.startswith("seed=")): job for job in runs}.values():
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[f"experiment={preset}", *job])
-        c = OmegaConf.to_container(cfg, resolve=True)
+    for job in but_for_the_seed(runs):
+        c = OmegaConf.to_container(composed(preset, tuple(job)), resolve=True)
         validate(c)  # every job passes validation
         assert c["wandb"]["group"] == preset
         models.add(c["model"]["name"])
@@ -89,12 +104,10 @@ def test_each_preset_is_a_complete_sweep_of_valid_configs(preset, n):
 
 @pytest.mark.parametrize("preset", ["families", "families-cpu"])
 def test_families_preset_runs_one_model_of_each_family_with_paper_defaults(preset):
-    from omegaconf import OmegaConf
-
+    """Each job but for its seed (the seed changes no other key)."""
     families = {}
-    for job in jobs([f"experiment={preset}"]):
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            c = OmegaConf.to_container(compose(config_name="config", overrides=[f"experiment={preset}", *job]))
+    for job in but_for_the_seed(jobs([f"experiment={preset}"])):
+        c = OmegaConf.to_container(composed(preset, tuple(job)))
         families.setdefault(c["model"]["model_type"], set()).add(c["model"]["name"])
         assert c["adapter"]["name"] == "none" and c["data"]["n_negatives"] == 2560  # the paper's scale
     assert set(families) == {"gpt_neox", "gpt2", "llama", "qwen2", "olmo2"} and len(families["llama"]) == 2
@@ -112,9 +125,8 @@ def test_lora_preset_pairs_adapters_with_full_fine_tuning_per_seed(preset):
 def test_ablation_preset_runs_the_baseline_and_each_ablation():
     runs = jobs(["experiment=paper-ablations-cpu"])
     knobs = set()
-    for job in runs:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["experiment=paper-ablations-cpu", *job])
+    for job in but_for_the_seed(runs):  # the seed changes no other key
+        cfg = composed("paper-ablations-cpu", tuple(job))
         knobs.add((cfg.prefix, cfg.freeze))
     assert knobs == {(True, True), (False, True), (True, False)}
 
@@ -128,8 +140,7 @@ def test_objectives_preset_runs_every_objective_of_the_registry_with_its_default
         seen.setdefault(overrides["objective"], set()).add(int(overrides["seed"]))
         if overrides["seed"] != "0":
             continue
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["experiment=objectives-cpu", *job])
+        cfg = composed("objectives-cpu", tuple(job))
         params = {k: v for k, v in cfg.objective.items() if k != "name"}
         assert params == pytest.approx(DEFAULTS[cfg.objective.name])
     assert seen == {name: set(range(4)) for name in OBJECTIVES}
