@@ -6,7 +6,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import FEW_STEPS, make_cfg
 
 from negrl.core.errors import NegrlError
 from negrl.method.data import DataSizes, PasswordData, PasswordSplits, PhaseData, heldout_count
@@ -181,5 +181,5 @@ def test_the_trainer_of_each_phase_fits_on_the_phases_datamodule(tmp_path):
 
     with pytest.MonkeyPatch.context() as m:
         m.setattr(runner.PhaseRunner, "callbacks", with_record)
-        run(make_cfg("extraction.enabled=false"), tmp_path / "run")
-    assert seen == [(PhaseData, {"phase": p, "next_step": n}) for p, n in ((1, 8), (2, 40), (3, 40))]
+        run(make_cfg(*FEW_STEPS, "extraction.enabled=false", "eval.every=100"), tmp_path / "run")
+    assert seen == [(PhaseData, {"phase": p, "next_step": n}) for p, n in ((1, 4), (2, 10), (3, 10))]

@@ -260,17 +260,18 @@ def test_a_refused_command_is_one_line_and_leaves_no_directory(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.heavy
-def test_cli_exit_code_2_one_line_and_no_directory_left(tmp_path):
+def test_cli_exit_code_2_one_line_and_no_directory_left(tmp_path, train_py):
     """Through train.py, for an error of the model's checks (the other refusals: the in-process tests above, and
-    through train.py in tests/test_sweeps.py and tests/stacked/test_stacked.py)."""
+    through train.py in tests/test_sweeps.py and tests/stacked/test_stacked.py): in this process in the fast suite,
+    as its own process in the slow one (`train_py`; a refusal after torch's import, through a process of its own in
+    the fast suite: tests/model/test_models.py's unreachable hub)."""
     for args, message in (
         (
             ["tokens.letters=12345", "model=pythia-70m", "model.init=random", "model.tokenizer=/no/tokenizer.json"],
             r"model.tokenizer=/no/tokenizer.json does not exist; give a tokenizer.json",
         ),
     ):
-        proc = _train(*args, "data=small", cwd=tmp_path)
+        proc = train_py(*args, "data=small", cwd=tmp_path, env={"WANDB_MODE": "offline"})
         assert proc.returncode == 2, proc.stderr
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("negrl: error:"), proc.stderr

@@ -200,7 +200,7 @@ def test_resume_true_on_a_stacked_sweep_skips_complete_jobs_and_stacks_the_rest(
 
     def sweep_cmd(seeds: str, *more: str):
         return train_py("-m", f"seed={seeds}", "hydra/launcher=stacked", *FAST, *FEW, "extraction.enabled=false",
-                        f"hydra.sweep.dir={sweep}", *more)  # fmt: skip
+                        "eval.every=100", f"hydra.sweep.dir={sweep}", *more)  # fmt: skip
 
     first = sweep_cmd("0-1")
     assert first.returncode == 0, first.stderr[-2000:]
