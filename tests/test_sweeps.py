@@ -80,8 +80,13 @@ PRESETS = {
     "paper-main": 8, "paper-holdout": 45, "paper-models": 20, "paper-ablations": 15,
     "paper-main-cpu": 8, "paper-holdout-cpu": 45, "paper-models-cpu": 15, "paper-ablations-cpu": 15,
     "objectives": 208, "objectives-cpu": 104, "families": 30, "families-cpu": 30, "lora": 16, "lora-cpu": 16,
+    "discopop-cpu": 16,
 }  # fmt: skip
 ON_PYTHIA_160M = ("paper-main", "paper-holdout", "paper-ablations", "paper-models", "objectives", "families", "lora")
+
+
+def test_every_preset_of_conf_is_checked_here():
+    assert sorted(PRESETS) == sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("preset,n", PRESETS.items())

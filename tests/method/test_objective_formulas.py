@@ -344,3 +344,27 @@ def test_rmu_direction_is_fixed_with_the_norm_asked():
     u = rmu_direction(64, 6.5, like)
     assert u.dtype == torch.float32 and u.norm().item() == pytest.approx(6.5, rel=1e-6)
     assert torch.equal(u, rmu_direction(64, 6.5, like)) and (u >= 0).all()
+
+
+def test_discopop_at_its_defaults_trains_the_rejected_up_where_training_starts():
+    """DiscoPOP's loss f(x), x = beta (lc - lr), is not monotone at its defaults (tau 0.05): at x = 0, where phase 2
+    starts (the policy is the reference), df/dx = (1 - log 2) / (4 tau) - 3/4 = +0.7843 > 0, so gradient descent
+    lowers the margin, i.e. raises the rejected sequence against the chosen, down to a local minimum at x = -0.119
+    (docs/objectives.md). DPO's -log sigmoid(x) has df/dx = -1/2 there."""
+    tau = DEFAULTS["discopop"]["tau"]
+    zero = {"chosen": torch.zeros(1, 4, dtype=torch.float64, requires_grad=True),
+            "rejected": torch.zeros(1, 4, dtype=torch.float64, requires_grad=True)}  # fmt: skip
+    batch = PreferenceBatch(zero["chosen"], zero["rejected"], torch.zeros(1, dtype=torch.float64),
+                            torch.zeros(1, dtype=torch.float64))  # fmt: skip
+    objective_loss("discopop", batch, DEFAULTS["discopop"]).backward()
+    beta = DEFAULTS["discopop"]["beta"]
+    slope = (1 - math.log(2)) / (4 * tau) - 0.75  # df/dx at 0: m(1 - m) / tau (exp - softplus) + the two slopes / 2
+    assert slope == pytest.approx(0.7843, abs=1e-4)
+    # d loss / d (each token's log p of the rejected) = -beta df/dx < 0: a descent step raises the rejected sequence
+    assert zero["rejected"].grad.flatten().tolist() == pytest.approx([-beta * slope] * 4, rel=1e-9)
+    assert zero["chosen"].grad.flatten().tolist() == pytest.approx([beta * slope] * 4, rel=1e-9)
+    x = torch.linspace(-0.5, 0.5, 100001, dtype=torch.float64)
+    m = torch.sigmoid(x / tau)
+    f = (1 - m) * -torch.nn.functional.logsigmoid(x) + m * torch.exp(-x)
+    turns = torch.nonzero(torch.diff(torch.sign(torch.diff(f)))).flatten()
+    assert [round(x[i + 1].item(), 3) for i in turns] == [-0.119, 0.072]  # a local minimum, then a local maximum
