@@ -252,7 +252,7 @@ def test_an_objective_reading_hidden_states_runs_the_whole_pipeline(tmp_path):
     from negrl.pipeline import run
 
     name = "rmu"
-    cfg = make_cfg(f"objective={name}", "checkpoint.every=0", *FEW_STEPS)
+    cfg = make_cfg(f"objective={name}", "checkpoint.every=0", *FEW_STEPS, "extraction.enabled=false")
     results = run(cfg, tmp_path / "run")
     assert results["status"] == "complete" and math.isfinite(results["metric"])
     with open(tmp_path / "run" / "metrics.csv") as f:

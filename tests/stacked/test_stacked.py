@@ -106,6 +106,7 @@ class Killed(RuntimeError):
     pass
 
 
+@pytest.mark.heavy
 def test_a_crashed_stack_resumes_and_each_seed_checkpoint_is_a_separate_runs(separate, tmp_path, monkeypatch):
     dirs = [tmp_path / f"seed{s}" for s in (0, 1, 2)]
     original = StackedPhase.training_step
@@ -228,6 +229,7 @@ def test_a_stacked_sweep_refuses_gpu_per_job_before_writing_anything(tmp_path, t
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.heavy
 def test_stacked_seeds_train_under_bf16_mixed(tmp_path):
     """2 + 5 + 5 steps without the attacks (bf16 is slow on a CPU without AVX-512: about 4x fp32)."""
     extra = ("trainer.precision=bf16-mixed", "data.n_phase1=32", "data.negative_repeats=1", "extraction.enabled=false")
