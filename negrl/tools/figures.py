@@ -185,7 +185,7 @@ def write_captions(path: Path, entries: Sequence[tuple[str, str]], scale: str, w
         "# Figures of the docs",
         "",
         "Drawn by `negrl-report` from real runs of the presets' CPU twins (the `-cpu` presets of `conf/experiment/`), "
-        f"run on a {device_name('cpu')} with one thread per run, one run after another{took}, by",
+        f"run on {device_name('cpu')} with one thread per run, one run after another{took}, by",
         "",
         "```bash",
         f"make figures FIGURE_SCALE={scale}   # python -m negrl.tools.figures --scale {scale}",
