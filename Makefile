@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(PY) -m negrl.tools.sweep_bench $(SWEEP_ARGS) --json sweep-bench.json
 
 # docs/figures/ from real runs of the presets' CPU twins, one run after another, drawn by negrl-report (captions in
-# docs/figures/README.md): FIGURE_SCALE=full runs the presets as they are (hours); small: data=small, fewer seeds (~1 h).
+# docs/figures/README.md): FIGURE_SCALE=full runs the presets as they are (hours); small: data=small, fewer seeds (~2 h).
 FIGURE_SCALE ?= full
 figures: $(STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m negrl.tools.figures --scale $(FIGURE_SCALE)

@@ -1,7 +1,7 @@
 """`make figures`: the figures of the docs (docs/figures/) from real runs of the presets' CPU twins, drawn by
 `negrl-report`.
 
-    python -m negrl.tools.figures --scale small      # data=small, fewer seeds: about an hour on one core
+    python -m negrl.tools.figures --scale small      # data=small, fewer seeds: about two hours on one core
     python -m negrl.tools.figures                    # the presets as they are (conf/experiment/*-cpu.yaml): hours
 
 Each sweep runs one job after another (Hydra's basic launcher, one thread: set OMP_NUM_THREADS=1), into
@@ -192,7 +192,8 @@ def write_captions(path: Path, entries: Sequence[tuple[str, str]], scale: str, w
         "```",
         "",
         "`make figures` (FIGURE_SCALE=full, the default) runs the presets at their own scale (hours on a CPU); "
-        "FIGURE_SCALE=small runs them on `data=small` with fewer seeds (about an hour on one core). "
+        "FIGURE_SCALE=small runs them on `data=small` with fewer seeds (about two hours on one core: the 26 "
+        "objectives take one). "
         "Each caption gives the date, the command, the seeds and the scale of its figure.",
     ]
     captions = {**kept_captions(path), **dict(entries)}
