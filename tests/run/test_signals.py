@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, FEW_STEPS, ROOT, _train_in_process
+from conftest import FAST, FEW_STEPS, ROOT, Finished, _train_in_process
 
 from negrl.run import signals
 
@@ -93,7 +93,8 @@ def stopped_run(request, monkeypatch, capfd):
 
     In the fast suite the run is train.py's `__main__` in this process (conftest's train_py), the signal sent to this
     process from a thread, as a terminal or `timeout` sends it to a process (a signal sent too late meets a handler
-    that ignores it); in the slow suite, a process of its own."""
+    that ignores it); in the slow suite, a process of its own. `stopped_run.train(*argv)`: a run of train.py that is
+    not stopped, the same way."""
 
     def in_process(args, pattern, root, signum, wait=0.0, check=None):
         finished, sent, failed = threading.Event(), [], []
@@ -140,7 +141,19 @@ def stopped_run(request, monkeypatch, capfd):
             check()
         return stop(proc, signum)
 
-    return in_process if request.param == "in-process" else in_a_process
+    def train_here(*argv: str) -> Finished:
+        return _train_in_process(list(argv), ROOT, THREADS, monkeypatch, capfd)
+
+    def train_in_a_process(*argv: str) -> Finished:
+        proc = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, env={**os.environ, **THREADS},
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        return Finished(proc.returncode, proc.stdout, proc.stderr)
+
+    if request.param == "in-process":
+        in_process.train = train_here  # type: ignore[attr-defined]
+        return in_process
+    in_a_process.train = train_in_a_process  # type: ignore[attr-defined]
+    return in_a_process
 
 
 @pytest.mark.heavy
@@ -184,13 +197,14 @@ def sweep_args(sweep: Path, *more: str, seeds: str = "0,1") -> list[str]:
 
 
 @pytest.mark.heavy
-def test_a_signal_stops_the_whole_sweep_and_resume_true_skips_complete_jobs_and_continues_the_rest(tmp_path, train_py):
-    """The sweep stopped is a process; the resumed one runs in this process in the fast suite, as its own process in
-    the slow one (`train_py`)."""
+def test_a_signal_stops_the_whole_sweep_and_resume_true_skips_complete_jobs_and_continues_the_rest(tmp_path,
+                                                                                                  stopped_run):
+    """The sweep stopped and the one resumed: train.py in this process in the fast suite (the signal from a thread),
+    processes of their own in the slow one (`stopped_run`; a sweep stopped through its process in the fast suite: the
+    local sweep below)."""
     sweep = tmp_path / "sweep"
-    proc = start(*sweep_args(sweep))
-    wait_for(proc, "1-*/metrics.csv", sweep)  # job 0 complete, job 1 past its first checkpoint
-    code, took, err = stop(proc, signal.SIGTERM)
+    # job 0 complete, job 1 past its first checkpoint
+    code, took, err = stopped_run(sweep_args(sweep), "1-*/metrics.csv", sweep, signal.SIGTERM)
     assert code == 143 and took < STOP_WITHIN, err[-2000:]
     again = " ".join(sweep_args(sweep, "resume=true"))
     assert err.strip().splitlines()[-1] == (
@@ -202,7 +216,7 @@ def test_a_signal_stops_the_whole_sweep_and_resume_true_skips_complete_jobs_and_
     assert results(second)["reason"].startswith("interrupted by SIGTERM; continue with the same overrides")
     done = results(first)
 
-    resumed = train_py(*sweep_args(sweep, "resume=true"))
+    resumed = stopped_run.train(*sweep_args(sweep, "resume=true"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"negrl: {first} is complete, nothing to do (resume=true)" in resumed.stdout
     assert f"negrl: resuming {second} after phase" in resumed.stdout
