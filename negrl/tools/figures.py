@@ -78,6 +78,11 @@ SWEEPS = (
         ("fig_ablations.png", "objectives.png", "Every objective: the max phase-3 log-likelihood minus chance of "
          "held-out negatives against random passwords, mean ± std over seeds (a group per objective)."),
     )),
+    Sweep("discopop", "discopop-cpu", (), (
+        ("fig_ablations.png", "discopop.png", "DiscoPOP against DPO (the preset's own scale, data=small): the max "
+         "phase-3 log-likelihood minus chance of held-out negatives against random passwords, mean ± std over "
+         "seeds."),
+    )),
     Sweep("families", "families-cpu", ("seed=0-1",), (
         ("fig_models.png", "families.png", "Each model family's architecture at the tiny model's size (random "
          "init): max phase-3 log-likelihood of held-out negatives and of random passwords, mean ± std over seeds."),

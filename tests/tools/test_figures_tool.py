@@ -15,9 +15,12 @@ from negrl.cli import expand_ranges
 from negrl.tools import figures
 
 #: Jobs of each sweep: --scale small, and the presets' own (--scale full).
-JOBS = {"small": {"main": 4, "holdout": 10, "models": 6, "ablations": 6, "objectives": 104, "families": 12, "lora": 8},
-        "full": {"main": 8, "holdout": 45, "models": 15, "ablations": 15, "objectives": 104, "families": 30,
-                 "lora": 16}}  # fmt: skip
+JOBS = {"small": {"main": 4, "holdout": 10, "models": 6, "ablations": 6, "objectives": 104, "discopop": 16,
+                  "families": 12, "lora": 8},
+        "full": {"main": 8, "holdout": 45, "models": 15, "ablations": 15, "objectives": 104, "discopop": 16,
+                 "families": 30, "lora": 16}}  # fmt: skip
+#: The presets whose own scale is data=small.
+SMALL_PRESETS = {"discopop-cpu"}
 
 
 @pytest.mark.parametrize("scale", list(figures.SCALES))
@@ -32,7 +35,7 @@ def test_every_sweep_composes_with_its_jobs(scale: str, tmp_path: Path):
         fixed = [a for a, o in zip(expanded, overrides) if not o.is_sweep_override()]
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[*fixed, *runs[-1]])
-        assert (cfg.data.batch_size == 16) == (scale == "small")
+        assert (cfg.data.batch_size == 16) == (scale == "small" or sweep.preset in SMALL_PRESETS)
         assert cfg.model.name.startswith("tiny")
 
 
