@@ -12,10 +12,8 @@ from negrl.run.config import check_config
 from negrl.run.overrides import (
     check_group_choices,
     check_not_a_hidden_sweep,
-    compose_job,
     expand_ranges,
-    hydra_call,
-    override_parser,
+    read_command_line,
     rename_deprecated,
 )
 
@@ -35,12 +33,9 @@ def checked_before_torch(argv: list[str]) -> list[str]:
     argv = expand_ranges(rename_deprecated(argv))
     check_group_choices(argv)
     if not any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):  # not --help, --cfg, ...
-        overrides = [a for a in argv if not a.startswith("-")]
-        parser = override_parser()
-        parsed = hydra_call(lambda: parser.parse_overrides(overrides))
-        base = compose_job([a for a, o in zip(overrides, parsed) if not o.is_sweep_override()])
-        check_config(base)
-        check_not_a_hidden_sweep(argv, overrides, parsed, base)
+        cmd = read_command_line(argv)
+        check_config(cmd.base)
+        check_not_a_hidden_sweep(cmd)
     return argv
 
 

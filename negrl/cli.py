@@ -29,8 +29,7 @@ from negrl.run.overrides import (
     check_not_a_hidden_sweep,
     compose_job,
     expand_ranges,
-    hydra_call,
-    override_parser,
+    read_command_line,
     rename_deprecated,
     sweep_jobs,
 )
@@ -50,15 +49,12 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
     with `resume=true`, to the run it continues (and `resume` to that directory)."""
     if "LOCAL_RANK" in os.environ or any(a.partition("=")[0] in INFO_FLAGS for a in argv):
         return argv  # a DDP worker of a checked run, or Hydra's --help/--cfg/--info: nothing runs
-    overrides = [a for a in argv if not a.startswith("-")]
-    parser = override_parser(conf_dir)
-    parsed = hydra_call(lambda: parser.parse_overrides(overrides))
-    fixed = [a for a, o in zip(overrides, parsed) if not o.is_sweep_override()]
-    base = compose_job(fixed, conf_dir)
+    cmd = read_command_line(argv, conf_dir)
+    base = cmd.base
     if any(a in MULTIRUN_FLAGS for a in argv) or base.hydra.mode == RunMode.MULTIRUN:
         launcher = str(OmegaConf.select(base, "hydra.launcher._target_") or "")
         _LAUNCH.update(multirun=True, workers="joblib" in launcher.lower())
-        jobs, swept = sweep_jobs(parser, overrides, base)
+        jobs, swept = sweep_jobs(cmd.parser, cmd.overrides, base)
         stacked = OmegaConf.select(base, "hydra.launcher._target_") == STACKED_LAUNCHER
         if stacked:
             check_max_stack(OmegaConf.select(base, "hydra.launcher.max_stack"))
@@ -74,7 +70,7 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
             models.append(s.model)
         check_weights_at_hand(models)
         return [*argv, *knob_subdir(argv, jobs, swept, base, conf_dir)]
-    check_not_a_hidden_sweep(argv, overrides, parsed, base)
+    check_not_a_hidden_sweep(cmd)
     c = validate(base, warn=False).config
     check_weights_at_hand([c["model"]])
     if c["resume"]:

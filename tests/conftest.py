@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,16 +83,9 @@ def tokenizer_json(tokenizer_path) -> Path:
     return tokenizer_path("gpt-neox-20b")
 
 
-@dataclass
-class Finished:
-    """What `python train.py ARGV` ended with: its exit code and everything it printed."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def _train_in_process(argv: list[str], cwd: Path, env: dict[str, str], monkeypatch, capfd) -> Finished:
+def _train_in_process(
+    argv: list[str], cwd: Path, env: dict[str, str], monkeypatch, capfd
+) -> subprocess.CompletedProcess:
     """train.py run as `python train.py ARGV` runs it (its `__main__` block: the checks before torch, then
     negrl.cli.command_line and Hydra), in this process: what a process would have left behind is undone (Hydra's
     global state, its logging configuration, the environment, the signal handlers)."""
@@ -137,21 +129,20 @@ def _train_in_process(argv: list[str], cwd: Path, env: dict[str, str], monkeypat
             os.environ.clear()
             os.environ.update(environ)
     out, err = capfd.readouterr()
-    return Finished(code, out, err)
+    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 @pytest.fixture(params=["in-process", pytest.param("process", marks=pytest.mark.slow)])
-def train_py(request, monkeypatch, capfd) -> Callable[..., Finished]:
+def train_py(request, monkeypatch, capfd) -> Callable[..., subprocess.CompletedProcess]:
     """`train_py(*argv, cwd=ROOT, env={})`: `python train.py ARGV` with `env` added to the environment. In the fast
     suite it runs in this process (no second start-up of torch and Lightning: 6-9 s each on 2 cores); with
     `make test-slow`, also as its own process, as a user runs it."""
 
-    def train(*argv: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> Finished:
+    def train(*argv: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         if request.param == "in-process":
             return _train_in_process(list(argv), cwd, env or {}, monkeypatch, capfd)
         cmd = [sys.executable, str(ROOT / "train.py"), *argv]
         env = {**os.environ, **(env or {})}
-        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-        return Finished(proc.returncode, proc.stdout, proc.stderr)
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
     return train

@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -113,13 +113,33 @@ def sweep_jobs(parser: OverridesParser, overrides: list[str], base: DictConfig) 
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch], swept
 
 
-def check_not_a_hidden_sweep(argv: list[str], overrides: list[str], parsed: list[Any], base: DictConfig) -> None:
+class CommandLine(NamedTuple):
+    """`python train.py ARGV` read once: its overrides (ARGV without flags), Hydra's parse of them with the parser
+    that made it, and `base`, the config the overrides that sweep nothing compose (a single run's config; a
+    sweep's common part)."""
+
+    argv: list[str]
+    overrides: list[str]
+    parser: OverridesParser
+    parsed: list[Any]
+    base: DictConfig
+
+
+def read_command_line(argv: list[str], conf_dir: Path = CONF_DIR) -> CommandLine:
+    """Parse `argv`'s overrides and compose their base (composition errors as one line)."""
+    overrides = [a for a in argv if not a.startswith("-")]
+    parser = override_parser(conf_dir)
+    parsed = hydra_call(lambda: parser.parse_overrides(overrides))
+    base = compose_job([a for a, o in zip(overrides, parsed) if not o.is_sweep_override()], conf_dir)
+    return CommandLine(argv, overrides, parser, parsed, base)
+
+
+def check_not_a_hidden_sweep(cmd: CommandLine) -> None:
     """Several values of a key (`seed=0,1`) in a command that is no sweep (no -m, no preset that makes it one): one
-    line naming the value and the -m that sweeps it. `parsed`: Hydra's parse of `overrides`; `base`: the config the
-    overrides without several values compose."""
-    if any(a in MULTIRUN_FLAGS for a in argv) or OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN:
+    line naming the value and the -m that sweeps it."""
+    if any(a in MULTIRUN_FLAGS for a in cmd.argv) or OmegaConf.select(cmd.base, "hydra.mode") == RunMode.MULTIRUN:
         return
-    several = next((a for a, o in zip(overrides, parsed) if o.is_sweep_override()), None)
+    several = next((a for a, o in zip(cmd.overrides, cmd.parsed) if o.is_sweep_override()), None)
     if several is not None:
         raise NegrlError(f"{several} lists several values; sweep them with -m (python train.py -m {several})")
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, FEW_STEPS, ROOT, Finished, _train_in_process
+from conftest import FAST, FEW_STEPS, ROOT, _train_in_process
 
 from negrl.run import signals
 
@@ -141,13 +141,12 @@ def stopped_run(request, monkeypatch, capfd):
             check()
         return stop(proc, signum)
 
-    def train_here(*argv: str) -> Finished:
+    def train_here(*argv: str) -> subprocess.CompletedProcess:
         return _train_in_process(list(argv), ROOT, THREADS, monkeypatch, capfd)
 
-    def train_in_a_process(*argv: str) -> Finished:
-        proc = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, env={**os.environ, **THREADS},
+    def train_in_a_process(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, env={**os.environ, **THREADS},
                               capture_output=True, text=True, timeout=300)  # fmt: skip
-        return Finished(proc.returncode, proc.stdout, proc.stderr)
 
     if request.param == "in-process":
         in_process.train = train_here  # type: ignore[attr-defined]
