@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from negrl.core.errors import NegrlError
+from negrl.model.hub import check_weights_at_hand
 from negrl.run.config import check_config
 from negrl.run.overrides import (
     check_group_choices,
@@ -28,14 +29,16 @@ def main(cfg: DictConfig) -> float:
 def checked_before_torch(argv: list[str]) -> list[str]:
     """The checks that need no torch, so that a mistyped command is refused in about a second: renamed keys, ranges,
     group choices, the overrides' syntax, unknown keys and each value's type and range (negrl.run.config, on the
-    composed config; a sweep's values are checked with its jobs), several values without -m. Returns argv
-    rewritten."""
+    composed config; a sweep's values are checked with its jobs), several values without -m, a pretrained model out
+    of reach. Returns argv rewritten."""
     argv = expand_ranges(rename_deprecated(argv))
     check_group_choices(argv)
     if not any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):  # not --help, --cfg, ...
         cmd = read_command_line(argv)
         check_config(cmd.base)
         check_not_a_hidden_sweep(cmd)
+        if not cmd.is_sweep:  # a sweep's models: checked with its jobs
+            check_weights_at_hand([OmegaConf.to_container(cmd.base.model, resolve=True)])
     return argv
 
 

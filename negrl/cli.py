@@ -20,11 +20,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from negrl.core.distributed import is_rank_zero
 from negrl.core.errors import NegrlError, RunFailed
 from negrl.launcher import check_max_stack
+from negrl.model.hub import check_weights_at_hand
 from negrl.pipeline import check_stackable, run, run_stacked
 from negrl.run import checkpoint, signals
 from negrl.run.config import CONF_DIR
 from negrl.run.overrides import (
-    MULTIRUN_FLAGS,
     check_group_choices,
     check_not_a_hidden_sweep,
     compose_job,
@@ -34,7 +34,7 @@ from negrl.run.overrides import (
     sweep_jobs,
 )
 from negrl.run.rundir import RunDir, read_json, write_json_atomic
-from negrl.run.validation import check_weights_at_hand, validate
+from negrl.run.validation import validate
 from negrl.stacked.runner import StackFailed
 
 #: hydra/launcher=stacked (conf/hydra/launcher/stacked.yaml): a sweep's jobs that differ only in `seed` train together.
@@ -51,7 +51,7 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
         return argv  # a DDP worker of a checked run, or Hydra's --help/--cfg/--info: nothing runs
     cmd = read_command_line(argv, conf_dir)
     base = cmd.base
-    if any(a in MULTIRUN_FLAGS for a in argv) or base.hydra.mode == RunMode.MULTIRUN:
+    if cmd.is_sweep:
         launcher = str(OmegaConf.select(base, "hydra.launcher._target_") or "")
         _LAUNCH.update(multirun=True, workers="joblib" in launcher.lower())
         jobs, swept = sweep_jobs(cmd.parser, cmd.overrides, base)

@@ -16,10 +16,9 @@ from negrl.model.families import (
     build_config,
     check_finite_weights,
     decoder_layers,
-    hub_reachable,
-    hub_unreachable_message,
     without_dropout,
 )
+from negrl.model.hub import hub_reachable, hub_unreachable_message
 from negrl.model.label_logprobs import label_logprobs, logsumexp_rows
 
 ATTENTIONS = ("eager", "sdpa")  # Hugging Face attn_implementation values negrl accepts

@@ -1,16 +1,13 @@
 """Hugging Face causal-LM families through the Auto classes: a config built offline from `model.model_type` and
-`model.architecture`, checkpoints and their family checked, the decoder layers found, the hub reached."""
+`model.architecture`, checkpoints and their family checked, the decoder layers found."""
 
 from __future__ import annotations
 
 import difflib
 import functools
 import json
-import os
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -150,29 +147,3 @@ def check_finite_weights(model: nn.Module, source: str) -> None:
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise NegrlError(f"{source}: weight {name} holds non-finite values; use another checkpoint")
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the Hugging Face hub can be reached: not HF_HUB_OFFLINE, and a TCP connection to its endpoint
-    opens within `timeout_s`. When it cannot, loading reads only the local cache (one quick error, not a
-    minute of retries)."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
-    except OSError:
-        return False
-    return True
-
-
-def hub_unreachable_message(hub_id: str, err: BaseException) -> str:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else " (unreachable: cache only)"
-    return (
-        f"cannot load {hub_id} from the Hugging Face hub or its cache{offline}: {reason[:160]}; "
-        "connect once to cache it, or pass model.path=DIR (a saved checkpoint), or model.init=random"
-    )

@@ -14,9 +14,8 @@ from negrl.model.families import (
     check_architecture_builds,
     check_architecture_keys,
     check_checkpoint_dir,
-    hub_reachable,
-    hub_unreachable_message,
 )
+from negrl.model.hub import hub_reachable, hub_unreachable_message
 from negrl.model.vocab import ALPHABET, PasswordVocab
 
 Encode = Callable[[str], list[int]]

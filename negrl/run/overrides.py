@@ -124,6 +124,12 @@ class CommandLine(NamedTuple):
     parsed: list[Any]
     base: DictConfig
 
+    @property
+    def is_sweep(self) -> bool:
+        """-m, or a preset that sets Hydra's multirun mode."""
+        multirun = OmegaConf.select(self.base, "hydra.mode") == RunMode.MULTIRUN
+        return multirun or any(a in MULTIRUN_FLAGS for a in self.argv)
+
 
 def read_command_line(argv: list[str], conf_dir: Path = CONF_DIR) -> CommandLine:
     """Parse `argv`'s overrides and compose their base (composition errors as one line)."""
@@ -137,7 +143,7 @@ def read_command_line(argv: list[str], conf_dir: Path = CONF_DIR) -> CommandLine
 def check_not_a_hidden_sweep(cmd: CommandLine) -> None:
     """Several values of a key (`seed=0,1`) in a command that is no sweep (no -m, no preset that makes it one): one
     line naming the value and the -m that sweeps it."""
-    if any(a in MULTIRUN_FLAGS for a in cmd.argv) or OmegaConf.select(cmd.base, "hydra.mode") == RunMode.MULTIRUN:
+    if cmd.is_sweep:
         return
     several = next((a for a, o in zip(cmd.overrides, cmd.parsed) if o.is_sweep_override()), None)
     if several is not None:

@@ -21,7 +21,7 @@ from negrl.method.data import DataSizes, PasswordSplits, heldout_count
 from negrl.method.objectives import DEFAULTS, NEEDS, OBJECTIVES
 from negrl.method.phases import OptimSettings
 from negrl.model.adapters import check_targets
-from negrl.model.families import decoder_layers, hub_reachable, hub_unreachable_message, meta_model
+from negrl.model.families import decoder_layers, meta_model
 from negrl.model.loading import check_model
 from negrl.run.config import check_config
 from negrl.run.tracking import wandb_login_found
@@ -210,21 +210,6 @@ def _decode_bytes_per_row(model: dict[str, Any], length: int) -> int:
     kv_heads = architecture.get("num_key_value_heads") or heads
     kv_width = kv_heads * (architecture.get("head_dim") or hidden // heads)
     return 2 * layers * kv_width * length * 4 + 26 * 8 * 3 + length * 8 * 2
-
-
-def check_weights_at_hand(models: list[dict[str, Any]]) -> None:
-    """Each `model.init=pretrained` model of the hub (no model.path) must be at hand now: the hub reachable, or its
-    config in the local cache (checked by the command line for every job of a sweep before the first starts; the
-    run itself checks it again when it loads the weights). One probe of the network for all of them."""
-    wanted = {(m["hub_id"], m.get("revision")) for m in models if m.get("init") == "pretrained" and not m.get("path")
-              and m.get("hub_id")}  # fmt: skip
-    if not wanted or hub_reachable():
-        return
-    from huggingface_hub import try_to_load_from_cache
-
-    for hub_id, revision in sorted(wanted, key=str):
-        if not isinstance(try_to_load_from_cache(hub_id, "config.json", revision=revision), str):
-            raise NegrlError(hub_unreachable_message(hub_id, OSError(f"{hub_id} is not in the local cache")))
 
 
 def available_memory() -> int:
