@@ -58,6 +58,25 @@ def make_cfg_dict(*overrides: str) -> dict[str, Any]:
     return OmegaConf.to_container(make_cfg(*overrides), resolve=True)
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]) -> Path:
+    """The directory `name`, filled by `build(dir)` once per test session and shared by pytest-xdist's workers: the
+    first worker to ask builds it under a file lock, the others wait for it and read it (for a session-scoped
+    fixture whose runs several workers' tests read; `make test` schedules the heavy tests first, so a module's tests
+    spread over the workers and over the session)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, above each worker's own
+    out, done = root / f"built-{name}", root / f"built-{name}.done"
+    with FileLock(str(root / f"built-{name}.lock")):
+        if not done.exists():
+            out.mkdir(exist_ok=True)
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tokenizer_path(tmp_path_factory) -> Callable[[str], Path]:
     """`tokenizer_path("gpt2")`: that family's tokenizer.json, decompressed once a session into a tmp directory."""

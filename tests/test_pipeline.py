@@ -14,7 +14,7 @@ def snapshot(backbone):
     return {k: v.detach().clone() for k, v in backbone.named_parameters()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One scaled-down run (8 + 40 + 40 steps) with the weights after every phase."""
     run_dir = tmp_path_factory.mktemp("run")

@@ -151,12 +151,12 @@ def test_objectives_preset_runs_every_objective_of_the_registry_with_its_default
     assert seen == {name: set(range(4)) for name in OBJECTIVES}
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # two worker processes, each starting torch and Lightning: make test-slow (and CI)
 def test_joblib_sweep_runs_in_parallel_and_a_failing_job_does_not_stop_the_others(tmp_path, train_py):
     """Two local processes, three jobs; job 1 crashes mid-run (its checkpoint folder cannot be created) and is
-    recorded `failed`, jobs 0 and 2 complete; the sweep exits 1 after one summary line. Through train.py, whose
-    process is this one in the fast suite (the workers are processes still) and its own in the slow one
-    (`train_py`); no attacks (nothing here reads them)."""
+    recorded `failed`, jobs 0 and 2 complete; the sweep exits 1 after one summary line. Through train.py, in this
+    process and as its own (`train_py`), with the workers processes either way; no attacks (nothing here reads
+    them). The fast suite checks a failing job of a sweep in one process (test_validation's multirun test)."""
     (tmp_path / "1-tiny-seed1").mkdir(parents=True)
     (tmp_path / "1-tiny-seed1" / "checkpoints").write_text("a file where the checkpoint folder goes")
     proc = train_py(

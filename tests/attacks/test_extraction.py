@@ -295,7 +295,7 @@ def test_the_logit_lens_of_the_last_layer_is_the_output_and_of_layer_zero_the_em
 # ---- in the pipeline -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def extraction_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("extract")
     return run(make_cfg(*FEW_STEPS, "extraction.candidates=511"), run_dir), run_dir  # 4 + 10 + 10 steps

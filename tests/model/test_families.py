@@ -40,6 +40,9 @@ QUICK = ["data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "
          "eval.every=10", "schedule.warmup_steps=2", "extraction.enabled=false"]  # fmt: skip
 #: QUICK with small attacks: the runs of each family (the attacks on each family's model run to the end).
 FEW = [*QUICK[:-1], "extraction.candidates=63", "extraction.samples=16", "extraction.bootstrap=0"]
+#: Fewer steps (2 + 5 + 5: each negative seen once, 32 phase-1 sequences) for the checks of which weights each phase
+#: moves, once per family: a step moves every trainable weight.
+SHORT = ["data.negative_repeats=1", "data.n_phase1=32"]
 
 
 @pytest.mark.parametrize("model", sorted(TOKENIZER_OF))
@@ -118,7 +121,7 @@ def moved(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> set[str]:
 @pytest.mark.parametrize("model", sorted(TWINS))
 def test_each_family_freezes_exactly_its_second_half_and_unembedding(model, tmp_path):
     """tiny-gpt2's run is also test_tied_embeddings_per_choice's `untie` (its default): checked here."""
-    results, states, backbone = run_phases(tmp_path, f"model={model}", base=FEW)
+    results, states, backbone = run_phases(tmp_path, f"model={model}", *SHORT, base=FEW)
     layers, unembedding = TWINS[model]
     n = backbone.model.config.num_hidden_layers
     second_half = {k for k in states[1] if any(k.startswith(f"{layers}.{i}.") for i in range(n // 2, n))}
@@ -187,7 +190,7 @@ def test_a_saved_checkpoint_loads_back_through_model_path(model, tmp_path):
 
 @pytest.mark.parametrize("model", sorted(TWINS))
 def test_lora_leaves_base_weights_and_frozen_adapters_bit_identical(model, tmp_path):
-    results, states, backbone = run_phases(tmp_path, f"model={model}", "adapter=lora")
+    results, states, backbone = run_phases(tmp_path, f"model={model}", "adapter=lora", *SHORT)
     names = set(states[1])
     adapters = {k for k in names if "lora_" in k}
     base = names - adapters
@@ -279,7 +282,7 @@ def test_the_family_table_is_what_each_full_size_model_trains(model):
     assert (row[6], row[7], row[8]) == (f"{records[0]['parameters']:,}", *counts)  # weights: without adapters
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # two processes, each starting torch and Lightning: make test-slow (and CI)
 def test_lora_under_ddp_with_two_processes_gives_the_single_process_result(tmp_path):
     import subprocess
     import sys

@@ -14,7 +14,7 @@ from negrl.core.distributed import RankShard
 from negrl.pipeline import run
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # two processes, each starting torch and Lightning: make test-slow (and CI)
 def test_two_processes_give_the_single_device_result(tmp_path):
     args = ("checkpoint.every=0", *FEW_STEPS, "extraction.enabled=false")  # phases of 4 + 10 + 10 steps, no attacks
     single = run(make_cfg(*args), tmp_path / "one")

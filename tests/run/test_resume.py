@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FEW_STEPS, make_cfg
+from conftest import FEW_STEPS, built_once, make_cfg
 
 from negrl.core.errors import NegrlError
 from negrl.method.phases import JointPhase, ObjectivePhase
@@ -54,9 +54,11 @@ def numbers(results):
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
-    return run(make_cfg(*ARGS), tmp_path_factory.mktemp("full"))
+    """The run the resumed ones must equal: its results (once a session; the xdist workers share it)."""
+    full = built_once(tmp_path_factory, "resume-uninterrupted", lambda d: run(make_cfg(*ARGS), d / "run"))
+    return json.loads((full / "run" / "results.json").read_text())
 
 
 @pytest.mark.parametrize("phase_cls,step", [(ObjectivePhase, 7), (JointPhase, 4)])

@@ -224,7 +224,7 @@ def test_a_signal_stops_the_whole_sweep_and_resume_true_skips_complete_jobs_and_
     assert "negrl: all 2 jobs of" in resumed.stdout
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # three processes, each starting torch and Lightning: make test-slow (and CI)
 def test_a_signal_to_a_local_sweep_stops_its_workers_and_starts_no_other_job(tmp_path):
     sweep = tmp_path / "sweep"
     proc = start(*sweep_args(sweep, "hydra/launcher=local", "hydra.launcher.n_jobs=2", seeds="0-3"), group=True)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, make_cfg
+from conftest import FAST, built_once, make_cfg
 
 from negrl.core.errors import NegrlError, RunFailed
 from negrl.launcher import seed_groups
@@ -21,8 +22,8 @@ from negrl.run.rundir import RunDir
 from negrl.stacked.runner import StackedPhase, StackFailed
 from negrl.stacked.weight_stack import WeightStack
 
-#: 4 + 10 + 10 steps, small evaluation and attacks; a checkpoint every 4 steps.
-FEW = ("data.n_negatives=80", "data.negative_repeats=2", "holdout_frac=0.1", "data.n_phase1=64", "data.eval_size=8",
+#: 4 + 5 + 5 steps, small evaluation and attacks; a checkpoint every 4 steps.
+FEW = ("data.n_negatives=80", "data.negative_repeats=1", "holdout_frac=0.1", "data.n_phase1=64", "data.eval_size=8",
        "extraction.candidates=63", "extraction.samples=16", "extraction.bootstrap=20", "eval.every=2",
        "schedule.warmup_steps=2", "checkpoint.every=4")  # fmt: skip
 TOL = 1e-5
@@ -67,13 +68,15 @@ def assert_same_run(stacked_dir, separate_dir):
                 assert float(ra[key]) == pytest.approx(float(rb[key]), abs=TOL), (key, ra["step"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def separate(tmp_path_factory):
-    """Seeds 0, 1, 2 run one by one."""
-    root = tmp_path_factory.mktemp("separate")
-    for seed in (0, 1, 2):
-        run(make_cfg(*FEW, f"seed={seed}"), root / f"seed{seed}")
-    return root
+    """Seeds 0, 1, 2 run one by one (once a session; the xdist workers share them)."""
+
+    def three_runs(root: Path) -> None:
+        for seed in (0, 1, 2):
+            run(make_cfg(*FEW, f"seed={seed}"), root / f"seed{seed}")
+
+    return built_once(tmp_path_factory, "separate-seeds", three_runs)
 
 
 @pytest.mark.parametrize("seeds", [(0, 1), (0, 1, 2)])
@@ -112,8 +115,8 @@ def test_a_crashed_stack_resumes_and_each_seed_checkpoint_is_a_separate_runs(sep
     original = StackedPhase.training_step
 
     def crashing(self, batch, batch_idx):
-        if self.phase_module.phase == 3 and self.phase_module.step_of(batch_idx) == 6:
-            raise Killed("killed in phase 3 at step 6")
+        if self.phase_module.phase == 3 and self.phase_module.step_of(batch_idx) == 4:
+            raise Killed("killed in phase 3 at step 4")  # after its checkpoint at step 3
         return original(self, batch, batch_idx)
 
     with monkeypatch.context() as m:

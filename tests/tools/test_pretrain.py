@@ -35,11 +35,13 @@ def test_corpus_memorise_sequences_are_pool_strings_and_copy_sequences_repeat():
 @pytest.mark.heavy
 def test_pretraining_learns_a_small_pool_and_saves_a_loadable_checkpoint(tmp_path, capsys):
     out = tmp_path / "pre"
-    args = ["--model", "tiny", "--steps", "100", "--pool", "4", "--batch", "32", "--lr", "0.003", "--out", str(out)]
+    # 60 steps of 16 at lr 0.01 memorise 2 strings (accuracy 0.99 measured; 6.6 s on one core of the EPYC without
+    # AVX-512, where 100 steps of 32 at lr 0.003 for 4 strings took 19 s for 0.96)
+    args = ["--model", "tiny", "--steps", "60", "--pool", "2", "--batch", "16", "--lr", "0.01", "--out", str(out)]
     assert main(args) == 0
     record = json.loads((out / "pretraining.json").read_text())
-    assert record["steps"] == 100 and record["pool"] == 4 and len(record["loss_curve"]) == 2  # steps 0 and 99
-    # 4 strings, identified by their first 3 letters: the rest is memorised.
+    assert record["steps"] == 60 and record["pool"] == 2 and len(record["loss_curve"]) == 2  # steps 0 and 59
+    # 2 strings, identified by their first letter: the rest is memorised.
     assert record["accuracy"]["memorise"] > 0.9
     assert record["loss_curve"][-1]["loss"] < record["loss_curve"][0]["loss"] - 1.0
     assert "wrote" in capsys.readouterr().out
