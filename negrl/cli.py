@@ -27,14 +27,13 @@ from negrl.run.config import CONF_DIR
 from negrl.run.overrides import (
     check_group_choices,
     check_not_a_hidden_sweep,
-    compose_job,
     expand_ranges,
     read_command_line,
     rename_deprecated,
     sweep_jobs,
 )
 from negrl.run.rundir import RunDir, read_json, write_json_atomic
-from negrl.run.validation import validate
+from negrl.run.validation import validate, validate_sweep
 from negrl.stacked.runner import StackFailed
 
 #: hydra/launcher=stacked (conf/hydra/launcher/stacked.yaml): a sweep's jobs that differ only in `seed` train together.
@@ -58,17 +57,8 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
         stacked = OmegaConf.select(base, "hydra.launcher._target_") == STACKED_LAUNCHER
         if stacked:
             check_max_stack(OmegaConf.select(base, "hydra.launcher.max_stack"))
-        models = []
-        for i, job in enumerate(jobs):
-            try:
-                s = validate(compose_job(job, conf_dir), warn=False)
-                if stacked:
-                    check_stackable([s])
-            except NegrlError as err:
-                knobs = " ".join(o for o in job if o.partition("=")[0] in swept)
-                raise NegrlError(f"job {i} of the sweep{f' ({knobs})' if knobs else ''}: {err}") from None
-            models.append(s.model)
-        check_weights_at_hand(models)
+        checked = validate_sweep(jobs, swept, conf_dir, (lambda s: check_stackable([s])) if stacked else None)
+        check_weights_at_hand([s.model for s in checked])
         return [*argv, *knob_subdir(argv, jobs, swept, base, conf_dir)]
     check_not_a_hidden_sweep(cmd)
     c = validate(base, warn=False).config

@@ -91,17 +91,14 @@ def test_every_preset_of_conf_is_checked_here():
 
 @pytest.mark.parametrize("preset,n", PRESETS.items())
 def test_each_preset_is_a_complete_sweep_of_valid_configs(preset, n):
-    from negrl.run.validation import validate
+    from negrl.run.validation import validate_sweep
 
     runs = jobs([f"experiment={preset}"])
     assert len(runs) == n
     models = set()
-    # jobs that differ only in the seed validate alike: one of each (the seeds are checked by the schema)
-    for job in but_for_the_seed(runs):
-        c = OmegaConf.to_container(composed(preset, tuple(job)), resolve=True)
-        validate(c)  # every job passes validation
-        assert c["wandb"]["group"] == preset
-        models.add(c["model"]["name"])
+    for s in validate_sweep([[f"experiment={preset}", *job] for job in runs], set(), ROOT / "conf"):  # as train.py
+        assert s.config["wandb"]["group"] == preset
+        models.add(s.model["name"])
     assert ("pythia-160m" in models) == (preset in ON_PYTHIA_160M)
     if preset.endswith("-cpu"):
         assert all(m.startswith("tiny") for m in models)

@@ -259,6 +259,17 @@ def check_config(cfg: "DictConfig | dict[str, Any]") -> "dict[str, Any]":
     return c
 
 
+def check_seed(value: Any) -> int:
+    """`seed` alone, checked as `check_config` checks it in a whole config (its type and range): for the jobs of a
+    sweep that differ from a checked job only in the seed."""
+    try:
+        seed = OmegaConf.merge(OmegaConf.structured(Config), {"seed": value}).seed
+    except OmegaConfBaseException as err:
+        raise NegrlError(_type_error(err)) from None
+    _check_values({"seed": seed}, Config, "")
+    return seed
+
+
 def resume_value(resume: Any) -> "bool | str":
     """`resume`: false/no/0 and true/yes/1 (any case) are booleans; any other string is a run directory."""
     if isinstance(resume, bool):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +25,8 @@ from negrl.method.phases import OptimSettings
 from negrl.model.adapters import check_targets
 from negrl.model.families import decoder_layers, meta_model
 from negrl.model.loading import check_model
-from negrl.run.config import check_config
+from negrl.run.config import check_config, check_seed
+from negrl.run.overrides import compose_job, override_parser
 from negrl.run.tracking import wandb_login_found
 
 GPU_ACCELERATORS = ("gpu", "cuda")
@@ -68,6 +71,12 @@ class Settings:
         """Optimizer steps of each phase."""
         return {p: self.sizes.steps(p) for p in (1, 2, 3)}
 
+    def with_seed(self, seed: int) -> Settings:
+        """These settings for another (checked) seed: what `validate` returns for the config with that seed, since
+        no check depends on the seed (tests/run/test_validation.py compares the two on a sweep)."""
+        attacks = replace(self.attacks, seed=seed) if self.attacks else None
+        return replace(self, config={**self.config, "seed": seed}, seed=seed, attacks=attacks)
+
 
 def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
     """Check the config (refusing it with one line); return the settings it defines.
@@ -102,6 +111,30 @@ def validate(cfg: DictConfig | dict[str, Any], warn: bool = True) -> Settings:
     if warn:
         warn_degenerate(settings)
     return settings
+
+
+def validate_sweep(jobs: list[list[str]], swept: set[str], conf_dir: Path,
+                   each: Callable[[Settings], None] | None = None) -> list[Settings]:  # fmt: skip
+    """The settings of every job of a sweep (each job's override list), checked as `validate` checks a run, in order;
+    `each(settings)`: a further check of each job. A refusal names its job: "job 2 of the sweep (seed=x): ...". A job
+    that differs from one checked before only in `seed` is not composed again: its seed alone is checked
+    (`Settings.with_seed`), which makes a sweep of many seeds start in seconds, not minutes."""
+    parser, checked, out = override_parser(conf_dir), {}, []
+    for i, job in enumerate(jobs):
+        seeds = [o for o in job if o.partition("=")[0] == "seed"]
+        rest = tuple(o for o in job if o not in seeds)
+        try:
+            if seeds and rest in checked:
+                s = checked[rest].with_seed(check_seed(parser.parse_overrides(seeds[-1:])[0].value()))
+            else:
+                s = checked[rest] = validate(compose_job(job, conf_dir), warn=False)
+            if each is not None:
+                each(s)
+        except NegrlError as err:
+            knobs = " ".join(o for o in job if o.partition("=")[0] in swept)
+            raise NegrlError(f"job {i} of the sweep{f' ({knobs})' if knobs else ''}: {err}") from None
+        out.append(s)
+    return out
 
 
 def _check_tokens(t: dict[str, Any]) -> None:

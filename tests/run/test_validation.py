@@ -213,6 +213,25 @@ def _train(*args, cwd=ROOT, env_extra=None):
     )
 
 
+@pytest.mark.parametrize(
+    "argv", [["seed=0-2", "objective=dpo,npo"], ["seed=7,0,3", "model=tiny-gpt2,tiny", "adapter=lora"]]
+)
+def test_a_sweeps_seed_variants_get_the_settings_of_their_own_composition(argv):
+    """validate_sweep composes and validates a job once for all its seeds (the seed alone checked for the others):
+    every job's settings equal `validate` on that job composed whole (the config, the seed, the attacks' seed)."""
+    from negrl.run.overrides import compose_job, expand_ranges, read_command_line, sweep_jobs
+    from negrl.run.validation import validate_sweep
+
+    cmd = read_command_line(expand_ranges(["-m", "data=small", *argv]))
+    jobs, swept = sweep_jobs(cmd.parser, cmd.overrides, cmd.base)
+    assert len(jobs) == 6 and swept == {"seed", argv[1].partition("=")[0]}
+    got = validate_sweep(jobs, swept, ROOT / "conf")
+    want = [validate(compose_job(job), warn=False) for job in jobs]
+    assert got == want and len({s.attacks.seed for s in got}) == 3
+    with pytest.raises(NegrlError, match=r"^job 1 of the sweep \(seed=-1\): seed=-1 must be >= 0"):
+        validate_sweep([["seed=0"], ["seed=-1"]], {"seed"}, ROOT / "conf")
+
+
 CLI_CASES = [
     (["holdout_frac=0"], "holdout_frac=0 must"),
     (["model=pythia-9b"], "model=pythia-9b"),
