@@ -31,12 +31,17 @@ def jobs(argv: list[str]) -> list[list[str]]:
 
 
 @functools.cache
-def composed(preset: str, job: tuple[str, ...]) -> DictConfig:
-    """A preset's job composed as train.py composes it (read-only: composed once a process, shared by the tests)."""
+def composed_job(job: tuple[str, ...]) -> DictConfig:
+    """A job composed as train.py composes it (read-only: composed once a process, shared by the tests)."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={preset}", *job])
+        cfg = compose(config_name="config", overrides=list(job))
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def composed(preset: str, job: tuple[str, ...]) -> DictConfig:
+    """A preset's job, composed once a process."""
+    return composed_job((f"experiment={preset}", *job))
 
 
 def but_for_the_seed(runs: list[list[str]]) -> list[list[str]]:
@@ -90,8 +95,11 @@ def test_every_preset_of_conf_is_checked_here():
 
 
 @pytest.mark.parametrize("preset,n", PRESETS.items())
-def test_each_preset_is_a_complete_sweep_of_valid_configs(preset, n):
+def test_each_preset_is_a_complete_sweep_of_valid_configs(preset, n, monkeypatch):
+    from negrl.run import validation
     from negrl.run.validation import validate_sweep
+
+    monkeypatch.setattr(validation, "compose_job", lambda job, conf_dir: composed_job(tuple(job)))  # shared
 
     runs = jobs([f"experiment={preset}"])
     assert len(runs) == n

@@ -8,11 +8,12 @@ the key and the fix.
 
 import copy
 import difflib
+import functools
 import inspect
 import math
 import re
 import sys
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -263,11 +264,18 @@ def check_seed(value: Any) -> int:
     """`seed` alone, checked as `check_config` checks it in a whole config (its type and range): for the jobs of a
     sweep that differ from a checked job only in the seed."""
     try:
-        seed = OmegaConf.merge(OmegaConf.structured(Config), {"seed": value}).seed
+        seed = OmegaConf.merge(_seed_schema(), {"seed": value}).seed
     except OmegaConfBaseException as err:
         raise NegrlError(_type_error(err)) from None
     _check_values({"seed": seed}, Config, "")
     return seed
+
+
+@functools.cache
+def _seed_schema() -> DictConfig:
+    """`Config`'s `seed` field alone, as a structured config (merged into, never changed)."""
+    (seed,) = (f for f in fields(Config) if f.name == "seed")
+    return OmegaConf.structured(make_dataclass("SeedConfig", [(seed.name, seed.type, seed)]))
 
 
 def resume_value(resume: Any) -> "bool | str":

@@ -232,6 +232,19 @@ def test_a_sweeps_seed_variants_get_the_settings_of_their_own_composition(argv):
         validate_sweep([["seed=0"], ["seed=-1"]], {"seed"}, ROOT / "conf")
 
 
+@pytest.mark.parametrize("value", ["x", "7.5", "-1", "4294967296", "null"])
+def test_a_seed_checked_alone_is_refused_as_in_its_whole_config(value):
+    from negrl.run.overrides import compose_job, override_parser
+    from negrl.run.validation import validate_sweep
+
+    with pytest.raises(NegrlError) as whole:
+        validate(compose_job([f"seed={value}"]), warn=False)
+    assert override_parser().parse_overrides([f"seed={value}"])  # a valid override: its value is refused
+    with pytest.raises(NegrlError) as alone:  # job 1 differs from job 0 only in its seed: checked alone
+        validate_sweep([["seed=0"], [f"seed={value}"]], {"seed"}, ROOT / "conf")
+    assert str(alone.value) == f"job 1 of the sweep (seed={value}): {whole.value}"
+
+
 CLI_CASES = [
     (["holdout_frac=0"], "holdout_frac=0 must"),
     (["model=pythia-9b"], "model=pythia-9b"),
@@ -372,11 +385,11 @@ def test_multirun_with_a_bad_value_in_any_job_is_refused_before_any_job_runs(tmp
 def test_multirun_records_a_failed_job_finishes_the_others_and_exits_1(tmp_path, train_py):
     """Job 1 crashes mid-run (its checkpoint folder cannot be created): recorded `failed`, job 0 completes, and
     the sweep ends with a summary line and exit code 1. Through train.py: in this process in the fast suite, as its
-    own process in the slow one (`train_py`)."""
+    own process in the slow one (`train_py`); no attacks (nothing here reads them)."""
     (tmp_path / "1-tiny-seed1").mkdir(parents=True)
     (tmp_path / "1-tiny-seed1" / "checkpoints").write_text("a file where the checkpoint folder goes")
     proc = train_py(
-        "-m", "data=small", *FEW_STEPS, *SMALL_ATTACKS, "trainer.enable_progress_bar=false",
+        "-m", "data=small", *FEW_STEPS, "extraction.enabled=false", "trainer.enable_progress_bar=false",
         "wandb.enabled=false", "trainer.accelerator=cpu", "seed=0,1", f"hydra.sweep.dir={tmp_path}",
         env={"WANDB_MODE": "offline"},
     )  # fmt: skip
