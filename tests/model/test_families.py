@@ -224,7 +224,7 @@ def test_lora_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, mon
 
     from negrl.method.phases import ObjectivePhase
 
-    args = (*FEW, "adapter=lora", "checkpoint.every=3")
+    args = (*QUICK, "adapter=lora", "checkpoint.every=3")  # no attacks: the numbers compared are the evaluations
     want = run(make_cfg(*args), tmp_path / "full")
     with monkeypatch.context() as m:
         kill_at(m, ObjectivePhase, 7)
