@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FEW_STEPS, ROOT, SMALL_ATTACKS, make_cfg
+from conftest import FEW_STEPS, ROOT, make_cfg
 
 from negrl.cli import check_group_choices
 from negrl.core.errors import NegrlError, RunFailed
@@ -402,10 +402,11 @@ def test_multirun_records_a_failed_job_finishes_the_others_and_exits_1(tmp_path,
 
 @pytest.mark.heavy
 def test_secrets_in_the_environment_never_reach_saved_files(tmp_path, train_py):
-    """Through train.py: in this process in the fast suite, as its own process in the slow one (`train_py`)."""
+    """Through train.py: in this process in the fast suite, as its own process in the slow one (`train_py`); every
+    file a run writes (the attacks write none of their own: their figures go to results.json and metrics.csv)."""
     fake = "fake0secret0key0" + "1234567890abcdef1234"
     proc = train_py(
-        "data=small", *FEW_STEPS, *SMALL_ATTACKS, "trainer.enable_progress_bar=false",
+        "data=small", *FEW_STEPS, "extraction.enabled=false", "trainer.enable_progress_bar=false",
         "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path}",
         env={"WANDB_MODE": "offline", "WANDB_API_KEY": fake, "HF_TOKEN": fake + "hf",
              "AWS_SECRET_ACCESS_KEY": fake + "aws"},
