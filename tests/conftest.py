@@ -58,6 +58,22 @@ def make_cfg_dict(*overrides: str) -> dict[str, Any]:
     return OmegaConf.to_container(make_cfg(*overrides), resolve=True)
 
 
+class Killed(RuntimeError):
+    """The crash `kill_at` injects."""
+
+
+def kill_at(monkeypatch: pytest.MonkeyPatch, phase_cls: type, step: int) -> None:
+    """Make `phase_cls` crash on its `step`-th update (0-based), like a pre-empted machine."""
+    original = phase_cls.compute_loss
+
+    def crashing(self, batch):
+        if type(self) is phase_cls and self.start_step + self.trainer.global_step == step:
+            raise Killed(f"killed in phase {self.phase} at step {step}")
+        return original(self, batch)
+
+    monkeypatch.setattr(phase_cls, "compute_loss", crashing)
+
+
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]) -> Path:
     """The directory `name`, filled by `build(dir)` once per test session and shared by pytest-xdist's workers: the
     first worker to ask builds it under a file lock, the others wait for it and read it (for a session-scoped

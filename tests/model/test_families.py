@@ -220,7 +220,7 @@ def test_an_adapter_target_the_model_lacks_is_refused_in_one_line(tmp_path):
 
 
 def test_lora_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, monkeypatch):
-    from test_resume import Killed, kill_at
+    from conftest import Killed, kill_at
 
     from negrl.method.phases import ObjectivePhase
 

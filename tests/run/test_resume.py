@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FEW_STEPS, built_once, make_cfg
+from conftest import FEW_STEPS, Killed, built_once, kill_at, make_cfg
 
 from negrl.core.errors import NegrlError
 from negrl.method.phases import JointPhase, ObjectivePhase
@@ -20,22 +20,6 @@ EVERY = 3
 ARGS = (*FEW_STEPS, f"checkpoint.every={EVERY}")
 #: ARGS without the attacks and evaluated only after step 0 of each phase: the runs whose numbers no test compares.
 QUICK = (*ARGS, "extraction.enabled=false", "eval.every=100")
-
-
-class Killed(RuntimeError):
-    pass
-
-
-def kill_at(monkeypatch, phase_cls, step):
-    """Make `phase_cls` crash on its `step`-th update (0-based), like a pre-empted machine."""
-    original = phase_cls.compute_loss
-
-    def crashing(self, batch):
-        if type(self) is phase_cls and self.start_step + self.trainer.global_step == step:
-            raise Killed(f"killed in phase {self.phase} at step {step}")
-        return original(self, batch)
-
-    monkeypatch.setattr(phase_cls, "compute_loss", crashing)
 
 
 def killed_run(monkeypatch, run_dir, phase_cls=ObjectivePhase, step=7, hard=False, args=ARGS) -> None:
