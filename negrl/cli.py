@@ -25,6 +25,7 @@ from negrl.pipeline import check_stackable, run, run_stacked
 from negrl.run import checkpoint, signals
 from negrl.run.config import CONF_DIR
 from negrl.run.overrides import (
+    CommandLine,
     check_group_choices,
     check_not_a_hidden_sweep,
     expand_ranges,
@@ -42,19 +43,20 @@ STACKED_LAUNCHER = "hydra_plugins.negrl_launcher.StackedLauncher"
 INFO_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-sc", "--shell-completion", "--version")
 
 
-def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
+def preflight(argv: list[str], conf_dir: Path = CONF_DIR, cmd: CommandLine | None = None) -> list[str]:
     """Compose and check every job of `python train.py ARGV` before Hydra starts, so that a refused command
     writes nothing. Returns argv with a single run's directory pinned (`hydra.run.dir`) to the one checked;
-    with `resume=true`, to the run it continues (and `resume` to that directory)."""
+    with `resume=true`, to the run it continues (and `resume` to that directory). `cmd`: ARGV already read
+    (`read_command_line`, by train.py before it imports torch)."""
     if "LOCAL_RANK" in os.environ or any(a.partition("=")[0] in INFO_FLAGS for a in argv):
         return argv  # a DDP worker of a checked run, or Hydra's --help/--cfg/--info: nothing runs
-    cmd = read_command_line(argv, conf_dir)
+    cmd = cmd or read_command_line(argv, conf_dir)
     base = cmd.base
     if cmd.is_sweep:
         launcher = str(OmegaConf.select(base, "hydra.launcher._target_") or "")
         _LAUNCH.update(multirun=True, workers="joblib" in launcher.lower())
         jobs, swept = sweep_jobs(cmd.parser, cmd.overrides, base)
-        stacked = OmegaConf.select(base, "hydra.launcher._target_") == STACKED_LAUNCHER
+        stacked = launcher == STACKED_LAUNCHER
         if stacked:
             check_max_stack(OmegaConf.select(base, "hydra.launcher.max_stack"))
         checked = validate_sweep(jobs, swept, conf_dir, (lambda s: check_stackable([s])) if stacked else None)
@@ -80,16 +82,16 @@ _LAUNCH: dict[str, bool] = {"multirun": False, "workers": False, "guarded": Fals
 
 
 def command_line(hydra_main: Callable[[], Any], argv: list[str] | None = None,
-                 rewritten: list[str] | None = None) -> None:  # fmt: skip
-    """`python train.py ARGV`: renamed keys and ranges rewritten (`rewritten`: already done, by train.py before it
-    imports torch), every job checked (a refusal: one line, exit 2, nothing written), then Hydra's main under
-    `guarded`."""
+                 rewritten: list[str] | None = None, cmd: CommandLine | None = None) -> None:  # fmt: skip
+    """`python train.py ARGV`: renamed keys and ranges rewritten (`rewritten`: already done, and `cmd` read from it,
+    by train.py before it imports torch), every job checked (a refusal: one line, exit 2, nothing written), then
+    Hydra's main under `guarded`."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         if rewritten is None:
             rewritten = expand_ranges(rename_deprecated(argv))
             check_group_choices(rewritten)
-        sys.argv[1:] = preflight(rewritten)  # every job checked before Hydra writes anything
+        sys.argv[1:] = preflight(rewritten, cmd=cmd)  # every job checked before Hydra writes anything
     except NegrlError as err:
         print(f"negrl: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

@@ -166,7 +166,7 @@ def test_joblib_sweep_runs_in_parallel_and_a_failing_job_does_not_stop_the_other
     (tmp_path / "1-tiny-seed1" / "checkpoints").write_text("a file where the checkpoint folder goes")
     proc = train_py(
         "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2",
-        "data=small", *FEW_STEPS, *SMALL_ATTACKS, "extraction.enabled=false", "wandb.enabled=false",
+        "data=small", *FEW_STEPS, "extraction.enabled=false", "wandb.enabled=false",
         "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "seed=0-2", f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]
