@@ -37,10 +37,11 @@ class OptimSettings:
     grad_clip: float = 1.0  # the global gradient-norm clip
 
     def adamw(self, params: list[torch.nn.Parameter]) -> torch.optim.AdamW:
-        """A fresh AdamW over `params`. `fused`: one kernel for all parameters; "auto" fuses on CUDA only. Unfused,
-        it takes PyTorch's multi-tensor (foreach) path on every device: on CPU, where PyTorch's default is the
-        per-tensor loop, its updates are bit-identical to that loop's (tested) in about half the time; PyTorch's
-        fused CPU kernel is faster still but rounds differently (about 1e-7), so only `fused: true` takes it."""
+        """A fresh AdamW over `params`. `fused`: one kernel for all parameters; "auto" fuses on CUDA only (and
+        under bf16-mixed, where negrl.run.validation turns it into true). Unfused, it takes PyTorch's multi-tensor
+        (foreach) path on every device: on CPU, where PyTorch's default is the per-tensor loop, its updates are
+        bit-identical to that loop's (tested) in about half the time; PyTorch's fused CPU kernel is faster still
+        but rounds differently (about 1e-7), so an fp32 run takes it only with `fused: true`."""
         fused = params[0].is_cuda if self.fused == "auto" else bool(self.fused)
         return torch.optim.AdamW(
             params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas, eps=self.eps, fused=fused or None,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_cfg
 
 from negrl.method.phases import NTPPhase, OptimSettings
 from negrl.model.backbone import Backbone
+from negrl.run.validation import validate
 
 TINY = {"vocab_size": 28, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
 
@@ -18,6 +20,22 @@ def test_auto_does_not_fuse_adamw_on_cpu_and_true_forces_it():
     assert OptimSettings(fused=True).adamw(cpu_params).defaults["fused"]
     opt = OptimSettings(lr=3e-4, weight_decay=0.5).adamw(cpu_params)
     assert (opt.defaults["lr"], opt.defaults["weight_decay"]) == (3e-4, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fused"),
+    [
+        ((), "auto"),  # fp32: foreach on CPU (bit-identical to PyTorch's default), fused on CUDA
+        (("trainer.precision=bf16-mixed",), True),  # fused on every device: its rounding is far below bf16's
+        (("trainer.precision=bf16-mixed", "optim.fused=false"), False),
+        (("optim.fused=true",), True),
+    ],
+)
+def test_auto_fuses_adamw_under_bf16_mixed_on_every_device(overrides, fused):
+    optim = validate(make_cfg(*overrides), warn=False).optim
+    assert optim.fused == fused
+    cpu = OptimSettings(fused=optim.fused).adamw([torch.nn.Parameter(torch.zeros(3))]).defaults
+    assert bool(cpu["fused"]) is (fused is True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: auto fuses AdamW on CUDA only")
