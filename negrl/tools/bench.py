@@ -8,7 +8,9 @@ reference cache, fp32, unfused AdamW and log-probs, sdpa attention), one after t
 same process, and prints per phase: seconds per step, tokens per second, achieved FLOP/s against
 a matmul peak measured in the same run, peak memory, the projected wall time of a full paper run
 (64 + 1200 + 1200 steps and their evaluations), and the optimized/baseline ratio. The steps run
-through the pipeline's own Trainer and phase modules, built from the composed settings.
+through the pipeline's own Trainer and phase modules, built from the composed settings. With `--profile`
+(CPU), one more step of each phase in the optimized configuration runs under the torch profiler: its time
+in matrix multiplications, the rest, and the operators that take the rest.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from negrl.tools.bench_history import HISTORY_DIR, compare_with_history
 from negrl.tools.flops import matmul_weights, step_flops
 
 PAPER_STEPS = {1: 64, 2: 1200, 3: 1200}
+#: Operators whose self time is matrix multiplication; everything else in a step is "other" in a profile.
+MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::mv",
+                        "aten::_addmm_activation"})  # fmt: skip
 
 
 def matmul_peak(dtype: torch.dtype, device: str, reps: int = 10, budget_s: float = 0.2) -> float:
@@ -86,24 +91,44 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def step_profile(events: Any, top: int = 8) -> dict[str, Any]:
+    """A profiled step's operators (`torch.profiler`'s `key_averages()`), their self CPU time split into matrix
+    multiplications and the rest, in seconds, with the `top` operators of the rest."""
+    times = [(e.key, e.self_cpu_time_total / 1e6) for e in events]
+    other = sorted(((k, t) for k, t in times if k not in MATMUL_OPS), key=lambda kt: -kt[1])
+    return {"matmul_s": sum(t for k, t in times if k in MATMUL_OPS), "other_s": sum(t for _, t in other),
+            "top_other": [[k, t] for k, t in other[:top]]}  # fmt: skip
+
+
 class StepTimer(Callback):
     """Per optimizer step of a fit: seconds (device work included), label tokens and sequences trained, positions
-    per sequence, sequences the reference computed, and peak memory. Step 0 is a warm-up and not recorded."""
+    per sequence, sequences the reference computed, and peak memory. Step 0 is a warm-up and not recorded; step
+    `profile_at`, if any, runs under the torch profiler (`profile`: its `step_profile`) and is not timed either."""
 
-    def __init__(self, device: str):
-        self.device = device
+    def __init__(self, device: str, profile_at: int | None = None):
+        self.device, self.profile_at = device, profile_at
         self.times: list[float] = []
         self.tokens = self.sequences = self.ref_sequences = self.positions = 0
         self.memory_mb = 0.0
         self._start, self._computed = 0.0, 0
+        self._profiler: torch.profiler.profile | None = None
+        self.profile: dict[str, Any] | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == self.profile_at:
+            self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self._profiler.__enter__()
+            return
         _reset_peak_memory(self.device)
         _sync(self.device)
         self._computed = _reference_computed(pl_module)
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx == self.profile_at:
+            self._profiler.__exit__(None, None, None)
+            self.profile = step_profile(self._profiler.key_averages())
+            return
         _sync(self.device)
         elapsed = time.perf_counter() - self._start
         self.memory_mb = max(self.memory_mb, _peak_memory_mb(self.device))
@@ -143,17 +168,20 @@ def warm_cache(reference: ReferenceLogprobs, data: PasswordData, phase: int, dev
         reference(batch)
 
 
-def time_phase(phase: int, s: Settings, backbone, reference_model, data, steps: int, device: str) -> StepTimer:
-    """`steps` (+1 warm-up) steps of a phase through the pipeline's own Trainer and module, under settings `s`."""
+def time_phase(
+    phase: int, s: Settings, backbone, reference_model, data, steps: int, device: str, profile: bool = False
+) -> StepTimer:
+    """`steps` (+1 warm-up) steps of a phase through the pipeline's own Trainer and module, under settings `s`;
+    with `profile`, one more step under the torch profiler."""
     for model in (backbone, reference_model):
         model.set_compute(**s.compute)
     sizes = s.sizes
     reference = ReferenceLogprobs(reference_model, sizes.dpo_size, sizes.n_negatives, use_cache=s.reference_cache)
     if s.reference_cache and phase >= 2:
         warm_cache(reference, data, phase, device)
-    timer = StepTimer(device)
+    timer = StepTimer(device, profile_at=steps + 1 if profile else None)
     with quiet_lightning(), tempfile.TemporaryDirectory() as tmp:
-        trainer = make_trainer(s.trainer, s.optim.grad_clip, steps + 1, [timer], Path(tmp))
+        trainer = make_trainer(s.trainer, s.optim.grad_clip, steps + 1 + profile, [timer], Path(tmp))
         trainer.fit(phase_module(phase, s, backbone, reference), datamodule=data.for_phase(phase))
     return timer
 
@@ -175,7 +203,9 @@ def bench_settings(model: str, precision: str, device: str, overrides: Sequence[
                 for name, extra in configs.items()}  # fmt: skip
 
 
-def run_bench(model: str, steps: int, precision: str, device: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def run_bench(
+    model: str, steps: int, precision: str, device: str, overrides: Sequence[str] = (), profile: bool = False
+) -> dict[str, Any]:
     settings = bench_settings(model, precision, device, overrides)
     s = settings["optimized"]
     backbone, vocab = load_model(s.model, s.tokens, s.seed, s.adapter)
@@ -202,7 +232,7 @@ def run_bench(model: str, steps: int, precision: str, device: str, overrides: Se
     for phase in PHASES:
         row = {}
         for name, config in settings.items():
-            timer = time_phase(phase, config, backbone, reference, data, steps, device)
+            timer = time_phase(phase, config, backbone, reference, data, steps, device, profile and name == "optimized")
             sec = sum(timer.times) / steps
             # What the step executed, with the phase's trainable set (negrl.tools.flops: frozen weights cost 4, not 6).
             flops = step_flops(backbone, timer.sequences, timer.positions, timer.ref_sequences) / steps
@@ -214,6 +244,8 @@ def run_bench(model: str, steps: int, precision: str, device: str, overrides: Se
                 "frac_of_peak": flops / sec / peak,
                 "peak_memory_mb": timer.memory_mb,
             }
+            if timer.profile is not None:
+                row[name]["profile"] = timer.profile
         row["speedup"] = row["baseline"]["s_per_step"] / row["optimized"]["s_per_step"]
         out["phases"][str(phase)] = row
     n_evals = sum((n + s.eval_every - 1) // s.eval_every for n in PAPER_STEPS.values())
@@ -252,6 +284,10 @@ def format_table(r: dict[str, Any]) -> str:
                 f"{100 * x['frac_of_peak']:>7.1f}%{x['peak_memory_mb']:>9.0f}"
             )
         lines.append(f"{p:<6}{'speedup':<11}{row['speedup']:>9.2f}x")
+        if "profile" in row["optimized"]:
+            prof = row["optimized"]["profile"]
+            top = ", ".join(f"{k.removeprefix('aten::')} {t:.3f}" for k, t in prof["top_other"][:5])
+            lines.append(f"{p:<6}{'profile':<11}matmuls {prof['matmul_s']:.3f} s, other {prof['other_s']:.3f} s: {top}")
     e = r["extraction"]
     for name in ("optimized", "baseline"):
         lines.append(
@@ -278,13 +314,22 @@ def main(argv: list[str] | None = None) -> int:
         "--history", default=str(HISTORY_DIR), help="where the last figures of each machine kind are kept ('' : none)"
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="CPU: one more step of each phase (optimized) under the torch profiler: matmuls, the rest, its operators",
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="train.py overrides for both configurations, e.g. extraction.candidates=255"
     )
     args = parser.parse_args(argv)
     if args.steps < 1:
         print(f"negrl bench: error: --steps={args.steps} must be at least 1", file=sys.stderr)
         return 2
-    result = run_bench(args.model, args.steps, args.precision, args.device, args.overrides)
+    if args.profile and not args.device.startswith("cpu"):
+        print(f"negrl bench: error: --profile times CPU operators, not --device={args.device}; on a GPU use "
+              "train.py's trainer.profiler=pytorch", file=sys.stderr)  # fmt: skip
+        return 2
+    result = run_bench(args.model, args.steps, args.precision, args.device, args.overrides, args.profile)
     write_report(result, format_table, args.json)
     if args.history:
         compare_with_history(result, Path(args.history))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from negrl.tools.bench import main
+from negrl.tools.bench import MATMUL_OPS, main
 
 
 @pytest.mark.heavy
@@ -22,17 +22,24 @@ def test_bench_writes_every_figure_for_each_phase(tmp_path, capsys, monkeypatch)
     attacks = ["extraction.candidates=255", "extraction.samples=64", "extraction.bootstrap=100"]
     history = tmp_path / "history"
     argv = ["--model", "tiny", "--steps", "1", "--device", "cpu", "--json", str(out), "--history", str(history)]
-    assert main([*argv, *attacks, "data=small"]) == 0  # batches of 16, not the paper's 128: the figures, not their size
+    # batches of 16, not the paper's 128: the figures, not their size
+    assert main([*argv, "--profile", *attacks, "data=small"]) == 0
     r = json.loads(out.read_text())
     (kept,) = history.glob("*.json")  # this machine kind's last figures, one entry for this configuration
     (entry,) = json.loads(kept.read_text()).values()
     assert set(entry["phases"]) == {"1", "2", "3"} and entry["date"]
     assert set(r["phases"]) == {"1", "2", "3"}
+    figures = {"s_per_step", "tokens_per_s", "flops_per_s", "frac_of_peak", "peak_memory_mb"}
     for row in r["phases"].values():
+        assert set(row["optimized"]) == figures | {"profile"} and set(row["baseline"]) == figures
         for name in ("optimized", "baseline"):
-            assert set(row[name]) == {"s_per_step", "tokens_per_s", "flops_per_s", "frac_of_peak", "peak_memory_mb"}
             assert row[name]["s_per_step"] > 0 and row[name]["tokens_per_s"] > 0
         assert row["speedup"] > 0
+        prof = row["optimized"]["profile"]  # one more step, under the profiler: matmuls and the rest
+        assert prof["matmul_s"] > 0 and prof["other_s"] > 0 and 0 < len(prof["top_other"]) <= 8
+        others = [t for _, t in prof["top_other"]]
+        assert others == sorted(others, reverse=True) and sum(others) <= prof["other_s"] + 1e-9
+        assert not {k for k, _ in prof["top_other"]} & MATMUL_OPS
     assert r["projected_full_run_s_optimized"] > 0 and r["projected_speedup"] > 0
     assert set(r["matmul_peak_flops"]) == {"fp32", "bf16"} and min(r["matmul_peak_flops"].values()) > 0
     assert r["extraction"]["candidates"] == 255  # the overrides reach both configurations
@@ -41,6 +48,26 @@ def test_bench_writes_every_figure_for_each_phase(tmp_path, capsys, monkeypatch)
     out = capsys.readouterr().out
     assert "projected full paper run" in out and "extraction at a phase end (255 candidates)" in out
     assert "none yet for this configuration" in out
+    assert out.count(" profile    matmuls ") == 3  # a line per phase
+
+
+def test_a_profiled_step_is_split_into_matmuls_and_the_rest():
+    """`step_profile` on a step of known operators: matmul self time counts as matmuls, everything else as the rest,
+    the largest first."""
+    from types import SimpleNamespace
+
+    from negrl.tools.bench import step_profile
+
+    times = {"aten::mm": 3e6, "aten::exp_": 5e5, "aten::addmm": 1e6, "aten::copy_": 2.5e6, "aten::bmm": 1e5}  # us
+    prof = step_profile([SimpleNamespace(key=k, self_cpu_time_total=us) for k, us in times.items()], top=1)
+    assert prof["matmul_s"] == pytest.approx(4.1) and prof["other_s"] == pytest.approx(3.0)
+    assert prof["top_other"] == [["aten::copy_", 2.5]]
+
+
+def test_bench_profile_is_refused_on_a_gpu(tmp_path, capsys):
+    assert main(["--profile", "--device", "cuda", "--json", str(tmp_path / "b.json")]) == 2
+    assert "--profile times CPU operators" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
 
 
 def _bench_result(s_per_step: dict[str, float], **extra) -> dict:
