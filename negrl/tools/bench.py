@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import sys
 import tempfile
@@ -91,13 +92,43 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def matmul_operands(name: str, shapes: Sequence[Sequence[int]]) -> tuple[Sequence[int], Sequence[int]]:
+    """The two multiplied operands' shapes among a matmul operator's input shapes as the profiler records them:
+    `mm`/`bmm`/`mv` take them first, the `add*` forms after the tensor they add to."""
+    a, b = shapes[1:3] if name.removeprefix("aten::").startswith(("add", "_add", "badd")) else shapes[:2]
+    return a, b
+
+
+def matmul_flops(name: str, shapes: Sequence[Sequence[int]]) -> int:
+    """FLOPs of one call of the matmul operator `name` (one of `MATMUL_OPS`) with these input shapes."""
+    a, b = matmul_operands(name, shapes)
+    return 2 * math.prod(a) * (b[-1] if len(b) > 1 else 1)
+
+
 def step_profile(events: Any, top: int = 8) -> dict[str, Any]:
-    """A profiled step's operators (`torch.profiler`'s `key_averages()`), their self CPU time split into matrix
-    multiplications and the rest, in seconds, with the `top` operators of the rest."""
-    times = [(e.key, e.self_cpu_time_total / 1e6) for e in events]
-    other = sorted(((k, t) for k, t in times if k not in MATMUL_OPS), key=lambda kt: -kt[1])
-    return {"matmul_s": sum(t for k, t in times if k in MATMUL_OPS), "other_s": sum(t for _, t in other),
-            "top_other": [[k, t] for k, t in other[:top]]}  # fmt: skip
+    """A profiled step's operators (`torch.profiler`'s `key_averages(group_by_input_shape=True)`), their self CPU
+    time split into matrix multiplications and the rest, in seconds: the `top` operators of the rest, and the `top`
+    matmuls by time with their shapes, calls and FLOP/s (a slow kernel shows as one shape far below the peak)."""
+    other: dict[str, float] = {}
+    matmuls, matmul_s = [], 0.0
+    for e in events:
+        t = e.self_cpu_time_total / 1e6
+        if e.key not in MATMUL_OPS:
+            other[e.key] = other.get(e.key, 0.0) + t
+            continue
+        matmul_s += t
+        shapes = [list(x) for x in e.input_shapes]
+        flops = e.count * matmul_flops(e.key, shapes)
+        matmuls.append([e.key, shapes, e.count, t, flops / t if t > 0 else 0.0])
+    ranked = sorted(other.items(), key=lambda kt: -kt[1])
+    return {"matmul_s": matmul_s, "other_s": sum(other.values()), "top_other": [[k, t] for k, t in ranked[:top]],
+            "top_matmuls": sorted(matmuls, key=lambda m: -m[3])[:top]}  # fmt: skip
+
+
+def matmul_label(name: str, shapes: Sequence[Sequence[int]]) -> str:
+    """`mm 2048x512@512x50304`: an operator and its two operands, as a profile line shows them."""
+    a, b = matmul_operands(name, shapes)
+    return f"{name.removeprefix('aten::')} {'x'.join(map(str, a))}@{'x'.join(map(str, b))}"
 
 
 class StepTimer(Callback):
@@ -116,7 +147,8 @@ class StepTimer(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if batch_idx == self.profile_at:
-            self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            cpu = [torch.profiler.ProfilerActivity.CPU]
+            self._profiler = torch.profiler.profile(activities=cpu, record_shapes=True)
             self._profiler.__enter__()
             return
         _reset_peak_memory(self.device)
@@ -127,7 +159,7 @@ class StepTimer(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if batch_idx == self.profile_at:
             self._profiler.__exit__(None, None, None)
-            self.profile = step_profile(self._profiler.key_averages())
+            self.profile = step_profile(self._profiler.key_averages(group_by_input_shape=True))
             return
         _sync(self.device)
         elapsed = time.perf_counter() - self._start
@@ -288,6 +320,10 @@ def format_table(r: dict[str, Any]) -> str:
             prof = row["optimized"]["profile"]
             top = ", ".join(f"{k.removeprefix('aten::')} {t:.3f}" for k, t in prof["top_other"][:5])
             lines.append(f"{p:<6}{'profile':<11}matmuls {prof['matmul_s']:.3f} s, other {prof['other_s']:.3f} s: {top}")
+            peak = r["matmul_peak_flops"]["bf16" if r["precision"] == "bf16-mixed" else "fp32"]
+            mms = "; ".join(f"{matmul_label(k, shapes)} x{n} {t:.3f} s {100 * rate / peak:.0f}%"
+                            for k, shapes, n, t, rate in prof["top_matmuls"][:4])  # fmt: skip
+            lines.append(f"{p:<6}{'matmuls':<11}{mms}")
     e = r["extraction"]
     for name in ("optimized", "baseline"):
         lines.append(

@@ -196,6 +196,23 @@ def test_degenerate_but_legal_settings_warn_in_one_line(capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_that_emulates_it_warns_in_one_line(capsys, monkeypatch, native):
+    from negrl.run import validation
+
+    monkeypatch.setattr(validation, "native_cpu_bf16", lambda: native)
+    paper = ("data=paper", "data.negative_repeats=60", "trainer.accelerator=cpu")  # nothing else to warn about
+    validation.validate(make_cfg(*paper, "trainer.precision=bf16-mixed"))
+    err = capsys.readouterr().err.splitlines()
+    if native:
+        assert err == []
+    else:
+        assert len(err) == 1 and err[0].startswith("negrl: warning: trainer.precision=bf16-mixed on a CPU without")
+        assert "emulates bf16 matmuls" in err[0] and err[0].endswith("use trainer.precision=32-true on this CPU")
+    validation.validate(make_cfg(*paper, "trainer.precision=32-true"))
+    assert capsys.readouterr().err == ""
+
+
 def test_unknown_model_name_lists_the_choices():
     with pytest.raises(
         NegrlError, match="model=pythia-9b is unknown; choose one of: gemma-3-270m, gpt2, .*, pythia-160m, pythia-1b"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,9 @@ def test_bench_writes_every_figure_for_each_phase(tmp_path, capsys, monkeypatch)
         others = [t for _, t in prof["top_other"]]
         assert others == sorted(others, reverse=True) and sum(others) <= prof["other_s"] + 1e-9
         assert not {k for k, _ in prof["top_other"]} & MATMUL_OPS
+        assert 0 < len(prof["top_matmuls"]) <= 8 and {m[0] for m in prof["top_matmuls"]} <= MATMUL_OPS
+        assert sum(m[3] for m in prof["top_matmuls"]) <= prof["matmul_s"] + 1e-9
+        assert all(calls >= 1 and rate > 0 for _, _, calls, _, rate in prof["top_matmuls"])
     assert r["projected_full_run_s_optimized"] > 0 and r["projected_speedup"] > 0
     assert set(r["matmul_peak_flops"]) == {"fp32", "bf16"} and min(r["matmul_peak_flops"].values()) > 0
     assert r["extraction"]["candidates"] == 255  # the overrides reach both configurations
@@ -49,19 +53,48 @@ def test_bench_writes_every_figure_for_each_phase(tmp_path, capsys, monkeypatch)
     assert "projected full paper run" in out and "extraction at a phase end (255 candidates)" in out
     assert "none yet for this configuration" in out
     assert out.count(" profile    matmuls ") == 3  # a line per phase
+    assert out.count(" matmuls    ") == 3 and re.search(r" matmuls    (mm|addmm|bmm) \d+x\d+@\d+x\d+ x\d+ ", out)
 
 
 def test_a_profiled_step_is_split_into_matmuls_and_the_rest():
-    """`step_profile` on a step of known operators: matmul self time counts as matmuls, everything else as the rest,
-    the largest first."""
+    """`step_profile` on a step of known operators (grouped by input shape, as the bench records them): matmul self
+    time counts as matmuls, everything else as the rest, the largest first; each matmul shape with its FLOP/s."""
     from types import SimpleNamespace
 
     from negrl.tools.bench import step_profile
 
-    times = {"aten::mm": 3e6, "aten::exp_": 5e5, "aten::addmm": 1e6, "aten::copy_": 2.5e6, "aten::bmm": 1e5}  # us
-    prof = step_profile([SimpleNamespace(key=k, self_cpu_time_total=us) for k, us in times.items()], top=1)
-    assert prof["matmul_s"] == pytest.approx(4.1) and prof["other_s"] == pytest.approx(3.0)
-    assert prof["top_other"] == [["aten::copy_", 2.5]]
+    def op(key, us, shapes=(), count=1):
+        return SimpleNamespace(key=key, self_cpu_time_total=us, input_shapes=list(shapes), count=count)
+
+    events = [
+        op("aten::mm", 2e6, [[2048, 512], [512, 50304]], count=2),  # 2 x 105.5 GFLOP in 2 s
+        op("aten::mm", 1e6, [[50304, 2048], [2048, 512]]),
+        op("aten::exp_", 3e5, [[16, 50304]]),
+        op("aten::exp_", 2e5, [[8, 50304]]),  # the rest is summed over shapes, by operator
+        op("aten::addmm", 1e6, [[1536], [2048, 512], [512, 1536], [], []], count=4),
+        op("aten::copy_", 2.5e6, [[2048, 512], [2048, 512], []]),
+        op("aten::bmm", 1e5, [[64, 17, 64], [64, 64, 17]], count=10),
+        op("aten::baddbmm", 1e5, [[64, 17, 17], [64, 17, 64], [64, 64, 17], [], []]),
+    ]
+    prof = step_profile(events, top=2)
+    assert prof["matmul_s"] == pytest.approx(4.2) and prof["other_s"] == pytest.approx(3.0)
+    assert prof["top_other"] == [["aten::copy_", 2.5], ["aten::exp_", pytest.approx(0.5)]]
+    (name, shapes, calls, seconds, rate), second = prof["top_matmuls"]
+    assert (name, shapes, calls, seconds) == ("aten::mm", [[2048, 512], [512, 50304]], 2, 2.0)
+    assert rate == 2 * 2 * 2048 * 512 * 50304 / 2.0
+    assert second[:4] == ["aten::mm", [[50304, 2048], [2048, 512]], 1, 1.0]
+    prof = step_profile(events, top=8)
+    rates = {(m[0], m[1][0][0]): m[4] for m in prof["top_matmuls"]}
+    assert rates[("aten::addmm", 1536)] == 4 * 2 * 2048 * 512 * 1536 / 1.0  # operands after the added bias
+    assert rates[("aten::bmm", 64)] == 10 * 2 * 64 * 17 * 64 * 17 / 0.1
+    assert rates[("aten::baddbmm", 64)] == 2 * 64 * 17 * 64 * 17 / 0.1
+
+
+def test_a_matmul_is_labelled_by_its_operands():
+    from negrl.tools.bench import matmul_label
+
+    assert matmul_label("aten::addmm", [[1536], [2048, 512], [512, 1536], [], []]) == "addmm 2048x512@512x1536"
+    assert matmul_label("aten::bmm", [[64, 17, 64], [64, 64, 17]]) == "bmm 64x17x64@64x64x17"
 
 
 def test_bench_profile_is_refused_on_a_gpu(tmp_path, capsys):
