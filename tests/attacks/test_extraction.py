@@ -160,6 +160,20 @@ def test_roc_auc_is_the_probability_a_member_scores_higher_ties_half():
     assert mannwhitneyu(members.numpy(), nonmembers.numpy()).statistic / 12 == pytest.approx(sum(pairs) / 12)
 
 
+@pytest.mark.parametrize("shift", [0.0, 36.0, 40.0, 1e4])
+def test_roc_auc_reads_raw_scores_at_any_scale(shift):
+    """Scores are nats, not probabilities or logits: a shift of every score leaves the AUC as it is (a sigmoid
+    first, as torchmetrics' binary_auroc applies to scores outside [0, 1], ties them all above about 37)."""
+    members, nonmembers = torch.tensor([5.0, 4.2, 4.0, 3.1]), torch.tensor([4.0, 3.0, 2.5])
+    assert membership.roc_auc(members + shift, nonmembers + shift) == 10.5 / 12
+    assert membership.roc_auc(members + shift + 9, nonmembers + shift) == 1.0
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(64, generator=g, dtype=torch.float64) + 0.5, torch.randn(64, generator=g, dtype=torch.float64)
+    interval = membership.auc_interval(a + shift, b + shift, n_boot=200, seed=3)
+    assert interval == membership.auc_interval(a, b, n_boot=200, seed=3)  # same AUC and interval at any scale
+    assert interval.low <= interval.auc <= interval.high
+
+
 def test_bootstrap_interval_is_seeded_and_covers_chance_for_indistinguishable_sets():
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(128, generator=g), torch.randn(128, generator=g)
