@@ -372,10 +372,26 @@ POSITION_ATTACKS = {
 POSITIONS_SPAN = 0.5
 
 
+def runs_with(runs: Sequence[Run], where: Sequence[str]) -> list[Run]:
+    """The runs whose results.json has a non-empty list at `where`."""
+    return [r for r in runs if isinstance(v := r.value(*where), list) and v]
+
+
+def drawn_seeds_label(runs: Sequence[Run], wheres: Sequence[Sequence[str]]) -> str:
+    """`_seeds_label` of the runs a figure's series were drawn from (the lists at `wheres`; a group's runs without
+    attacks have none): 'seed 0', 'mean of 3 seeds', or 'mean of 2-3 seeds' when the series rest on different
+    numbers of runs."""
+    having = [h for h in (runs_with(runs, w) for w in wheres) if h]
+    counts = sorted({len(h) for h in having})
+    if len(counts) > 1:
+        return f"mean of {counts[0]}-{counts[-1]} seeds"
+    return _seeds_label(having[0] if having else runs)
+
+
 def seed_stack(runs: Sequence[Run], where: Sequence[str]) -> np.ndarray:
     """The lists at `where` in results.json of the runs that have one, as a (runs x length) array (null entries and
     the ends of shorter lists NaN)."""
-    lists = [v for v in (r.value(*where) for r in runs) if isinstance(v, list) and v]
+    lists = [r.value(*where) for r in runs_with(runs, where)]
     stack = np.full((len(lists), max(map(len, lists), default=0)), np.nan)
     for i, values in enumerate(lists):
         stack[i, : len(values)] = [as_float(v) for v in values]
@@ -420,7 +436,8 @@ def plot_lens(group: Group, path: Path | str | None = None) -> Figure:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer read out (0 = embeddings, last = the model's output)")
     ax.set_ylabel("mean letter LL (renormalised over K)")
-    title = f"Logit lens of each phase's final model: {group.label}\n({_seeds_label(group.runs)})"
+    seeds_label = drawn_seeds_label(group.runs, [lens_where(p, n) for p, n in drawn])
+    title = f"Logit lens of each phase's final model: {group.label}\n({seeds_label})"
     return _finish(fig, ax, title, entries, path)
 
 
@@ -465,7 +482,8 @@ def plot_positions(group: Group, path: Path | str | None = None) -> Figure:
     ax.set_xlim(0.5, length + 0.5)
     ax.set_xlabel("letter position in the password")
     ax.set_ylabel("recovery rate (true letter strictly most likely)")
-    title = f"Letter-by-letter recovery: {group.label}\n({_seeds_label(group.runs)})"
+    drawn = [positions_where(a, n) for a in POSITION_ATTACKS for n in ("heldout", "random")]
+    title = f"Letter-by-letter recovery: {group.label}\n({drawn_seeds_label(group.runs, drawn)})"
     return _finish(fig, ax, title, entries, path)
 
 

@@ -720,6 +720,10 @@ def test_membership_extraction_tables_and_attack_figures(tmp_path: Path, capsys)
     assert math.isnan(y[0]) and y[1:] == pytest.approx(0.2 + np.arange(15) / 1000)
     assert "logit difference, phase 2 vs reference (regular): random passwords" in curves
     assert curves["chance 1/26 = 0.038"][1][0] == pytest.approx(1 / 26)
+    # A title counts the seeds drawn: of the mixed group's two runs only seed 0 has the lens and the positions.
+    assert lens.get_title().endswith("(mean of 3 seeds)") and positions.get_title().endswith("(mean of 3 seeds)")
+    for plot in (figures.plot_lens, figures.plot_positions):
+        assert plot(mixed).axes[0].get_title().endswith("(seed 0)")
 
 
 def test_a_single_run_directory_gives_its_figures(tmp_path: Path, capsys):
