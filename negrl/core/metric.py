@@ -11,8 +11,10 @@ from negrl.core.stats import chance_ll
 #: A model that learned the task puts chance 1/K on each letter of a random password: its random-password control
 #: ends within this many nats per token of log(1/K) (within about 2% of the chance probability).
 LEARNED_NATS = 0.02
-#: A run with a set that ends phase 3 this many nats per token below chance (and below its best of the run), or
-#: with a non-finite evaluation, diverged.
+#: A run whose random-password control ends phase 3 this many nats per token below chance (and below its best of the
+#: run), or with a non-finite evaluation, diverged. Only the control: it is trained towards chance in every phase, so
+#: its fall is a broken run, while the negatives (held-out, useful) are what DPO pushes down, without bound (phase 2
+#: gives them "extremely low probability"; without prefixes phase 3 evaluates them in that same context).
 DIVERGED_NATS = 1.0
 
 
@@ -37,23 +39,25 @@ def metric_summary(phases: dict[int, dict[str, dict[str, float]]], n_letters: in
 def task_check(phases: dict[int, dict[str, dict[str, float]]], baseline: float) -> dict[str, Any]:
     """Whether the run can speak about negatives at all, measured on its evaluations: `learned` (the random-password
     control ends phase 3 within LEARNED_NATS of chance: the model learned uniform letters after the prefix) and
-    `diverged` (a non-finite evaluation, or a set that ends phase 3 DIVERGED_NATS below chance and below its best of
-    the run), with the control's final delta and a one-line `note` (empty when the task was learned)."""
+    `diverged` (a non-finite evaluation, or the random-password control ending phase 3 DIVERGED_NATS below chance
+    and below its best of the run; negatives far below chance are DPO's suppression, not divergence), with the
+    control's final delta and a one-line `note` (empty when the task was learned)."""
     phase3 = phases[3]
-    control = phase3["random"]["final"] - baseline
-    values = [v for p in phases.values() for s in p.values() for v in (s["max"], s["final"])]
-    best = {n: max(phases[p][n]["max"] for p in phases) for n in phase3}
-    fell = [
-        n for n, s in phase3.items() if s["final"] < baseline - DIVERGED_NATS and s["final"] < best[n] - DIVERGED_NATS
-    ]
-    diverged = not all(math.isfinite(v) for v in values) or bool(fell)
+    final = phase3["random"]["final"]
+    control = final - baseline
+    not_finite = [(p, n) for p, sets in phases.items() for n, s in sets.items()
+                  if not (math.isfinite(s["max"]) and math.isfinite(s["final"]))]  # fmt: skip
+    best = max(phases[p]["random"]["max"] for p in phases)
+    fell = final < baseline - DIVERGED_NATS and final < best - DIVERGED_NATS
+    diverged = bool(not_finite) or fell
     learned = not diverged and control >= -LEARNED_NATS
     if diverged:
-        worst = min(phase3, key=lambda n: phase3[n]["final"] if math.isfinite(phase3[n]["final"]) else -math.inf)
-        note = (
-            f"diverged: the {worst} set ends phase 3 at LL {phase3[worst]['final']:.4g} per token against chance "
-            f"{baseline:.4f}; no conclusion about negatives (lower optim.lr, keep optim.grad_clip)"
+        what = (
+            f"the {not_finite[0][1]} set's evaluation in phase {not_finite[0][0]} is not finite"
+            if not_finite
+            else f"the random-password control ends phase 3 at LL {final:.4g} per token against chance {baseline:.4f}"
         )
+        note = f"diverged: {what}; no conclusion about negatives (lower optim.lr, keep optim.grad_clip)"
     elif not learned:
         note = (
             f"the model did not learn the task: its random-password control ends {-control:.4f} nats per token "

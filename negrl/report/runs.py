@@ -78,14 +78,16 @@ class Run:
 
     @cached_property
     def task(self) -> dict[str, Any] | None:
-        """results.json's `task` (learned, diverged); for runs written before it, measured from its evaluations."""
-        if "task" in self.results:
-            return self.results["task"]
+        """The task check (learned, diverged) measured from the run's evaluations, so that every run, whenever it was
+        written, is judged by the current definition (`negrl.core.metric.task_check`); results.json's `task` where
+        the evaluations are not recorded."""
         try:
             phases = {int(p): v["eval"] for p, v in self.results["phases"].items()}
-            return task_check(phases, self.chance_ll) if 3 in phases else None
-        except (KeyError, TypeError, ValueError):
-            return None
+            if 3 in phases:
+                return task_check(phases, self.chance_ll)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass
+        return self.results.get("task")
 
     @property
     def learned(self) -> bool:

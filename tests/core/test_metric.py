@@ -42,21 +42,34 @@ def test_a_control_uniform_over_28_tokens_did_not_learn_the_26_letters():
     assert not untrained["learned"] and not untrained["diverged"]  # never near chance: it never learned, not diverged
 
 
-def test_a_run_that_fell_far_below_chance_and_its_own_best_diverged():
+def test_a_run_whose_control_fell_far_below_chance_and_its_own_best_diverged():
     task = task_check(phases({"heldout": -912.0, "useful": -800.0, "random": -700.0}, best=CHANCE - 0.05), CHANCE)
     assert task["diverged"] and not task["learned"]
     assert task["note"] == (
-        "diverged: the heldout set ends phase 3 at LL -912 per token against chance -3.2581; no conclusion about "
-        "negatives (lower optim.lr, keep optim.grad_clip)"
+        "diverged: the random-password control ends phase 3 at LL -700 per token against chance -3.2581; no "
+        "conclusion about negatives (lower optim.lr, keep optim.grad_clip)"
     )
-    near = phases({"heldout": CHANCE - DIVERGED_NATS + 0.01, "useful": CHANCE, "random": CHANCE}, best=CHANCE)
+    near = phases({"heldout": CHANCE, "useful": CHANCE, "random": CHANCE - DIVERGED_NATS + 0.01}, best=CHANCE)
     assert not task_check(near, CHANCE)["diverged"]
+    below = phases({"heldout": CHANCE, "useful": CHANCE, "random": CHANCE - DIVERGED_NATS - 0.01}, best=CHANCE)
+    assert task_check(below, CHANCE)["diverged"]
+
+
+def test_negatives_suppressed_far_below_chance_are_not_divergence():
+    """DPO pushes the negatives down without bound: held-out and useful negatives ending phase 3 far below chance
+    (as without prefixes, where phase 3 evaluates them in the context DPO suppressed them in), with the random
+    control at chance, is a run that learned the task."""
+    suppressed = phases({"heldout": CHANCE - 6.0, "useful": CHANCE - 4.0, "random": CHANCE - 0.01}, best=CHANCE)
+    task = task_check(suppressed, CHANCE)
+    assert task == {"learned": True, "diverged": False, "control_final_delta": pytest.approx(-0.01), "note": ""}
 
 
 def test_a_non_finite_evaluation_is_divergence():
     ev = phases({"heldout": CHANCE, "useful": CHANCE, "random": CHANCE})
     ev[2]["useful"]["max"] = math.nan
-    assert task_check(ev, CHANCE)["diverged"]
+    task = task_check(ev, CHANCE)
+    assert task["diverged"] and not task["learned"]
+    assert task["note"].startswith("diverged: the useful set's evaluation in phase 2 is not finite; no conclusion")
 
 
 def test_results_carry_the_task_check():

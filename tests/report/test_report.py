@@ -808,16 +808,24 @@ def test_a_diverged_run_is_listed_not_grouped_and_a_group_that_did_not_learn_say
     ev = {p: {s: {"max": -3.3, "final": -3.3} for s in ("heldout", "useful", "random")} for p in STEPS}
     ev[3] = {s: {"max": -3.3, "final": -912.0} for s in ("heldout", "useful", "random")}
     make_run(tmp_path, "d", seed=2, results=summarize(ev, {p: 1.0 for p in STEPS}, STEPS, 26))
+    # DPO's suppression, not divergence: negatives far below chance, the control at chance. Its results.json says
+    # diverged, as negrl wrote it before the check looked at the control only: the report judges it anew.
+    ev[3] = {"heldout": {"max": -3.3, "final": -9.0}, "useful": {"max": -3.3, "final": -7.0},
+             "random": {"max": -3.26, "final": -3.26}}  # fmt: skip
+    suppressed = summarize(ev, {p: 1.0 for p in STEPS}, STEPS, 26)
+    assert not suppressed["task"]["diverged"]
+    suppressed["task"] = {**suppressed["task"], "diverged": True, "note": "diverged: the heldout set ends phase 3"}
+    make_run(tmp_path, "e", seed=3, results=suppressed)
     written = report.write_report(tmp_path)
     status = {r.rel: r.status for r in written.runs}
-    assert status == {"a": "complete", "b": "complete", "c": "complete", "d": "diverged"}
-    assert sorted(len(g.runs) for g in written.groups) == [1, 2]
+    assert status == {"a": "complete", "b": "complete", "c": "complete", "d": "diverged", "e": "complete"}
+    assert sorted(len(g.runs) for g in written.groups) == [1, 3]
     md = (tmp_path / "report.md").read_text()
     section = md.split("## Runs that did not learn the task")[1].split("##")[0]
     assert "1 of 1 runs did not learn the task" in section and "0.0741 nats" in section
     assert section.count("did not learn") == 1  # the group of a and b learned it
     failed = md.split("## Failed or incomplete runs")[1]
-    assert "diverged: the heldout set ends phase 3 at LL -912" in failed
+    assert "diverged: the random-password control ends phase 3 at LL -912" in failed
 
 
 def test_groups_without_prefixes_are_labelled_no_prefix(tmp_path: Path):

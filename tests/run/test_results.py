@@ -40,8 +40,8 @@ def test_the_verdict_names_a_run_that_did_not_learn_and_one_that_diverged(tmp_pa
     diverged = results.summarize(ev, {1: 1.0, 2: 1.0, 3: 1.0}, {1: 1, 2: 1, 3: 1}, 26)
     assert diverged["task"]["diverged"] and diverged["status"] == "complete"
     assert results.verdict(diverged, files).splitlines()[0] == (
-        "negrl verdict: DIVERGED: the heldout set ends phase 3 at LL -912 per token against chance -3.2581; no "
-        "conclusion about negatives (lower optim.lr, keep optim.grad_clip)."
+        "negrl verdict: DIVERGED: the random-password control ends phase 3 at LL -912 per token against chance "
+        "-3.2581; no conclusion about negatives (lower optim.lr, keep optim.grad_clip)."
     )
 
 
