@@ -155,13 +155,20 @@ def group_table(groups: Sequence[Group]) -> Table:
     return header, rows
 
 
+def _pm_of(summary: stats.Summary, n: int, spec: str) -> str:
+    """`_pm`, with "(n=K)" after a value that rests on fewer runs than its row's `n`."""
+    text = _pm(summary, spec)
+    return f"{text} (n={summary.n})" if 0 < summary.n < n else text
+
+
 def _pair(group: Group, a: str, b: str, spec: str = ".3f") -> list[str]:
-    return [_pm(group.extraction[a], spec), _pm(group.extraction[b], spec)]
+    n = max(v.n for v in group.extraction.values())
+    return [_pm_of(group.extraction[a], n, spec), _pm_of(group.extraction[b], n, spec)]
 
 
 def extraction_table(groups: Sequence[Group]) -> Table:
     """Header and rows of the extraction attacks per group (mean ± std over the runs that have them; n/a where
-    none has, e.g. runs made before an attack)."""
+    none has, e.g. runs made before an attack): `n` the runs with any of them, and "(n=K)" after a value from fewer."""
     header = [
         "group", "n", "greedy acc held-out", "greedy acc random", "strength held-out", "strength random",
         "beam hits held-out", "beam hits random", "sampled hits held-out", "sampled hits random", "generated",
@@ -170,9 +177,10 @@ def extraction_table(groups: Sequence[Group]) -> Table:
     rows = []
     for g in groups:
         rows.append([
-            g.label, str(g.extraction["greedy_acc_heldout"].n), *_pair(g, "greedy_acc_heldout", "greedy_acc_random"),
+            g.label, str(max(v.n for v in g.extraction.values())), *_pair(g, "greedy_acc_heldout", "greedy_acc_random"),
             *_pair(g, "strength_heldout", "strength_random"), *_pair(g, "beam_hits_heldout", "beam_hits_random", ".1f"),
-            *_pair(g, "sampled_hits_heldout", "sampled_hits_random", ".1f"), _pm(g.extraction["generation_n"], ".0f"),
+            *_pair(g, "sampled_hits_heldout", "sampled_hits_random", ".1f"),
+            _pm_of(g.extraction["generation_n"], max(v.n for v in g.extraction.values()), ".0f"),
             *_pair(g, "exposure_heldout", "exposure_random", ".2f"),
             *_pair(g, "logit_diff_acc_heldout", "logit_diff_acc_random"),
         ])  # fmt: skip
@@ -191,9 +199,9 @@ def membership_table(groups: Sequence[Group]) -> Table:
                 cells = [g.membership[(phase, attack, member)] for member in MIA_MEMBERS]
                 if not any(c.auc.n for c in cells):
                     continue
-                values = [x for c in cells for x in (_pm(c.auc, ".3f"), _p(c.test.p_two_sided))]
-                n = str(max(c.auc.n for c in cells))
-                rows.append([g.label, f"{phase} ({condition(phase, g.prefix)})", attack, n, *values])
+                n = max(c.auc.n for c in cells)
+                values = [x for c in cells for x in (_pm_of(c.auc, n, ".3f"), _p(c.test.p_two_sided))]
+                rows.append([g.label, f"{phase} ({condition(phase, g.prefix)})", attack, str(n), *values])
     return header, rows
 
 

@@ -701,6 +701,10 @@ def test_membership_extraction_tables_and_attack_figures(tmp_path: Path, capsys)
         extraction
     )
     assert "| holdout_frac=0.2 | 0 | n/a |" in extraction and "exact" not in extraction
+    # A value from fewer runs than its row's n says so: of the mixed group's two runs only seed 0 has strength.
+    (mixed_row,) = [x for x in extraction.splitlines() if x.startswith("| holdout_frac=0.1 |")]
+    cells = [c.strip() for c in mixed_row.strip("|").split("|")]
+    assert cells[1] == "2" and "(n=" not in cells[2] and cells[4].endswith("(n=1)")
     assert "Membership inference (ROC AUC):" in printed and "0.623 ± 0.075" in printed
     for name in ("fig_lens_holdout_frac-0.05.png", "fig_positions_holdout_frac-0.1.png"):
         assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC) and f"({name})" in md
