@@ -97,7 +97,7 @@ def group_row(group: Group) -> dict[str, Any]:
 
 def write_csv(groups: Sequence[Group], path: Path) -> None:
     """report.csv: one row per group; NaN (n = 1, zero variance) is an empty cell."""
-    knobs = list(groups[0].knobs) if groups else []
+    knobs = [k for k in groups[0].knobs if k not in CSV_COLUMNS] if groups else []  # n_letters: a column already
     columns = [CSV_COLUMNS[0], *knobs, *CSV_COLUMNS[1:]]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)

@@ -549,6 +549,19 @@ def test_groups_with_different_letters_each_get_their_chance(tmp_path: Path):
     assert "K = 3 (log(1/3) = -1.0986)" in notes and "K = 26 (log(1/26) = -3.2581)" in notes
 
 
+def test_groups_whose_configs_lack_the_letters_get_one_n_letters_column(tmp_path: Path):
+    """K from results.json's baseline is a knob of the grouping and a fixed column of report.csv: written once."""
+    for seed in (0, 1):
+        make_run(tmp_path, f"k3/s{seed}", seed, results=complete_results(-1.0, -1.1, n_letters=3), tokens=None)
+        make_run(tmp_path, f"k26/s{seed}", seed, results=complete_results(-3.2, -3.25), tokens=None)
+    assert main([str(tmp_path)]) == 0
+    with open(tmp_path / "report.csv") as f:
+        header = next(csv.reader(f))
+    assert header.count("n_letters") == 1
+    rows = list(csv.DictReader(open(tmp_path / "report.csv")))
+    assert sorted(r["n_letters"] for r in rows) == ["26", "3"]
+
+
 def test_run_without_known_letters_is_invalid_not_guessed(tmp_path: Path):
     results = complete_results(-3.2, -3.25)
     del results["baseline"]
