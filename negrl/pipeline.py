@@ -110,7 +110,8 @@ def _seed_runner(
 
 
 def check_stackable(settings: list[Settings]) -> None:
-    """Stacked seeds share everything but the seed, train on one device, and an objective they can compute."""
+    """Stacked seeds share everything but the seed, train on one device, with an objective they can compute and
+    without fp16 loss scaling (one scaler for all seeds)."""
     check_stackable_objective(settings[0].objective[0])
     first = numeric_config({**settings[0].config, "seed": 0})
     for s in settings[1:]:
@@ -127,3 +128,8 @@ def check_stackable(settings: list[Settings]) -> None:
     devices = settings[0].config["trainer"].get("devices", 1)
     if (len(devices) if isinstance(devices, list) else devices) != 1:
         raise NegrlError(f"trainer.devices={devices}: stacked seeds train on one device; use trainer.devices=1")
+    if str(settings[0].config["trainer"].get("precision")) == "16-mixed":
+        raise NegrlError(
+            "trainer.precision=16-mixed scales the loss of all stacked seeds with one GradScaler, so one seed's "
+            "overflow skips every seed's step; use trainer.precision=bf16-mixed, or run without hydra/launcher=stacked"
+        )

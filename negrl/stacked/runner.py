@@ -43,6 +43,9 @@ class StackedPhase(L.LightningModule):
         super().__init__()
         self.phase_module, self.stack = phase, stack
         self.group = group  # a plain attribute: the runners' bookkeeping, not a module
+        # The stacked reference (phases 2-3) as a submodule: it moves with the module to the phase's device, as the
+        # reference's template does (a plain attribute stayed on the CPU while the tokens went to the GPU).
+        self.ref_stack = group.ref_stack if phase.phase > 1 else None
         self.rows: list[dict[str, torch.Tensor]] = [{} for _ in range(stack.size)]
         self.eval_logprobs: torch.Tensor | None = None
 
@@ -62,9 +65,12 @@ class StackedPhase(L.LightningModule):
         return self.phase_module.optimizer_and_schedule(self.stack.trainable())
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """A failed seed's gradients are zeroed (its weights are no longer read)."""
+        """A failed seed's gradients are set to zero (its weights are no longer read): written, not multiplied, as
+        they are NaN (NaN x 0 is NaN)."""
         if self.group.failed:
-            self._scale_grads(self.group.alive_mask(self.stack.stacked[0].device).float())
+            failed = ~self.group.alive_mask(self.stack.stacked[0].device)
+            for g in (t.grad for t in self.stack.trainable() if t.grad is not None):
+                g.masked_fill_(failed.view(-1, *[1] * (g.dim() - 1)), 0.0)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Each seed's global gradient norm clipped to `gradient_clip_val` on its own (as `clip_grad_norm_` does

@@ -89,13 +89,32 @@ def test_stacked_seeds_write_what_separate_runs_write(separate, tmp_path, seeds)
         assert_same_run(tmp_path / f"seed{s}", separate / f"seed{s}")
 
 
-def test_a_seed_going_non_finite_fails_alone(separate, tmp_path):
+def test_a_seed_going_non_finite_fails_alone(separate, tmp_path, monkeypatch):
     def poison_seed_1(phase, stack):
         if phase == 1:
             with torch.no_grad():
                 stack.stacked[0][1].fill_(math.nan)  # seed 1's input embedding
 
+    seen = {"failed_grads_zero": [], "reference_registered": []}
+    zero_failed, step = StackedPhase.on_before_optimizer_step, StackedPhase.training_step
+
+    def checked_zeroing(self, optimizer):
+        zero_failed(self, optimizer)
+        if self.group.failed:  # the failed seed's gradients are zero, not NaN x 0 = NaN
+            grads = [t.grad[1] for t in self.stack.trainable() if t.grad is not None]
+            seen["failed_grads_zero"].append(all(bool((g == 0).all()) for g in grads))
+
+    def checked_step(self, batch, batch_idx):
+        if self.phase_module.phase > 1:  # the reference moves with the module (to the GPU, in a GPU run)
+            registered = {id(t) for t in self.parameters()}
+            seen["reference_registered"].append(all(id(t) in registered for t in self.group.ref_stack.stacked))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(StackedPhase, "on_before_optimizer_step", checked_zeroing)
+    monkeypatch.setattr(StackedPhase, "training_step", checked_step)
     results = run_stacked(cfgs((0, 1, 2)), [tmp_path / f"seed{s}" for s in (0, 1, 2)], poison_seed_1)
+    assert seen["failed_grads_zero"] and all(seen["failed_grads_zero"])
+    assert seen["reference_registered"] and all(seen["reference_registered"])
     assert isinstance(results[1], RunFailed)
     failed = RunDir(tmp_path / "seed1").read_results()
     assert failed["status"] == "failed"
@@ -132,6 +151,21 @@ def test_a_crashed_stack_resumes_and_each_seed_checkpoint_is_a_separate_runs(sep
     assert [r["run"]["dir"] for r in resumed] == [str(dirs[1]), str(dirs[2])]
     for s, d in zip((0, 1, 2), dirs):
         assert_same_run(d, separate / f"seed{s}")
+
+
+def test_fp16_loss_scaling_does_not_stack():
+    """One GradScaler for all seeds would skip every seed's step on one seed's overflow: refused (16-mixed is for a
+    GPU, where Lightning would scale; the check itself reads the settings only)."""
+    from dataclasses import replace
+
+    from negrl.pipeline import check_stackable
+    from negrl.run.validation import validate
+
+    s = validate(make_cfg(*FEW, "seed=0"), warn=False)
+    fp16 = replace(s, config={**s.config, "trainer": {**s.config["trainer"], "precision": "16-mixed"}})
+    check_stackable([s, s.with_seed(1)])
+    with pytest.raises(NegrlError, match=r"16-mixed scales the loss of all stacked seeds .*=bf16-mixed"):
+        check_stackable([fp16, fp16.with_seed(1)])
 
 
 def test_only_seeds_of_one_config_on_one_device_stack(tmp_path):
