@@ -8,8 +8,9 @@ it uniformly). Three decoders: **greedy** (argmax, ties to the first letter), **
 most likely passwords the search finds), and N **sampled** at temperature 1 from a seeded CPU generator (the run's
 global random state is untouched). Forward passes are chunked no-grad fp32 passes; a transformers model decodes
 with its key-value cache (`past_key_values`: the prefix once, then one token per row and letter, the cache's rows
-reordered as beams are), any other module by re-running the sequence so far (`Rerun`, also the cached decoding's
-reference in the tests): the same candidates, about 9x fewer token passes for 16 letters after a prefix.
+reordered as beams are), any other module, and a model with sliding-window attention layers (Gemma 3: their cache
+keeps only the window), by re-running the sequence so far (`Rerun`, also the cached decoding's reference in the
+tests): the same candidates, about 9x fewer token passes for 16 letters after a prefix.
 """
 
 from __future__ import annotations
@@ -34,10 +35,22 @@ class Decoder(Protocol):
 
 
 def decoder(backbone: Backbone, letter_ids: torch.Tensor, chunk: int, cache: bool | None = None) -> Decoder:
-    """A `Cached` decoder for a transformers model (`cache=None`: when the model has a config), else `Rerun`."""
+    """A `Cached` decoder for a transformers model (`cache=None`: when the model has a config and no sliding-window
+    attention), else `Rerun`."""
     if cache is None:
-        cache = hasattr(backbone.model, "config")
+        config = getattr(backbone.model, "config", None)
+        cache = config is not None and not has_sliding_window(config)
     return (Cached if cache else Rerun)(backbone, letter_ids, chunk)
+
+
+def has_sliding_window(config) -> bool:
+    """Whether some attention layer of a transformers `config` sees only a window of the past (Gemma 3's local
+    layers). Their cache keeps only the window, so a cache rebuilt from its keys and values, as `Cached` reorders
+    rows, would count too few past positions and put the next token at the wrong rotary position."""
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return any("sliding" in str(t) for t in types)
+    return getattr(config, "sliding_window", None) is not None and bool(getattr(config, "use_sliding_window", True))
 
 
 class Rerun:

@@ -48,6 +48,42 @@ def test_cached_decoding_gives_the_candidates_of_rerunning_each_sequence(name, p
     assert len({tuple(r) for r in rerun["sampled"].tolist()}) > 24
 
 
+FAMILY_TWINS = ["tiny", "tiny-gpt2", "tiny-llama-3.2", "tiny-qwen2.5", "tiny-olmo-2", "tiny-smollm2", "tiny-gemma-3"]
+
+
+@pytest.mark.parametrize("name", FAMILY_TWINS)
+def test_the_decoder_each_family_gets_gives_the_candidates_of_rerunning(name):
+    """The decoder a run picks for each family (`cache=None`): re-running where the cache would not serve, as for
+    tiny-gemma-3, whose local layers' cache keeps only its 8-token window (a cache rebuilt from it put the next
+    token at the wrong position)."""
+    backbone = random_model(name)
+    start = torch.tensor([VOCAB.reverse_id])
+    model = generation.decoder(backbone, LETTERS, 7)
+    assert isinstance(model, generation.Rerun if name == "tiny-gemma-3" else generation.Cached)
+    picked = {
+        "greedy": generation.greedy(model, start, LETTERS, 16),
+        "beam": generation.beam(model, start, LETTERS, 16, 16),
+    }
+    rerun = generation.decoder(backbone, LETTERS, 512, cache=False)
+    assert torch.equal(picked["greedy"], generation.greedy(rerun, start, LETTERS, 16))
+    assert torch.equal(picked["beam"], generation.beam(rerun, start, LETTERS, 16, 16))
+
+
+def test_a_cache_rebuilt_under_a_sliding_window_would_misplace_the_next_token():
+    """Why tiny-gemma-3 re-runs: forced through the cache, its log-probs leave the re-run's once the sequence is
+    longer than the window."""
+    backbone = random_model("tiny-gemma-3")
+    assert generation.has_sliding_window(backbone.model.config)
+    assert not generation.has_sliding_window(random_model("tiny-qwen2.5").model.config)
+    cached, rerun = (generation.decoder(backbone, LETTERS, 5, cache=c) for c in (True, False))
+    tokens = torch.tensor([[VOCAB.regular_id]])
+    gaps = [float((cached.start(tokens) - rerun.start(tokens)).abs().max())]
+    for letter in range(12):
+        step, row = torch.tensor([letter]), torch.tensor([0])
+        gaps.append(float((cached.advance(row, step) - rerun.advance(row, step)).abs().max()))
+    assert max(gaps[:7]) < 1e-5 and max(gaps) > 1e-2
+
+
 def test_cached_log_probs_match_rerunning_at_every_step():
     backbone = random_model("tiny-gpt2", seed=1)
     cached, rerun = (generation.decoder(backbone, LETTERS, 5, cache=c) for c in (True, False))
