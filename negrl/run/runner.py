@@ -48,6 +48,10 @@ class PhaseRunner:
         self.weights: Any = backbone  # what checkpoints save and restore (a seed's slice of a stack: negrl.stacked)
         self.writer = is_rank_zero()
         self.saved = checkpoint.load(owner) if s.resume else None
+        if self.saved is not None:  # the checkpoint's own config: config.yaml may be a later fresh run's
+            checkpoint.check_same_config(self.saved["config"], s.config, owner.path)
+        elif self.writer and owner.has_checkpoint():  # a fresh run: an earlier run's checkpoint is not its own
+            owner.checkpoint.unlink()
         self.offsets = {p: sum(s.steps[q] for q in PHASES if q < p) for p in PHASES}
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.identity = {"dir": str(owner.path), "seed": s.seed, "model": s.model["name"], "started": started}

@@ -72,6 +72,25 @@ def test_resume_after_a_crash_gives_the_same_results(uninterrupted, tmp_path, mo
     assert steps == list(range(4 + 10 + 10))
 
 
+def test_a_checkpoint_is_resumed_only_under_its_own_config(tmp_path, monkeypatch):
+    """A fresh run in a directory replaces its config.yaml and drops the earlier run's checkpoint, so a resume never
+    continues another config's weights; a checkpoint whose own config differs is refused even where config.yaml
+    agrees."""
+    killed_run(monkeypatch, tmp_path, args=QUICK)  # a checkpoint of dpo.beta=0.1
+    saved = checkpoint.load(RunDir(tmp_path))
+    with monkeypatch.context() as m:  # a fresh run of another config, killed before its first checkpoint
+        kill_at(m, ObjectivePhase, 0)
+        m.setattr(checkpoint, "save_atomic", lambda *a, **k: None)
+        with pytest.raises(Killed):
+            run(make_cfg(*QUICK, "dpo.beta=0.5"), tmp_path)
+    assert not RunDir(tmp_path).has_checkpoint()
+    with pytest.raises(NegrlError, match="resume=.*: no checkpoint at"):
+        run(make_cfg(*QUICK, "dpo.beta=0.5", f"resume={tmp_path}"), tmp_path / "x")
+    torch.save(saved, RunDir(tmp_path).checkpoint)  # the beta=0.1 checkpoint beside the beta=0.5 config.yaml
+    with pytest.raises(NegrlError, match=r"resume: the config differs from the run in .* dpo.beta \(0.1 -> 0.5\)"):
+        run(make_cfg(*QUICK, "dpo.beta=0.5", f"resume={tmp_path}"), tmp_path / "x")
+
+
 def test_resume_true_finds_the_newest_unfinished_run_of_the_same_config(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     killed_run(monkeypatch, runs / "day" / "killed", args=QUICK)
