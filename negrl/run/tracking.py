@@ -97,6 +97,8 @@ def build_loggers(
     csv_logger = CSVLogger(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=100)
     for step, row in kept:
         csv_logger.log_metrics(row, step=step)
+    if kept:  # on disk now: the logger deleted the file when it started, and a hard kill must not lose these rows
+        csv_logger.save()
     loggers: list[Logger] = [csv_logger]
     if wandb_cfg.get("enabled", True):
         mode = wandb_cfg.get("mode", "offline")  # checked by negrl.run.config

@@ -52,3 +52,18 @@ def test_a_lora_run_with_wandb_prints_only_negrls_lines(tmp_path, capfd, monkeyp
     err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert all(line.startswith("negrl: ") for line in err), err
     assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+
+
+def test_a_resumed_runs_kept_metric_rows_are_on_disk_as_soon_as_its_logger_starts(tmp_path):
+    """The CSV logger deletes metrics.csv when it starts; the rows a resume keeps are written back at once, so a hard
+    kill before the next flush loses none of them."""
+    import csv
+
+    rows = [{"step": str(s), "train/loss": str(1.0 + s), "lr": str(s / 10)} for s in range(6)]
+    with open(tmp_path / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["lr", "step", "train/loss"])
+        writer.writeheader()
+        writer.writerows(rows)
+    build_loggers(RunDir(tmp_path), {"enabled": False}, resume_step=3)
+    on_disk = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [(int(r["step"]), float(r["train/loss"])) for r in on_disk] == [(s, 1.0 + s) for s in range(4)]
