@@ -87,7 +87,8 @@ def three_phases(runner: PhaseRunner | StackedRunner, backbone: Backbone, s: Set
         runner.fit(ObjectivePhase(backbone, reference, freeze=s.freeze, total_steps=s.steps[2], **negative))
         # Phase 3: the objective + NTP(random, regular) + NTP(useful negatives, reverse), all trainable.
         runner.fit(JointPhase(backbone, reference, weights=s.weights, total_steps=s.steps[3], **negative))
-    return runner.finish()
+        # The results: a stop before they are recorded complete is recorded `failed`, with how to resume.
+        return runner.finish()
 
 
 def _resumed(s: Settings, run_dir: Path, search: str | None) -> tuple[Path, str | None]:

@@ -190,7 +190,7 @@ class PhaseRunner:
         results["model"] = model_record(self.backbone, self.s.model, self.s.adapter, self.s.freeze)
         results["reference"] = {"cache": ref.use_cache, "sequences_computed": sum_over_ranks(ref.computed)}
         wandb_dir = self.run_logger.wandb_dir
-        with signals.deferred():  # a signal now stops the command once the run is recorded complete
+        with signals.deferred(raise_pending=False):  # a signal now is kept: the run is recorded complete
             summary = {"metric": results["metric"], "control": results["control"]["metric"], "delta": results["delta"]}
             self.run_logger.finish("success", summary)
             if self.writer:

@@ -111,9 +111,10 @@ def install() -> None:
 
 
 @contextmanager
-def deferred() -> Iterator[None]:
+def deferred(raise_pending: bool = True) -> Iterator[None]:
     """A block a signal must not cut in half (a checkpoint or results.json being written): a signal arriving
-    inside it is raised when the block ends."""
+    inside it is raised when the block ends; with `raise_pending=False` (the block that records a run complete:
+    nothing is left to stop) it is only kept as `received()`, which stops a sweep before its next job."""
     _state["deferring"] += 1
     try:
         yield
@@ -123,8 +124,10 @@ def deferred() -> Iterator[None]:
     _state["deferring"] -= 1
     pending = _state["pending"]
     if not _state["deferring"] and pending is not None:
-        _state["pending"], _state["raised"] = None, True
-        raise Interrupted(pending)
+        _state["pending"] = None
+        if raise_pending:
+            _state["raised"] = True
+            raise Interrupted(pending)
 
 
 def reset() -> None:

@@ -251,6 +251,7 @@ class StackedRunner:
         self.ref_stack: WeightStack | None = None
         self.references: list[ReferenceLogprobs] = []
         self.failed: dict[int, str] = {}
+        self.completed: set[int] = set()  # seeds whose results are recorded (`finish`)
         for k, r in enumerate(runners):
             r.weights, r.backbone = SeedWeights(self.stack, k), self.backbone  # one copy of the weights: the stack's
         self.s = runners[0].s
@@ -318,7 +319,7 @@ class StackedRunner:
         try:
             yield
         except BaseException as err:
-            alive = self.alive()
+            alive = [k for k in self.alive() if k not in self.completed]
             for k in alive:
                 self.fail(k, err)
             if isinstance(err, (KeyboardInterrupt, SystemExit)) or disk_full(err):  # as a single run: one line each
@@ -326,5 +327,10 @@ class StackedRunner:
             raise
 
     def finish(self) -> list[dict[str, Any] | RunFailed]:
-        """Each seed's results (as a separate run's `finish`), or the failure that stopped it."""
-        return [RunFailed(self.failed[k]) if k in self.failed else r.finish() for k, r in enumerate(self.runners)]
+        """Each seed's results (as a separate run's `finish`), or the failure that stopped it. A seed recorded
+        complete is no longer live: a stop while a later seed finishes leaves it complete."""
+        out: list[dict[str, Any] | RunFailed] = []
+        for k, r in enumerate(self.runners):
+            out.append(RunFailed(self.failed[k]) if k in self.failed else r.finish())
+            self.completed.add(k)
+        return out

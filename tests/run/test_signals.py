@@ -82,6 +82,49 @@ def test_a_signal_during_a_checkpoint_is_raised_once_it_is_written():
     assert written == ["checkpoint"] and err.value.code == 130
 
 
+def test_a_signal_as_a_run_is_recorded_complete_is_kept_not_raised():
+    written = []
+    with signals.stop_on_signals():
+        with signals.deferred(raise_pending=False):
+            os.kill(os.getpid(), signal.SIGINT)
+            written.append("results.json complete")
+        written.append("the verdict")  # reached: nothing is left to stop
+    assert written == ["results.json complete", "the verdict"] and signals.received() == signal.SIGINT
+
+
+def test_a_signal_while_the_results_are_made_is_recorded_failed_with_how_to_resume(tmp_path, monkeypatch):
+    """Stopped after phase 3 but before results.json says complete: `failed`, with the resume that finishes it (not
+    'before it started: run the same command again'); resumed, it completes with the uninterrupted numbers."""
+    from conftest import make_cfg
+
+    from negrl.core.errors import RunFailed
+    from negrl.pipeline import run
+    from negrl.run import runner
+
+    args = (*FEW_STEPS, "extraction.enabled=false", "eval.every=100")
+    whole = run(make_cfg(*args), tmp_path / "whole")
+    summarize = runner.summarize
+
+    def interrupted(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # never reached: the handler raises at once
+        return summarize(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "summarize", interrupted)
+        with pytest.raises(RunFailed) as err:
+            run(make_cfg(*args), tmp_path / "stopped")
+    assert err.value.exit_code == 143
+    stopped = results(tmp_path / "stopped")
+    assert stopped["status"] == "failed" and "resume=" in stopped["reason"]
+    assert "phase 3" in stopped["reason"] and "before it started" not in str(err.value)
+    signals.reset()
+    resumed = run(make_cfg(*args, f"resume={tmp_path / 'stopped'}"), tmp_path / "unused")
+    assert results(tmp_path / "stopped")["status"] == "complete"
+    assert resumed["metric"] == whole["metric"]
+    assert {p: v["eval"] for p, v in resumed["phases"].items()} == {p: v["eval"] for p, v in whole["phases"].items()}
+
+
 # ---- a real run, stopped -------------------------------------------------------------------------
 
 
