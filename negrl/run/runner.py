@@ -54,8 +54,14 @@ class PhaseRunner:
             owner.checkpoint.unlink()
         self.offsets = {p: sum(s.steps[q] for q in PHASES if q < p) for p in PHASES}
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.identity = {"dir": str(owner.path), "seed": s.seed, "model": s.model["name"], "started": started}
+        self.identity: dict[str, Any] = {"dir": str(owner.path), "seed": s.seed, "model": s.model["name"],
+                                         "started": started}  # fmt: skip
         saved = self.saved
+        if saved is not None:  # when the run first started, and each time it was resumed, from where
+            first = saved.get("run") or {}
+            after = {"phase": saved["phase"], "step": saved["step"], "phase_done": saved["phase_done"]}
+            self.identity["started"] = first.get("started", started)
+            self.identity["resumed"] = [*first.get("resumed", []), {"started": started, "after": after}]
         if self.writer:
             owner.write_config(s.config)
             owner.write_results({"status": "running", "run": self.identity})
@@ -150,6 +156,7 @@ class PhaseRunner:
                 **self.record.state_dict(),
                 "rng": checkpoint.rng_states(),
                 "config": self.s.config,
+                "run": self.identity,
                 **optim_state,
             }  # fmt: skip
             checkpoint.save_atomic(state, self.owner)

@@ -65,6 +65,11 @@ def test_resume_after_a_crash_gives_the_same_results(uninterrupted, tmp_path, mo
                 assert got["phases"][p][name][k] == pytest.approx(want["phases"][p][name][k], abs=1e-6)
     saved_results = json.loads((tmp_path / "results.json").read_text())
     assert saved_results["status"] == "complete" and saved_results["metric"] == resumed["metric"]
+    # It says it was resumed, from where, and when it first started.
+    (once,) = saved_results["run"]["resumed"]
+    assert once["after"] == {"phase": phase_cls.phase, "step": saved["step"], "phase_done": False}
+    assert saved_results["run"]["started"] == saved["run"]["started"] <= once["started"]
+    assert "resumed" not in uninterrupted["run"]
     # metrics.csv holds each step exactly once.
     import csv
 
