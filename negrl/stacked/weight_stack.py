@@ -109,13 +109,21 @@ class SeedOptimizer:
     @torch.no_grad()
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # As PyTorch's own load_state_dict: a fused or capturable AdamW keeps its step count in fp32 on the parameter's
+        # device (a CUDA kernel reads it there), the others as the checkpoint has it (on the CPU).
+        on_device = {id(p) for g in self.optimizer.param_groups if g.get("fused") or g.get("capturable")
+                     for p in g["params"]}  # fmt: skip
         for i, st in saved["state"].items():
             mine = self.optimizer.state[params[i]]
             for key, v in st.items():
                 if torch.is_tensor(v) and v.dim() > 0:
                     mine.setdefault(key, torch.zeros_like(params[i]))[self.k].copy_(v)
+                elif torch.is_tensor(v) and id(params[i]) in on_device:
+                    mine[key] = v.to(params[i].device, torch.float32, copy=True)
+                elif torch.is_tensor(v):
+                    mine[key] = v.clone()
                 else:
-                    mine[key] = v.clone() if torch.is_tensor(v) else v
+                    mine[key] = v
         for group, saved_group in zip(self.optimizer.param_groups, saved["param_groups"]):
             group.update({key: v for key, v in saved_group.items() if key != "params"})
 

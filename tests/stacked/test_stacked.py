@@ -302,3 +302,25 @@ def test_a_stacked_launcher_setting_is_checked_before_any_job(tmp_path, value):
         preflight(["-m", "seed=0,1", "hydra/launcher=stacked", f"hydra.launcher.max_stack={value}", *FAST,
                    f"hydra.sweep.dir={tmp_path / 'sweep'}"])  # fmt: skip
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_seeds_optimizer_state_is_restored_where_its_adamw_reads_it(fused):
+    """A fused (or capturable) AdamW reads its step count in fp32 on the parameters' device (a GPU's, for a CUDA
+    kernel), where PyTorch's own load_state_dict puts it; the multi-tensor one keeps it as the checkpoint has it.
+    (The saved count is fp64 here, so that a count left as it was is seen on a CPU.)"""
+    from negrl.stacked.weight_stack import SeedOptimizer
+
+    weights = torch.nn.Parameter(torch.zeros(2, 3))
+    optimizer = torch.optim.AdamW([weights], lr=0.1, fused=fused)
+    saved = {"state": {0: {"step": torch.tensor(5.0, dtype=torch.float64), "exp_avg": torch.full((3,), 0.5),
+                           "exp_avg_sq": torch.full((3,), 0.25)}},
+             "param_groups": [{k: v for k, v in optimizer.param_groups[0].items() if k != "params"}]}  # fmt: skip
+    SeedOptimizer(optimizer, 1).load_state_dict(saved)
+    state = optimizer.state[weights]
+    assert state["step"].dtype == (torch.float32 if fused else torch.float64)
+    assert state["step"].device == weights.device and float(state["step"]) == 5.0
+    assert state["exp_avg"].tolist() == [[0.0] * 3, [0.5] * 3]  # seed 1's row, seed 0's untouched
+    weights.grad = torch.ones(2, 3)
+    optimizer.step()  # the kernel runs on what was restored
+    assert float(state["step"]) == 6.0
