@@ -169,7 +169,7 @@ class PhaseRunner:
         try:
             yield
         except BaseException as err:
-            with signals.deferred():
+            with signals.deferred(raise_pending=False):  # already stopping: a signal now must not replace `err`
                 reason = self.record_failure(err)
             if isinstance(err, (KeyboardInterrupt, SystemExit)) or disk_full(err):
                 failed = RunFailed(reason)

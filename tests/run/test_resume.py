@@ -214,6 +214,34 @@ def test_a_full_disk_is_one_line_and_failed_with_the_last_checkpoint_kept(tmp_pa
     assert (checkpoint.load(RunDir(tmp_path))["phase"], checkpoint.load(RunDir(tmp_path))["step"]) == (2, 5)
 
 
+def test_a_signal_while_the_disk_fills_keeps_the_disk_full_reason(tmp_path, monkeypatch):
+    """Ctrl-C pressed while a checkpoint fails on a full disk: the run is recorded with the disk's reason and its
+    resume, not swapped for the signal's (which would say the run never started)."""
+    import errno
+    import os
+    import signal
+
+    from negrl.core.errors import RunFailed
+    from negrl.run import signals
+
+    original = checkpoint.save_atomic
+
+    def filling(state, run_dir):
+        if state["phase"] == 2 and state["step"] == 8:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives inside the checkpoint's deferred block: held
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir.path / "checkpoints"))
+        return original(state, run_dir)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", filling)
+    try:
+        with pytest.raises(RunFailed, match=r"^disk full .*: free some space, then continue .*resume="):
+            run(make_cfg(*QUICK), tmp_path)
+    finally:
+        signals.reset()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "failed" and saved["reason"].startswith("disk full")
+
+
 @pytest.mark.heavy
 def test_a_sweep_with_resume_true_continues_each_job_and_leaves_no_new_job_directory(tmp_path, monkeypatch, train_py):
     """`python train.py -m seed=0 resume=true`: the job continues the killed run of a former sweep (found through
