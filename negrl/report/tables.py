@@ -161,8 +161,13 @@ def _pm_of(summary: stats.Summary, n: int, spec: str) -> str:
     return f"{text} (n={summary.n})" if 0 < summary.n < n else text
 
 
+def _extraction_n(group: Group) -> int:
+    """The group's runs with any extraction figure."""
+    return max(v.n for v in group.extraction.values())
+
+
 def _pair(group: Group, a: str, b: str, spec: str = ".3f") -> list[str]:
-    n = max(v.n for v in group.extraction.values())
+    n = _extraction_n(group)
     return [_pm_of(group.extraction[a], n, spec), _pm_of(group.extraction[b], n, spec)]
 
 
@@ -176,11 +181,13 @@ def extraction_table(groups: Sequence[Group]) -> Table:
     ]  # fmt: skip
     rows = []
     for g in groups:
+        n = _extraction_n(g)
         rows.append([
-            g.label, str(max(v.n for v in g.extraction.values())), *_pair(g, "greedy_acc_heldout", "greedy_acc_random"),
-            *_pair(g, "strength_heldout", "strength_random"), *_pair(g, "beam_hits_heldout", "beam_hits_random", ".1f"),
+            g.label, str(n), *_pair(g, "greedy_acc_heldout", "greedy_acc_random"),
+            *_pair(g, "strength_heldout", "strength_random"),
+            *_pair(g, "beam_hits_heldout", "beam_hits_random", ".1f"),
             *_pair(g, "sampled_hits_heldout", "sampled_hits_random", ".1f"),
-            _pm_of(g.extraction["generation_n"], max(v.n for v in g.extraction.values()), ".0f"),
+            _pm_of(g.extraction["generation_n"], n, ".0f"),
             *_pair(g, "exposure_heldout", "exposure_random", ".2f"),
             *_pair(g, "logit_diff_acc_heldout", "logit_diff_acc_random"),
         ])  # fmt: skip

@@ -75,6 +75,11 @@ def matmul_peak(dtype: torch.dtype, device: str, reps: int = 10, budget_s: float
     return 2 * n**3 / best
 
 
+def peak_name(precision: str) -> str:
+    """Which measured matmul peak a configuration at `precision` is held against: "bf16" or "fp32"."""
+    return "bf16" if str(precision) == "bf16-mixed" else "fp32"
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -268,7 +273,7 @@ def run_bench(
             sec = sum(timer.times) / steps
             # What the step executed, with the phase's trainable set (negrl.tools.flops: frozen weights cost 4, not 6).
             flops = step_flops(backbone, timer.sequences, timer.positions, timer.ref_sequences) / steps
-            peak = peaks["bf16" if str(config.trainer["precision"]) == "bf16-mixed" else "fp32"]
+            peak = peaks[peak_name(config.trainer["precision"])]
             row[name] = {
                 "s_per_step": sec,
                 "tokens_per_s": timer.tokens / steps / sec,
@@ -320,7 +325,7 @@ def format_table(r: dict[str, Any]) -> str:
             prof = row["optimized"]["profile"]
             top = ", ".join(f"{k.removeprefix('aten::')} {t:.3f}" for k, t in prof["top_other"][:5])
             lines.append(f"{p:<6}{'profile':<11}matmuls {prof['matmul_s']:.3f} s, other {prof['other_s']:.3f} s: {top}")
-            peak = r["matmul_peak_flops"]["bf16" if r["precision"] == "bf16-mixed" else "fp32"]
+            peak = r["matmul_peak_flops"][peak_name(r["precision"])]
             mms = "; ".join(f"{matmul_label(k, shapes)} x{n} {t:.3f} s {100 * rate / peak:.0f}%"
                             for k, shapes, n, t, rate in prof["top_matmuls"][:4])  # fmt: skip
             lines.append(f"{p:<6}{'matmuls':<11}{mms}")
