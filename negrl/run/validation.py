@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from negrl.attacks.extraction import AttackSettings
 from negrl.core.errors import NegrlError
+from negrl.core.machine import native_cpu_bf16
 from negrl.method.data import DataSizes, PasswordSplits, heldout_count
 from negrl.method.objectives import DEFAULTS, NEEDS, OBJECTIVES
 from negrl.method.phases import OptimSettings
@@ -288,12 +289,6 @@ def runs_on_cpu(t: dict[str, Any]) -> bool:
     )
 
 
-def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (oneDNN's bf16 path: AVX-512 or AMX); without it PyTorch
-    emulates them, about 50x slower than fp32 (1.5 against 69 GFLOP/s on a 2-core AVX2 AMD EPYC)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def _check_wandb(w: dict[str, Any]) -> None:
     if w["enabled"] and w["mode"] == "online" and not wandb_login_found():
         raise NegrlError(
@@ -424,7 +419,7 @@ def warn_degenerate(s: Settings) -> None:
     if str(s.trainer.get("precision")) == "bf16-mixed" and runs_on_cpu(s.trainer) and not native_cpu_bf16():
         print(
             "negrl: warning: trainer.precision=bf16-mixed on a CPU without native bf16 matrix multiplication "
-            f"(capability {torch.backends.cpu.get_cpu_capability()}, no AVX-512/AMX): PyTorch emulates bf16 matmuls "
-            "here, which makes the run many times slower than fp32; use trainer.precision=32-true on this CPU",
+            f"(capability {torch.backends.cpu.get_cpu_capability()}, no AVX-512 bf16, AMX or AVX-NE-CONVERT): PyTorch "
+            "emulates bf16 matmuls here, 4-50x slower than fp32; use trainer.precision=32-true on this CPU",
             file=sys.stderr,
         )

@@ -51,7 +51,7 @@ MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
 
 def matmul_peak(dtype: torch.dtype, device: str, reps: int = 10, budget_s: float = 0.2) -> float:
     """FLOP/s of a square matmul in `dtype` (n = 2048 on CPU, 8192 on GPU), best of `reps` after 3 warm-ups.
-    On a CPU without native support for `dtype` (bf16 without AVX-512/AMX runs ~50x slower) n shrinks, in steps
+    On a CPU without native support for `dtype` (bf16 without AVX-512 bf16 or AMX runs 4-50x slower) n shrinks, in steps
     of 256, until one matmul takes at most `budget_s` by a 256-square probe."""
     n = 8192 if device.startswith("cuda") else 2048
     if not device.startswith("cuda"):

@@ -11,25 +11,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import platform
 import re
 from pathlib import Path
 from typing import Any
+
+from negrl.core.machine import cpu_flags, cpu_name
 
 #: Where the last figures of each kind of machine live (in the repository, committed with the code they measured).
 HISTORY_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 #: A phase this much slower (in s/step) than the last figures of the same kind is flagged.
 SLOWER_FLAG = 0.10
 #: CPU flags that change matmul throughput by large factors: two CPUs of one model name differ in them.
-ISA_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16")
+ISA_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "avx_ne_convert")
 
 
 def machine_kind(device: str) -> str:
     """A file-name-safe name of this kind of machine: the GPU's name, or the CPU model, cores and ISA flags."""
     if device.startswith("cuda"):
         return _slug(f"gpu {device_name(device)}")
-    flags = set(_cpuinfo().get("flags", "").split())
+    flags = cpu_flags()
     isa = [f for f in ISA_FLAGS if f in flags] or ["no-avx512"]
     return _slug(f"{device_name(device)} {' '.join(isa)}")
 
@@ -40,19 +40,7 @@ def device_name(device: str) -> str:
         import torch
 
         return torch.cuda.get_device_name()
-    model = _cpuinfo().get("model name") or platform.processor() or platform.machine()
-    return f"{model} ({os.cpu_count()} cores)"
-
-
-def _cpuinfo() -> dict[str, str]:
-    """The first CPU's fields of /proc/cpuinfo (empty where there is none)."""
-    path, fields = Path("/proc/cpuinfo"), {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        if not line.strip():
-            break
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    return fields
+    return cpu_name()
 
 
 def _slug(text: str) -> str:
