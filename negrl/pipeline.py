@@ -18,7 +18,7 @@ from negrl.method.phases import JointPhase, NTPPhase, ObjectivePhase
 from negrl.method.reference import ReferenceLogprobs
 from negrl.model.backbone import Backbone
 from negrl.model.loading import load_model
-from negrl.run.checkpoint import numeric_config, resume_dir, sweep_resume_dir
+from negrl.run.checkpoint import numeric_config, resume_dir, resumed_state, sweep_resume_dir
 from negrl.run.rundir import RunDir
 from negrl.run.runner import PhaseEndHook, PhaseRunner, quiet_lightning
 from negrl.run.signals import stop_on_signals
@@ -49,7 +49,7 @@ def run(
             print(f"negrl: resume=true: {why}")
     run_dir, why = _resumed(s, run_dir, search)
     with stop_on_signals(), RunDir(run_dir).claimed(writer=is_rank_zero()) as owner, quiet_lightning():
-        runner, backbone = _seed_runner(s, owner, why, on_phase_end)
+        runner, backbone = _seed_runner(s, owner, resumed_state(s.resume, owner, s.config), why, on_phase_end)
         warn_degenerate(s)  # after the last check that can refuse the run
         return three_phases(runner, backbone, s)
 
@@ -67,7 +67,9 @@ def run_stacked(
         claims.enter_context(stop_on_signals())
         owners = [claims.enter_context(RunDir(d).claimed()) for d, _ in resumed]
         claims.enter_context(quiet_lightning())
-        seeds = [_seed_runner(s, owner, why) for s, owner, (_, why) in zip(settings, owners, resumed)]
+        # Every seed's checkpoint read and checked before any seed writes: one that cannot resume refuses the stack.
+        saved = [resumed_state(s.resume, owner, s.config) for s, owner in zip(settings, owners)]
+        seeds = [_seed_runner(s, o, state, why) for s, o, state, (_, why) in zip(settings, owners, saved, resumed)]
         warn_degenerate(settings[0])
         group = StackedRunner([r for r, _ in seeds], [b for _, b in seeds], on_phase_end)
         return three_phases(group, group.backbone, settings[0])
@@ -99,15 +101,15 @@ def _resumed(s: Settings, run_dir: Path, search: str | None) -> tuple[Path, str 
 
 
 def _seed_runner(
-    s: Settings, owner: RunDir, why: str | None, on_phase_end: PhaseEndHook | None = None
+    s: Settings, owner: RunDir, saved: dict[str, Any] | None, why: str | None, on_phase_end: PhaseEndHook | None = None
 ) -> tuple[PhaseRunner, Backbone]:
     """One seed's backbone (the password vocabulary, the backbone and every password of the run, from one seed)
-    and the runner of its bookkeeping."""
+    and the runner of its bookkeeping (continuing the checkpoint `saved`, if any)."""
     L.seed_everything(s.seed, workers=True, verbose=False)
     backbone, vocab = load_model(s.model, s.tokens, s.seed, s.adapter)
     backbone.set_compute(**s.compute)
     data = PasswordData(vocab, s.sizes, s.holdout_frac, s.prefix, s.seed)
-    return PhaseRunner(s, owner, backbone, data, why, on_phase_end), backbone
+    return PhaseRunner(s, owner, backbone, data, saved, why, on_phase_end), backbone
 
 
 def check_stackable(settings: list[Settings]) -> None:

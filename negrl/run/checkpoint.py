@@ -29,11 +29,53 @@ def save_atomic(state: dict[str, Any], owner: RunDir) -> Path:
     return owner.checkpoint
 
 
+#: What every checkpoint holds (`PhaseRunner._save`); one without them is not a negrl checkpoint.
+REQUIRED_KEYS = ("config", "backbone", "rng", "phase", "step", "phase_done")
+
+
 def load(owner: RunDir) -> dict[str, Any] | None:
-    """The run's checkpoint, or None if it has none."""
+    """The run's checkpoint, or None if it has none. One that cannot be read (truncated, empty, overwritten) is a
+    `NegrlError` that names it."""
     if not owner.has_checkpoint():
         return None
-    return torch.load(owner.checkpoint, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(owner.checkpoint, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch.load raises RuntimeError, EOFError, UnpicklingError, OSError, ...
+        raise damaged(owner, f"{type(err).__name__}: {err}".splitlines()[0]) from None
+    return state
+
+
+def resumed_state(resume: bool | str, owner: RunDir, c: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint a run with `resume` continues in `owner` (None without `resume`), read, checked to be negrl's
+    and matched against the config `c` (its own config: config.yaml may be a later fresh run's) before the run
+    writes anything."""
+    if not resume:
+        return None
+    state = load(owner)
+    if state is None:
+        raise NegrlError(f"resume: no checkpoint at {owner.checkpoint}; check the run directory")
+    missing = [k for k in REQUIRED_KEYS if k not in state] if isinstance(state, dict) else ["a dict of its state"]
+    if missing:
+        raise damaged(owner, f"it lacks {', '.join(missing)}")
+    check_same_config(state["config"], c, owner.path)
+    return state
+
+
+def damaged(owner: RunDir, problem: str) -> NegrlError:
+    """The one-line refusal of a checkpoint that cannot be resumed."""
+    return NegrlError(
+        f"resume: the checkpoint {owner.checkpoint} cannot be resumed ({problem}); "
+        "resume from an intact copy of it, or drop resume to start the run afresh"
+    )
+
+
+def restore_weights(model: torch.nn.Module, state: dict[str, Any], owner: RunDir) -> None:
+    """Load the checkpoint's weights into `model`; weights of another shape or names are a `NegrlError`."""
+    try:
+        model.load_state_dict(state["backbone"])
+    except (RuntimeError, KeyError, TypeError, AttributeError) as err:
+        first = " ".join(str(err).split())  # PyTorch lists each mismatch on a line of its own
+        raise damaged(owner, f"its weights do not fit this model: {first[:300]}") from None
 
 
 def rng_states() -> dict[str, Any]:

@@ -42,14 +42,15 @@ class PhaseRunner:
     A resumed run (`settings.resume`) starts from the directory's checkpoint: the phases it finished are
     skipped, the one it was in continues after the checkpoint's step."""
 
-    def __init__(self, s: Settings, owner: RunDir, backbone: Backbone, data: PasswordData,
+    def __init__(self, s: Settings, owner: RunDir, backbone: Backbone, data: PasswordData, saved: dict[str, Any] | None,
                  why: str | None = None, on_phase_end: PhaseEndHook | None = None):  # fmt: skip
+        """`saved`: the checkpoint a resumed run continues (`checkpoint.resumed_state`), None for a fresh run."""
         self.s, self.owner, self.backbone, self.data, self.on_phase_end = s, owner, backbone, data, on_phase_end
         self.weights: Any = backbone  # what checkpoints save and restore (a seed's slice of a stack: negrl.stacked)
         self.writer = is_rank_zero()
-        self.saved = checkpoint.load(owner) if s.resume else None
-        if self.saved is not None:  # the checkpoint's own config: config.yaml may be a later fresh run's
-            checkpoint.check_same_config(self.saved["config"], s.config, owner.path)
+        self.saved = saved
+        if saved is not None:
+            checkpoint.restore_weights(backbone, saved, owner)  # before the run writes anything
         elif self.writer and owner.has_checkpoint():  # a fresh run: an earlier run's checkpoint is not its own
             owner.checkpoint.unlink()
         self.offsets = {p: sum(s.steps[q] for q in PHASES if q < p) for p in PHASES}
@@ -77,7 +78,6 @@ class PhaseRunner:
         self.record = RunRecord()
         if saved is not None:
             print(f"negrl: resuming {owner.path} after phase {saved['phase']} step {saved['step']} ({why})")
-            backbone.load_state_dict(saved["backbone"])
             checkpoint.set_rng_states(saved["rng"])
             self.record.load_state_dict(saved)
         self.record.wandb_id = self.run_logger.wandb_id

@@ -113,6 +113,33 @@ def test_resume_errors(tmp_path, monkeypatch):
         run(make_cfg(*QUICK, "dpo.beta=0.2", f"resume={tmp_path / 'killed'}"), tmp_path / "y")
 
 
+def test_a_checkpoint_that_cannot_resume_is_refused_in_one_line_before_anything_is_written(tmp_path, monkeypatch):
+    """A truncated, overwritten, foreign or ill-fitting checkpoint: one line naming it, and the run directory as it
+    was (results.json still says why the run failed and how to resume it)."""
+    killed_run(monkeypatch, tmp_path, args=QUICK)
+    owner = RunDir(tmp_path)
+    intact = owner.checkpoint.read_bytes()
+    saved = checkpoint.load(owner)
+    matrix = next(k for k, v in saved["backbone"].items() if v.ndim == 2)
+    wrong_shape = {**saved["backbone"], matrix: saved["backbone"][matrix][:1]}
+    damages = {
+        "truncated": (lambda p: p.write_bytes(intact[: len(intact) // 2]), r"\(RuntimeError: .*zip"),
+        "empty": (lambda p: p.write_bytes(b""), r"\((EOFError|RuntimeError): "),
+        "not a checkpoint": (lambda p: p.write_bytes(b"not a checkpoint"), r"\((UnpicklingError|RuntimeError): "),
+        "foreign": (lambda p: torch.save({"state_dict": {}}, p), r"\(it lacks config, backbone, rng, phase, step"),
+        "another model": (lambda p: torch.save({**saved, "backbone": wrong_shape}, p), r"\(its weights do not fit"),
+    }
+    for name, (damage, why) in damages.items():
+        damage(owner.checkpoint)
+        before = {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()}
+        with pytest.raises(NegrlError, match=rf"^resume: the checkpoint {owner.checkpoint} cannot be resumed {why}"):
+            run(make_cfg(*QUICK, f"resume={tmp_path}"), tmp_path / "x")
+        assert {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()} == before, name
+        assert RunDir(tmp_path).read_results()["status"] == "failed", name
+    owner.checkpoint.write_bytes(intact)
+    assert run(make_cfg(*QUICK, f"resume={tmp_path}"), tmp_path / "x")["run"]["dir"] == str(tmp_path)
+
+
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
     checkpoint.save_atomic({"step": 1, "w": torch.ones(3)}, RunDir(tmp_path))
 

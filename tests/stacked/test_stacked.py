@@ -146,6 +146,15 @@ def test_a_crashed_stack_resumes_and_each_seed_checkpoint_is_a_separate_runs(sep
         assert RunDir(d).read_results()["status"] == "failed"
     # Seed 0 resumes alone (a stacked seed's checkpoint is a separate run's); seeds 1 and 2 resume stacked.
     run(make_cfg(*FEW, "seed=0", f"resume={dirs[0]}"), tmp_path / "unused")
+    # A damaged checkpoint of seed 2 refuses the stack before seed 1 writes anything.
+    damaged, intact = RunDir(dirs[2]).checkpoint, RunDir(dirs[2]).checkpoint.read_bytes()
+    damaged.write_bytes(intact[:100])
+    before = [{f.name: f.read_bytes() for f in d.iterdir() if f.is_file()} for d in dirs[1:]]
+    with pytest.raises(NegrlError, match=rf"^resume: the checkpoint {damaged} cannot be resumed \(RuntimeError"):
+        run_stacked(cfgs((1, 2), "resume=true"), [tmp_path / "new1", tmp_path / "new2"],
+                    searches=[str(tmp_path / "seed*")] * 2)  # fmt: skip
+    assert [{f.name: f.read_bytes() for f in d.iterdir() if f.is_file()} for d in dirs[1:]] == before
+    damaged.write_bytes(intact)
     resumed = run_stacked(cfgs((1, 2), "resume=true"), [tmp_path / "new1", tmp_path / "new2"],
                           searches=[str(tmp_path / "seed*")] * 2)  # fmt: skip
     assert [r["run"]["dir"] for r in resumed] == [str(dirs[1]), str(dirs[2])]
