@@ -30,6 +30,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from negrl.attacks.extraction import Extraction
+from negrl.core.machine import native_cpu_bf16
 from negrl.core.protocol import PHASES
 from negrl.method.data import PasswordData
 from negrl.method.evaluation import Evaluator
@@ -252,8 +253,9 @@ def run_bench(
     n_params = matmul_weights(backbone)[0]
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     out: dict[str, Any] = {"model": model, "device": device, "precision": precision, "steps": steps,
-                           "overrides": list(overrides),
-                           "params_non_embedding": n_params, "matmul_peak_flops": peaks, "phases": {}}  # fmt: skip
+                           "overrides": list(overrides), "params_non_embedding": n_params, "matmul_peak_flops": peaks,
+                           "bf16_emulated": not device.startswith("cuda") and not native_cpu_bf16(),
+                           "phases": {}}  # fmt: skip
     evaluator, extraction = Evaluator(s.eval_every), Extraction(vocab.letter_ids, s.sizes.password_length, s.attacks)
     sets, candidates = data.eval_sets(3), data.candidates(3, s.attacks.candidates)
     evaluator.start_phase(sets)
@@ -313,6 +315,9 @@ def format_table(r: dict[str, Any]) -> str:
         f"bf16 {r['matmul_peak_flops']['bf16'] / 1e9:.1f} GFLOP/s",
         f"{'phase':<6}{'config':<11}{'s/step':>9}{'tok/s':>10}{'GFLOP/s':>9}{'% peak':>8}{'peak MB':>9}",
     ]
+    if r.get("bf16_emulated"):
+        lines.insert(2, "bf16 is emulated on this CPU (no AVX-512 bf16, AMX or AVX-NE-CONVERT): its bf16 figures time "
+                        "PyTorch's conversions, not bf16 hardware")  # fmt: skip
     for p, row in r["phases"].items():
         for name in ("optimized", "baseline"):
             x = row[name]

@@ -19,6 +19,7 @@ def test_bench_writes_every_figure_for_each_phase(tmp_path, capsys, monkeypatch)
     from negrl.tools import bench
 
     monkeypatch.setattr(bench, "matmul_peak", functools.partial(bench.matmul_peak, reps=1, budget_s=0.01))
+    monkeypatch.setattr(bench, "native_cpu_bf16", lambda: False)
     out = tmp_path / "bench.json"
     attacks = ["extraction.candidates=255", "extraction.samples=64", "extraction.bootstrap=100"]
     history = tmp_path / "history"
@@ -26,6 +27,9 @@ def test_bench_writes_every_figure_for_each_phase(tmp_path, capsys, monkeypatch)
     # batches of 16, not the paper's 128: the figures, not their size
     assert main([*argv, "--profile", *attacks, "data=small"]) == 0
     r = json.loads(out.read_text())
+    emulated = "bf16 is emulated on this CPU (no AVX-512 bf16, AMX or AVX-NE-CONVERT): its bf16 figures time"
+    assert r["bf16_emulated"] is True and emulated in bench.format_table(r)
+    assert emulated not in bench.format_table({**r, "bf16_emulated": False})
     (kept,) = history.glob("*.json")  # this machine kind's last figures, one entry for this configuration
     (entry,) = json.loads(kept.read_text()).values()
     assert set(entry["phases"]) == {"1", "2", "3"} and entry["date"]
