@@ -23,7 +23,7 @@ from negrl.run.rundir import RunDir
 from negrl.run.runner import PhaseEndHook, PhaseRunner, quiet_lightning
 from negrl.run.signals import stop_on_signals
 from negrl.run.validation import Settings, validate, warn_degenerate
-from negrl.stacked.runner import StackedRunner, StackHook, check_stackable_objective
+from negrl.stacked.runner import StackedRunner, StackHook, check_same_position, check_stackable_objective
 
 
 def run(
@@ -69,9 +69,17 @@ def run_stacked(
         claims.enter_context(quiet_lightning())
         # Every seed's checkpoint read and checked before any seed writes: one that cannot resume refuses the stack.
         saved = [resumed_state(s.resume, owner, s.config) for s, owner in zip(settings, owners)]
-        seeds = [_seed_runner(s, o, state, why) for s, o, state, (_, why) in zip(settings, owners, saved, resumed)]
+        check_same_position(saved, [owner.path for owner in owners])
+        seeds: list[tuple[PhaseRunner, Backbone]] = []
+        try:
+            for s, owner, state, (_, why) in zip(settings, owners, saved, resumed):
+                seeds.append(_seed_runner(s, owner, state, why))
+            group = StackedRunner([r for r, _ in seeds], [b for _, b in seeds], on_phase_end)
+        except BaseException as err:  # the seeds already `running` record why the stack never started
+            for runner, _ in seeds:
+                runner.record_failure(err)
+            raise
         warn_degenerate(settings[0])
-        group = StackedRunner([r for r, _ in seeds], [b for _, b in seeds], on_phase_end)
         return three_phases(group, group.backbone, settings[0])
 
 

@@ -63,13 +63,6 @@ class PhaseRunner:
             after = {"phase": saved["phase"], "step": saved["step"], "phase_done": saved["phase_done"]}
             self.identity["started"] = first.get("started", started)
             self.identity["resumed"] = [*first.get("resumed", []), {"started": started, "after": after}]
-        if self.writer:
-            owner.write_config(s.config)
-            owner.write_results({"status": "running", "run": self.identity})
-        resume_step = None if saved is None else self.offsets[saved["phase"]] + saved["step"]
-        loggers = build_loggers(owner, s.wandb, resume_step, saved and saved["wandb_id"]) if self.writer else []
-        self.run_logger = RunLogger(loggers)
-        self.run_logger.log_config(s.config)
         self.evaluator = Evaluator(s.eval_every)
         self.extraction = (
             None if s.attacks is None else Extraction(data.vocab.letter_ids, data.sizes.password_length, s.attacks)
@@ -77,9 +70,19 @@ class PhaseRunner:
         self.reference: ReferenceLogprobs | None = None
         self.record = RunRecord()
         if saved is not None:
+            self.record.load_state_dict(saved)
+        self.run_logger = RunLogger([])
+        if self.writer:
+            owner.write_config(s.config)
+            owner.write_results({"status": "running", "run": self.identity})
+        with self.recording_failure():  # from here on a failure is recorded (a W&B run that cannot start, say)
+            resume_step = None if saved is None else self.offsets[saved["phase"]] + saved["step"]
+            loggers = build_loggers(owner, s.wandb, resume_step, saved and saved["wandb_id"]) if self.writer else []
+            self.run_logger = RunLogger(loggers)
+            self.run_logger.log_config(s.config)
+        if saved is not None:
             print(f"negrl: resuming {owner.path} after phase {saved['phase']} step {saved['step']} ({why})")
             checkpoint.set_rng_states(saved["rng"])
-            self.record.load_state_dict(saved)
         self.record.wandb_id = self.run_logger.wandb_id
 
     def fit(self, module: PhaseModule) -> None:

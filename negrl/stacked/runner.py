@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -232,19 +233,24 @@ def check_stackable_objective(name: str) -> None:
         )
 
 
+def check_same_position(states: list[dict[str, Any] | None], dirs: list[Path]) -> None:
+    """Stacked seeds train in step: their checkpoints (None: a fresh seed) must stand at the same phase and step."""
+    at = [None if st is None else (st["phase"], st["step"], st["phase_done"]) for st in states]
+    if len(set(at)) > 1:
+        where = ", ".join(f"{d} at {a or 'the start'}" for d, a in zip(dirs, at))
+        raise NegrlError(
+            f"resume: the seeds' checkpoints stand at different steps ({where}); resume them one by one "
+            "(without hydra/launcher=stacked)"
+        )
+
+
 class StackedRunner:
     """The seeds' `PhaseRunner`s driven as one: the same calls as a `PhaseRunner` (`fit`, `attach_reference`,
     `recording_failure`, `finish`), one Trainer per phase for all seeds. `backbone`: the template the phases are
     built on. `on_phase_end(phase, stack)` is called after each phase."""
 
     def __init__(self, runners: list[PhaseRunner], backbones: list[Backbone], on_phase_end: StackHook | None = None):
-        positions = {r.record.saved_at for r in runners}
-        if len(positions) > 1:
-            where = ", ".join(f"{r.owner.path} at {r.record.saved_at}" for r in runners)
-            raise NegrlError(
-                f"resume: the seeds' checkpoints stand at different steps ({where}); resume them one by one "
-                "(without hydra/launcher=stacked)"
-            )
+        """`runners`: the seeds' runners, resumed from checkpoints at one position (`check_same_position`)."""
         self.runners, self.on_phase_end = runners, on_phase_end
         self.stack = WeightStack.of(backbones)
         self.backbone = self.stack.template

@@ -140,6 +140,19 @@ def test_a_checkpoint_that_cannot_resume_is_refused_in_one_line_before_anything_
     assert run(make_cfg(*QUICK, f"resume={tmp_path}"), tmp_path / "x")["run"]["dir"] == str(tmp_path)
 
 
+def test_a_run_whose_loggers_cannot_start_is_recorded_failed_not_running(tmp_path, monkeypatch):
+    from negrl.run import runner
+
+    def loggers(*args):
+        raise RuntimeError("W&B could not start")
+
+    monkeypatch.setattr(runner, "build_loggers", loggers)
+    with pytest.raises(RuntimeError, match="W&B could not start"):
+        run(make_cfg(*QUICK), tmp_path)
+    results = RunDir(tmp_path).read_results()
+    assert (results["status"], results["reason"]) == ("failed", "RuntimeError: W&B could not start")
+
+
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
     checkpoint.save_atomic({"step": 1, "w": torch.ones(3)}, RunDir(tmp_path))
 

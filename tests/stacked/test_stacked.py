@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -154,12 +155,42 @@ def test_a_crashed_stack_resumes_and_each_seed_checkpoint_is_a_separate_runs(sep
         run_stacked(cfgs((1, 2), "resume=true"), [tmp_path / "new1", tmp_path / "new2"],
                     searches=[str(tmp_path / "seed*")] * 2)  # fmt: skip
     assert [{f.name: f.read_bytes() for f in d.iterdir() if f.is_file()} for d in dirs[1:]] == before
+    # So does a checkpoint at another step: stacked seeds train in step.
+    torch.save({**torch.load(BytesIO(intact), weights_only=False), "step": 2}, damaged)
+    before = [{f.name: f.read_bytes() for f in d.iterdir() if f.is_file()} for d in dirs[1:]]
+    with pytest.raises(NegrlError, match=r"^resume: the seeds' checkpoints stand at different steps \(.*seed1 at "
+                                         r"\(3, 3, False\), .*seed2 at \(3, 2, False\)\); resume them one by one"):
+        run_stacked(cfgs((1, 2), "resume=true"), [tmp_path / "new1", tmp_path / "new2"],
+                    searches=[str(tmp_path / "seed*")] * 2)  # fmt: skip
+    assert [{f.name: f.read_bytes() for f in d.iterdir() if f.is_file()} for d in dirs[1:]] == before
     damaged.write_bytes(intact)
     resumed = run_stacked(cfgs((1, 2), "resume=true"), [tmp_path / "new1", tmp_path / "new2"],
                           searches=[str(tmp_path / "seed*")] * 2)  # fmt: skip
     assert [r["run"]["dir"] for r in resumed] == [str(dirs[1]), str(dirs[2])]
     for s, d in zip((0, 1, 2), dirs):
         assert_same_run(d, separate / f"seed{s}")
+
+
+def test_a_stack_that_cannot_start_records_each_seed_already_running_as_failed(tmp_path, monkeypatch):
+    """A failure after the first seeds wrote `running` (here the third seed's W&B run cannot start) leaves no seed
+    `running`: each says why."""
+    from negrl.run import runner
+
+    started = []
+
+    def loggers(owner, *args):
+        started.append(owner.path)
+        if len(started) == 3:
+            raise RuntimeError("W&B could not start")
+        return []
+
+    monkeypatch.setattr(runner, "build_loggers", loggers)
+    dirs = [tmp_path / f"seed{s}" for s in (0, 1, 2)]
+    with pytest.raises(RuntimeError, match="W&B could not start"):
+        run_stacked(cfgs((0, 1, 2)), dirs)
+    for d in dirs:
+        assert RunDir(d).read_results() == {**RunDir(d).read_results(), "status": "failed",
+                                            "reason": "RuntimeError: W&B could not start"}  # fmt: skip
 
 
 def test_fp16_loss_scaling_does_not_stack():
