@@ -89,9 +89,13 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def numeric_config(c: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config that determines a run's numbers."""
+    """The part of a config that determines a run's numbers. `trainer.devices` counts as how many devices, not which:
+    `gpu_per_job` puts job k on GPU k mod n, so a sweep resumed on another number of GPUs still finds its runs."""
     out = {k: v for k, v in c.items() if k not in NEUTRAL_KEYS}
     out["trainer"] = {k: v for k, v in c["trainer"].items() if k not in NEUTRAL_TRAINER_KEYS}
+    devices = out["trainer"].get("devices")
+    if isinstance(devices, (list, tuple)):
+        out["trainer"]["devices"] = len(devices)
     return out
 
 

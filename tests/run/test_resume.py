@@ -105,6 +105,27 @@ def test_resume_true_finds_the_newest_unfinished_run_of_the_same_config(tmp_path
         run(make_cfg(*QUICK, "resume=true", "seed=9"), runs / "day" / "other")
 
 
+def test_a_gpu_per_job_run_is_found_again_on_another_gpu_but_not_with_another_gpu_count(tmp_path):
+    """`gpu_per_job` sets `trainer.devices=[k mod n]`: which GPU leaves the numbers as they are, how many does not."""
+    from conftest import make_cfg_dict
+
+    def config(devices):
+        c = make_cfg_dict()
+        c["trainer"]["devices"] = devices
+        return c
+
+    owner = RunDir(tmp_path / "runs" / "job3")
+    owner.write_config(config([3]))
+    owner.checkpoint.parent.mkdir()
+    owner.checkpoint.write_bytes(b"")
+    search = str(tmp_path / "runs" / "*")
+    for same in ([0], [1], 1):
+        assert checkpoint.resume_dir(True, search, config(same))[0] == owner.path
+    for other in ([0, 1], 2):
+        with pytest.raises(NegrlError, match="resume=true: no unfinished run of this config"):
+            checkpoint.resume_dir(True, search, config(other))
+
+
 def test_resume_errors(tmp_path, monkeypatch):
     with pytest.raises(NegrlError, match="resume=.*: no checkpoint at"):
         run(make_cfg(*ARGS, f"resume={tmp_path / 'nothing'}"), tmp_path / "x")
