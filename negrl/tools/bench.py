@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import sys
 import tempfile
@@ -255,6 +256,7 @@ def run_bench(
     out: dict[str, Any] = {"model": model, "device": device, "precision": precision, "steps": steps,
                            "overrides": list(overrides), "params_non_embedding": n_params, "matmul_peak_flops": peaks,
                            "bf16_emulated": not device.startswith("cuda") and not native_cpu_bf16(),
+                           "threads": torch.get_num_threads(), "thp": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
                            "phases": {}}  # fmt: skip
     evaluator, extraction = Evaluator(s.eval_every), Extraction(vocab.letter_ids, s.sizes.password_length, s.attacks)
     sets, candidates = data.eval_sets(3), data.candidates(3, s.attacks.candidates)
@@ -310,7 +312,8 @@ def _timed(fn: Any, device: str) -> float:
 def format_table(r: dict[str, Any]) -> str:
     lines = [
         f"negrl bench: model={r['model']} (random init, {r['params_non_embedding'] / 1e6:.1f}M non-embedding params), "
-        f"device={r['device']}, optimized precision={r['precision']}, {r['steps']} timed steps per phase",
+        f"device={r['device']}, optimized precision={r['precision']}, {r['steps']} timed steps per phase, "
+        f"{r['threads']} threads" + (f", THP_MEM_ALLOC_ENABLE={r['thp']}" if r["thp"] else ""),
         f"matmul peak: fp32 {r['matmul_peak_flops']['fp32'] / 1e9:.1f} GFLOP/s, "
         f"bf16 {r['matmul_peak_flops']['bf16'] / 1e9:.1f} GFLOP/s",
         f"{'phase':<6}{'config':<11}{'s/step':>9}{'tok/s':>10}{'GFLOP/s':>9}{'% peak':>8}{'peak MB':>9}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,16 @@ def _slug(text: str) -> str:
 
 
 def config_key(result: dict[str, Any]) -> str:
-    """The bench configuration a figure belongs to: figures compare only within one."""
-    overrides = " ".join(result.get("overrides", []))
-    return f"model={result['model']} precision={result['precision']}" + (f" {overrides}" if overrides else "")
+    """The bench configuration a figure belongs to: figures compare only within one. Besides the model, precision
+    and overrides, what the process ran under where it is not the default: fewer threads than cores, and PyTorch's
+    huge pages for large tensors (`THP_MEM_ALLOC_ENABLE`)."""
+    parts = [f"model={result['model']}", f"precision={result['precision']}", *result.get("overrides", [])]
+    threads = result.get("threads")
+    if threads is not None and threads != os.cpu_count():
+        parts.append(f"threads={threads}")
+    if result.get("thp"):
+        parts.append(f"THP_MEM_ALLOC_ENABLE={result['thp']}")
+    return " ".join(parts)
 
 
 def load_last(kind: str, key: str, root: Path = HISTORY_DIR) -> dict[str, Any] | None:

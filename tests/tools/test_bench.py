@@ -55,6 +55,7 @@ def test_bench_writes_every_figure_for_each_phase(tmp_path, capsys, monkeypatch)
         assert r["eval_s"][name] > 0 and r["extraction"]["s_with_logit_diff"][name] > 0
     out = capsys.readouterr().out
     assert "projected full paper run" in out and "extraction at a phase end (255 candidates)" in out
+    assert r["threads"] >= 1 and f"timed steps per phase, {r['threads']} threads" in out
     assert "none yet for this configuration" in out
     assert out.count(" profile    matmuls ") == 3  # a line per phase
     assert out.count(" matmuls    ") == 3 and re.search(r" matmuls    (mm|addmm|bmm) \d+(x\d+)+@\d+(x\d+)+ x\d+ ", out)
@@ -129,6 +130,21 @@ def test_bench_flags_a_phase_slower_than_the_last_figures_of_this_machine_kind(t
     compare_with_history(_bench_result({"1": 9.0}, precision="bf16-mixed"), tmp_path)
     assert "none yet" in capsys.readouterr().out
     assert load_last(machine_kind("cpu"), config_key(_bench_result({})), tmp_path)["phases"]["1"]["s_per_step"] == 1.05
+
+
+def test_figures_compare_only_under_the_same_threads_and_allocator():
+    """Figures from fewer threads than cores, or with huge pages, are a configuration of their own; the defaults
+    keep the key the stored figures were kept under."""
+    import os
+
+    from negrl.tools.bench_history import config_key
+
+    plain = config_key(_bench_result({}, threads=os.cpu_count(), thp=""))
+    assert plain == config_key(_bench_result({})) == "model=tiny precision=32-true"
+    assert config_key(_bench_result({}, threads=os.cpu_count() + 1, thp="1")) == (
+        f"model=tiny precision=32-true threads={os.cpu_count() + 1} THP_MEM_ALLOC_ENABLE=1"
+    )
+    assert config_key(_bench_result({}, overrides=["data=small"])) == "model=tiny precision=32-true data=small"
 
 
 def test_machine_kind_names_the_instruction_sets_that_decide_matmul_speed():
