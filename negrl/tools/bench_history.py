@@ -50,8 +50,8 @@ def _slug(text: str) -> str:
 
 def config_key(result: dict[str, Any]) -> str:
     """The bench configuration a figure belongs to: figures compare only within one. Besides the model, precision
-    and overrides, what the process ran under where it is not the default: fewer threads than cores, and PyTorch's
-    huge pages for large tensors (`THP_MEM_ALLOC_ENABLE`)."""
+    and overrides, what the process ran under where it is not the default: threads other than the cores' count,
+    and PyTorch's huge pages for large tensors (`THP_MEM_ALLOC_ENABLE`)."""
     parts = [f"model={result['model']}", f"precision={result['precision']}", *result.get("overrides", [])]
     threads = result.get("threads")
     if threads is not None and threads != os.cpu_count():
