@@ -36,6 +36,7 @@ def cpu_name() -> str:
 
 
 def is_x86() -> bool:
+    """Whether this is an x86 CPU, whose bf16 support its flags tell."""
     return platform.machine().lower() in {"x86_64", "amd64", "i386", "i686"}
 
 
