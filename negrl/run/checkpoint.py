@@ -29,8 +29,9 @@ def save_atomic(state: dict[str, Any], owner: RunDir) -> Path:
     return owner.checkpoint
 
 
-#: What every checkpoint holds (`PhaseRunner._save`); one without them is not a negrl checkpoint.
-REQUIRED_KEYS = ("config", "backbone", "rng", "phase", "step", "phase_done")
+#: What every checkpoint holds (`PhaseRunner._save`) and a resume reads before the run writes anything; one without
+#: them is not a negrl checkpoint.
+REQUIRED_KEYS = ("config", "backbone", "rng", "phase", "step", "phase_done", "summaries", "wall")
 
 
 def load(owner: RunDir) -> dict[str, Any] | None:

@@ -77,7 +77,7 @@ class PhaseRunner:
             owner.write_results({"status": "running", "run": self.identity})
         with self.recording_failure():  # from here on a failure is recorded (a W&B run that cannot start, say)
             resume_step = None if saved is None else self.offsets[saved["phase"]] + saved["step"]
-            loggers = build_loggers(owner, s.wandb, resume_step, saved and saved["wandb_id"]) if self.writer else []
+            loggers = build_loggers(owner, s.wandb, resume_step, saved and saved.get("wandb_id")) if self.writer else []
             self.run_logger = RunLogger(loggers)
             self.run_logger.log_config(s.config)
         if saved is not None:
