@@ -359,6 +359,7 @@ def _cuda_count() -> int:
 
 def _record_failure(run_dir: Path, err: Exception) -> None:
     owner = RunDir(run_dir)
-    if not owner.results.exists():  # a config error in a sweep: nothing ran, but the job must show up as failed
-        reason = f"{type(err).__name__}: {err}"
+    if not owner.results.exists():  # a config error in a sweep, or a signal before the job started: it must show up
+        # as failed; a RunFailed's message is the reason itself ("interrupted by SIGTERM before it started; ...")
+        reason = str(err) if isinstance(err, RunFailed) else f"{type(err).__name__}: {err}"
         owner.write_results({"status": "failed", "reason": reason, "run": {"dir": str(run_dir)}})

@@ -72,10 +72,10 @@ class PhaseRunner:
         if saved is not None:
             self.record.load_state_dict(saved)
         self.run_logger = RunLogger([])
-        if self.writer:
-            owner.write_config(s.config)
-            owner.write_results({"status": "running", "run": self.identity})
         with self.recording_failure():  # from here on a failure is recorded (a W&B run that cannot start, say)
+            if self.writer:
+                owner.write_config(s.config)
+                owner.write_results({"status": "running", "run": self.identity})
             resume_step = None if saved is None else self.offsets[saved["phase"]] + saved["step"]
             loggers = build_loggers(owner, s.wandb, resume_step, saved and saved.get("wandb_id")) if self.writer else []
             self.run_logger = RunLogger(loggers)

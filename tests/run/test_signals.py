@@ -281,3 +281,20 @@ def test_a_signal_to_a_local_sweep_stops_its_workers_and_starts_no_other_job(tmp
     assert jobs == ["0-tiny-seed0", "1-tiny-seed1"]  # jobs 2 and 3 never started
     reasons = {j: results(sweep / j).get("reason", results(sweep / j)["status"]) for j in jobs}
     assert all(r.startswith("interrupted by SIGTERM") for r in reasons.values()), reasons
+
+
+def test_a_sweep_job_stopped_before_it_started_is_recorded_with_the_signal_as_its_reason(tmp_path):
+    """A signal that reaches a job of a sweep before its run wrote anything (loading the model, say): the job is
+    recorded failed with "interrupted by SIGTERM before it started; ...", as every stopped job's reason begins; a
+    config error keeps its error's name."""
+    from negrl.cli import _record_failure
+    from negrl.core.errors import NegrlError, RunFailed
+
+    stopped = RunFailed(f"{signals.Interrupted(signal.SIGTERM)} before it started; nothing to resume: run the same "
+                        "command again")  # fmt: skip
+    _record_failure(tmp_path / "stopped", stopped)
+    reason = json.loads((tmp_path / "stopped" / "results.json").read_text())["reason"]
+    assert reason == "interrupted by SIGTERM before it started; nothing to resume: run the same command again"
+    _record_failure(tmp_path / "bad", NegrlError("seed=x is not an integer; use seed=0"))
+    reason = json.loads((tmp_path / "bad" / "results.json").read_text())["reason"]
+    assert reason == "NegrlError: seed=x is not an integer; use seed=0"
