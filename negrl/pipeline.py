@@ -18,7 +18,7 @@ from negrl.method.phases import JointPhase, NTPPhase, ObjectivePhase
 from negrl.method.reference import ReferenceLogprobs
 from negrl.model.backbone import Backbone
 from negrl.model.loading import load_model
-from negrl.run.checkpoint import numeric_config, resume_dir, resumed_state, sweep_resume_dir
+from negrl.run.checkpoint import device_count, numeric_config, resume_dir, resumed_state, sweep_resume_dir
 from negrl.run.rundir import RunDir
 from negrl.run.runner import PhaseEndHook, PhaseRunner, quiet_lightning
 from negrl.run.signals import stop_on_signals
@@ -137,7 +137,7 @@ def check_stackable(settings: list[Settings]) -> None:
             "hydra/launcher=stacked"
         )
     devices = settings[0].config["trainer"].get("devices", 1)
-    if (len(devices) if isinstance(devices, list) else devices) != 1:
+    if device_count(devices) != 1:
         raise NegrlError(f"trainer.devices={devices}: stacked seeds train on one device; use trainer.devices=1")
     if str(settings[0].config["trainer"].get("precision")) == "16-mixed":
         raise NegrlError(

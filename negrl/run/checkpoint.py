@@ -40,10 +40,9 @@ def load(owner: RunDir) -> dict[str, Any] | None:
     if not owner.has_checkpoint():
         return None
     try:
-        state = torch.load(owner.checkpoint, map_location="cpu", weights_only=False)
+        return torch.load(owner.checkpoint, map_location="cpu", weights_only=False)
     except Exception as err:  # torch.load raises RuntimeError, EOFError, UnpicklingError, OSError, ...
         raise damaged(owner, f"{type(err).__name__}: {err}".splitlines()[0]) from None
-    return state
 
 
 def resumed_state(resume: bool | str, owner: RunDir, c: dict[str, Any]) -> dict[str, Any] | None:
@@ -94,10 +93,14 @@ def numeric_config(c: dict[str, Any]) -> dict[str, Any]:
     `gpu_per_job` puts job k on GPU k mod n, so a sweep resumed on another number of GPUs still finds its runs."""
     out = {k: v for k, v in c.items() if k not in NEUTRAL_KEYS}
     out["trainer"] = {k: v for k, v in c["trainer"].items() if k not in NEUTRAL_TRAINER_KEYS}
-    devices = out["trainer"].get("devices")
-    if isinstance(devices, (list, tuple)):
-        out["trainer"]["devices"] = len(devices)
+    if "devices" in out["trainer"]:
+        out["trainer"]["devices"] = device_count(out["trainer"]["devices"])
     return out
+
+
+def device_count(devices: Any) -> Any:
+    """`trainer.devices` as a count: a list of device indices is its length; a number or "auto" stays as it is."""
+    return len(devices) if isinstance(devices, (list, tuple)) else devices
 
 
 def resume_dir(resume: bool | str, search: str, c: dict[str, Any]) -> tuple[Path, str]:

@@ -57,7 +57,6 @@ class PhaseRunner:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.identity: dict[str, Any] = {"dir": str(owner.path), "seed": s.seed, "model": s.model["name"],
                                          "started": started}  # fmt: skip
-        saved = self.saved
         if saved is not None:  # when the run first started, and each time it was resumed, from where
             first = saved.get("run") or {}
             after = {"phase": saved["phase"], "step": saved["step"], "phase_done": saved["phase_done"]}

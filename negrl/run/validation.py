@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from negrl.attacks.extraction import AttackSettings
 from negrl.core.errors import NegrlError
-from negrl.core.machine import native_cpu_bf16
+from negrl.core.machine import NATIVE_BF16_NAMES, native_cpu_bf16
 from negrl.method.data import DataSizes, PasswordSplits, heldout_count
 from negrl.method.objectives import DEFAULTS, NEEDS, OBJECTIVES
 from negrl.method.phases import OptimSettings
@@ -419,7 +419,7 @@ def warn_degenerate(s: Settings) -> None:
     if str(s.trainer.get("precision")) == "bf16-mixed" and runs_on_cpu(s.trainer) and not native_cpu_bf16():
         print(
             "negrl: warning: trainer.precision=bf16-mixed on a CPU without native bf16 matrix multiplication "
-            f"(capability {torch.backends.cpu.get_cpu_capability()}, no AVX-512 bf16, AMX or AVX-NE-CONVERT): PyTorch "
+            f"(capability {torch.backends.cpu.get_cpu_capability()}, no {NATIVE_BF16_NAMES}): PyTorch "
             "emulates bf16 matmuls here, 4-50x slower than fp32; use trainer.precision=32-true on this CPU",
             file=sys.stderr,
         )

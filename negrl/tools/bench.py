@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from negrl.attacks.extraction import Extraction
-from negrl.core.machine import native_cpu_bf16
+from negrl.core.machine import NATIVE_BF16_NAMES, native_cpu_bf16
 from negrl.core.protocol import PHASES
 from negrl.method.data import PasswordData
 from negrl.method.evaluation import Evaluator
@@ -319,8 +319,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"{'phase':<6}{'config':<11}{'s/step':>9}{'tok/s':>10}{'GFLOP/s':>9}{'% peak':>8}{'peak MB':>9}",
     ]
     if r.get("bf16_emulated"):
-        lines.insert(2, "bf16 is emulated on this CPU (no AVX-512 bf16, AMX or AVX-NE-CONVERT): its bf16 figures time "
-                        "PyTorch's conversions, not bf16 hardware")  # fmt: skip
+        lines.insert(2, f"bf16 is emulated on this CPU (no {NATIVE_BF16_NAMES}): its bf16 figures time PyTorch's "
+                        "conversions, not bf16 hardware")  # fmt: skip
     for p, row in r["phases"].items():
         for name in ("optimized", "baseline"):
             x = row[name]
