@@ -90,23 +90,26 @@ def summary(values: Values) -> Summary:
 REL_SPREAD = 1e-12
 
 
-def testable(values: Values) -> bool:
+def testable(values: Values, scale: float = 0.0) -> bool:
     """Whether a t-test of `values` is defined: two finite values or more, not all equal up to rounding
-    (`REL_SPREAD`). Zero variance would give t = ±inf or NaN and p = 0 or NaN, which no data supports.
-    The one guard of every t-test here."""
+    (`REL_SPREAD` of their magnitude, or of `scale` where larger). Zero variance would give t = ±inf or NaN and
+    p = 0 or NaN, which no data supports. Differences a - b (a metric over chance, a paired difference) pass the
+    magnitude of a and b as `scale`: their rounding is relative to those, so differences that are all rounding
+    (a and b equal) are not tested as if they were data. The one guard of every t-test here."""
     x = _array(values)
     if x.size < 2 or not np.isfinite(x).all():
         return False
-    return bool(np.ptp(x) > REL_SPREAD * np.abs(x).max())
+    return bool(np.ptp(x) > REL_SPREAD * max(np.abs(x).max(), abs(scale)))
 
 
-def ttest_1samp(values: Values, popmean: float) -> TTest:
-    """One-sample t-test of `values` against `popmean`; NaNs when not `testable` (n < 2, zero variance).
+def ttest_1samp(values: Values, popmean: float, scale: float = 0.0) -> TTest:
+    """One-sample t-test of `values` against `popmean`; NaNs when not `testable` (n < 2, zero variance; `scale`:
+    the magnitude of the quantities the values are differences of).
 
     `p_two_sided` tests mean != popmean; `p_greater` tests mean > popmean.
     """
     x = _array(values)
-    if not testable(x):
+    if not testable(x, scale):
         return TTest(math.nan, math.nan, math.nan)
     two = sps.ttest_1samp(x, popmean, alternative="two-sided")
     greater = sps.ttest_1samp(x, popmean, alternative="greater")
@@ -130,7 +133,7 @@ def paired_difference(a: Values, b: Values) -> PairedDifference:
     if x.shape != y.shape:
         raise ValueError(f"paired samples differ in length: {x.size} and {y.size}")
     d = summary(x - y)
-    test = ttest_1samp(x - y, 0.0)
+    test = ttest_1samp(x - y, 0.0, scale=max(np.abs(x).max(initial=0.0), np.abs(y).max(initial=0.0)))
     return PairedDifference(d.n, d.mean, d.std, test.t, test.p_two_sided, test.p_greater)
 
 

@@ -155,7 +155,7 @@ class Group:
             control_metric=stats.summary(control),
             control_delta=stats.summary([r.control_delta for r in self.runs]),
             test=stats.ttest_probabilities(metric, self.n_letters),
-            ll_test=stats.ttest_1samp([r.delta for r in self.runs], 0.0),
+            ll_test=stats.ttest_1samp([r.delta for r in self.runs], 0.0, scale=stats.chance_ll(self.n_letters)),
             geo_increase=stats.geometric_increase([r.delta for r in self.runs]),
             diff=stats.paired_difference(metric, control),
             final=final_stats(self.runs, self.n_letters),

@@ -43,7 +43,8 @@ def column_notes(groups: Sequence[Group]) -> str:
   the same statistic of the last phase-3 evaluation (results.json `final`; older runs: `phases.3.eval`), over the
   runs that record it (report.csv `final_n`), n/a where none does.
 - n/a: std and p-values are undefined with a single seed (they need n ≥ 2); t and p also with zero variance
-  (every seed gives the same value): no t-test, rather than t = ±inf and p = 0.
+  (every seed gives the same value up to rounding; for a difference, up to the rounding of the values
+  subtracted): no t-test, rather than t = ±inf and p = 0.
 - p-values are per group, not corrected for the number of groups compared."""
 
 

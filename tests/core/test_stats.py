@@ -33,6 +33,25 @@ def test_zero_variance_has_no_t_test(values):
     assert _p(stats.ttest_1samp(values, 0.0).p_two_sided) == "n/a"
 
 
+def test_differences_that_are_rounding_are_not_tested():
+    """a and b equal up to their last bit: a - b is rounding (multiples of their ulp), not data. Judged against its
+    own magnitude it gave p = 0.015 here; judged against a's and b's (the paired difference, a delta over chance)
+    it has no t-test. A real difference of the same seeds is tested as before."""
+    a = np.full(4, stats.chance_ll(26))
+    ulp = np.spacing(a[0])
+    b = a + np.array([1, 1, 2, 1]) * ulp  # d = a - b: -1, -1, -2, -1 ulps
+    noise = sps.ttest_1samp(a - b, 0.0)
+    assert noise.pvalue < 0.05  # what a t-test of the rounding alone says
+    d = stats.paired_difference(a, b)
+    assert all(math.isnan(x) for x in (d.t, d.p_two_sided, d.p_greater)) and d.mean == pytest.approx(-1.25 * ulp)
+    delta = stats.ttest_1samp(b - stats.chance_ll(26), 0.0, scale=stats.chance_ll(26))
+    assert math.isnan(delta.p_two_sided)
+    assert not math.isnan(stats.ttest_1samp(b - stats.chance_ll(26), 0.0).p_two_sided)  # without the scale: tested
+    real = stats.paired_difference(a + np.array([0.01, 0.02, 0.04, 0.03]), b)
+    ref = sps.ttest_rel(a + np.array([0.01, 0.02, 0.04, 0.03]), b)
+    assert (real.t, real.p_two_sided) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-9)
+
+
 def test_testable_needs_two_distinct_values():
     assert not stats.testable([0.3]) and not stats.testable([0.3, 0.3]) and not stats.testable([])
     assert not stats.testable([0.1, math.nan]) and stats.testable([0.1, 0.2])

@@ -504,6 +504,19 @@ def test_zero_variance_gives_na_not_p_zero(tmp_path: Path, capsys):
     assert "inf" not in open(tmp_path / "report.csv").read()
 
 
+def test_metrics_at_chance_up_to_rounding_get_no_ll_test(tmp_path: Path):
+    """Held-out LLs that are chance (and the control) up to their last bits: the deltas over chance and the
+    held-out minus random differences are rounding, so no t-test (n/a), where judged against their own tiny
+    magnitude they gave p < 0.05."""
+    ulp = np.spacing(CHANCE_26)
+    for seed, k in enumerate([1, 1, 2, 1]):
+        make_run(tmp_path, f"s{seed}", seed, metric=CHANCE_26 + k * ulp, control=CHANCE_26)
+    (group,) = group_runs(load_runs(tmp_path))
+    assert sps.ttest_1samp([r.delta for r in group.runs], 0.0).pvalue < 0.05  # the rounding, tested as data
+    for test in (group.stats.ll_test, group.stats.diff):
+        assert all(math.isnan(x) for x in (test.t, test.p_two_sided, test.p_greater)), test
+
+
 def test_chance_is_one_over_the_runs_letters(tmp_path: Path, capsys):
     """tokens.letters=ABC: chance log(1/3) in the test, the recomputed delta, the text and the figures."""
     chance3 = stats.chance_ll(3)
