@@ -39,6 +39,8 @@ from negrl.stacked.runner import StackFailed
 
 #: hydra/launcher=stacked (conf/hydra/launcher/stacked.yaml): a sweep's jobs that differ only in `seed` train together.
 STACKED_LAUNCHER = "hydra_plugins.negrl_launcher.StackedLauncher"
+#: hydra/launcher=local (conf/hydra/launcher/local.yaml): Hydra's joblib launcher; its jobs run in worker processes.
+LOCAL_LAUNCHER = "hydra_plugins.negrl_launcher.LocalLauncher"
 #: Hydra flags that print something instead of running (no check needed).
 INFO_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-sc", "--shell-completion", "--version")
 
@@ -54,7 +56,7 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR, cmd: CommandLine | Non
     base = cmd.base
     if cmd.is_sweep:
         launcher = str(OmegaConf.select(base, "hydra.launcher._target_") or "")
-        _LAUNCH.update(multirun=True, workers="joblib" in launcher.lower())
+        _LAUNCH.update(multirun=True, workers=launcher == LOCAL_LAUNCHER or "joblib" in launcher.lower())
         jobs, swept = sweep_jobs(cmd.parser, cmd.overrides, base)
         stacked = launcher == STACKED_LAUNCHER
         if stacked:
@@ -202,7 +204,7 @@ def run_from_hydra(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> floa
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun and not _LAUNCH["guarded"]:
-        signals.install()  # a local sweep's worker process: a signal stops its job, and it starts no other
+        signals.install()  # a sweep's worker process (hydra/launcher=local installs it as the worker starts)
     if multirun and signals.received() is not None:  # a local sweep's worker asked to stop: no new job starts
         RunDir(run_dir).remove_if_unused(stop_at=Path(hydra_cfg.sweep.dir))
         return math.nan

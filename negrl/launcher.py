@@ -1,9 +1,16 @@
-"""`hydra/launcher=stacked`: the jobs of a sweep that differ only in `seed` train together in one process
+"""negrl's Hydra launchers.
+
+`hydra/launcher=stacked`: the jobs of a sweep that differ only in `seed` train together in one process
 (negrl.stacked), at most `max_stack` at a time; a job alone in its group runs as a plain run. Every job keeps what
 Hydra's basic launcher gives it: its own directory with `.hydra/`, its results.json, metrics.csv and W&B run, its
 return value and the sweep's callbacks.
 
     python train.py -m seed=0-7 hydra/launcher=stacked   (conf/hydra/launcher/stacked.yaml)
+
+`hydra/launcher=local`: Hydra's joblib launcher (N worker processes), whose workers stop on SIGINT and SIGTERM
+from their start (`LocalLauncher`).
+
+    python train.py -m seed=0-7 hydra/launcher=local hydra.launcher.n_jobs=4   (conf/hydra/launcher/local.yaml)
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from omegaconf import DictConfig, open_dict
 
 from negrl.core.errors import NegrlError
+from negrl.run import signals
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +117,22 @@ class StackedLauncher(Launcher):
         quiet = HydraContext(config_loader=self.hydra_context.config_loader, callbacks=Callbacks())
         ret = run_job(collect, config, "hydra.sweep.dir", "hydra.sweep.subdir", hydra_context=quiet)
         return PreparedJob(ret, config, seen["cfg"], seen["hydra"])
+
+
+class LocalLauncher(JoblibLauncher):
+    """Hydra's joblib launcher, with negrl's signal handling in each worker process from its start (the pool's
+    initializer, `signals.install`), not only once its first job runs: a worker the signal reached before that
+    died of it, and its pool then killed the other workers, mid-way through recording their stopped jobs. A worker
+    that dies all the same (the signal lands as it starts, before the initializer) ends the sweep as a signal does
+    (`cli.guarded`: one line, exit 128 + the signal), not with joblib's traceback of a worker "unexpectedly
+    terminated"."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        self.joblib["initializer"] = signals.install
+        try:
+            return super().launch(job_overrides, initial_job_idx)
+        except Exception:
+            signum = signals.received()
+            if signum is None:
+                raise
+            raise signals.Interrupted(signum) from None

@@ -134,7 +134,7 @@ def smoothed_logistic(x: torch.Tensor, eps: float) -> torch.Tensor:
 @register("dpo", beta=0.1, label_smoothing=0.0)
 def _dpo(b: PreferenceBatch, beta: float, label_smoothing: float) -> torch.Tensor:
     """Rafailov et al. 2023: -log sigmoid(beta h); with label_smoothing eps > 0 conservative DPO (cDPO, Mitchell
-    2023, TRL's sigmoid loss): -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)."""
+    2023; TRL's sigmoid loss before its 2026 refactor): -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)."""
     if not label_smoothing:  # the paper's loss, computed exactly as before cDPO existed
         return dpo_loss(sequence_logprob(b.chosen), sequence_logprob(b.rejected), b.ref_chosen, b.ref_rejected, beta)[0]
     lc, lr = b.logratios

@@ -6,12 +6,19 @@ run records (results.json `failed: interrupted`, its checkpoint kept) and the co
 Lightning keeps a handler it finds installed when `Trainer.fit` starts, calling it after its own SIGTERM notifier
 (its documented way to compose a program's handler with its own), so its "received SIGTERM" flag, which waits for
 the end of the step, no longer swallows the signal. A checkpoint being written is finished first (`deferred`).
+
+A signal that lands in a finalizer (a `__del__`, a weakref callback), where Python ignores exceptions, is not lost:
+it is raised again at the next line the program runs (`_unraisable`). A local sweep's worker process records a
+signal from its start (`install`, the local launcher's initializer) but raises it only inside a run: between jobs
+it goes on and starts no other, so its pool never sees it die (which kills the other workers mid-recording).
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +28,11 @@ from typing import Any
 #: The signals that stop a run.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-_state: dict[str, Any] = {"received": None, "raised": False, "deferring": 0, "pending": None, "forward": False}
+#: armed: a signal raises `Interrupted` (else it is only recorded); hook_before: the unraisable hook negrl's replaced.
+_state: dict[str, Any] = {"received": None, "raised": False, "deferring": 0, "pending": None, "forward": False,
+                          "armed": False, "hook_before": sys.__unraisablehook__}  # fmt: skip
+#: How soon a signal whose `Interrupted` a finalizer swallowed is raised again (seconds): after the finalizer returns.
+RERAISE_AFTER = 0.01
 
 
 class Interrupted(SystemExit):
@@ -34,6 +45,9 @@ class Interrupted(SystemExit):
 
     def __str__(self) -> str:
         return f"interrupted by {signal_name(self.signum)}"
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return Interrupted, (self.signum,)  # pickled by its signal, not by its exit code
 
 
 def signal_name(signum: int) -> str:
@@ -58,8 +72,9 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         if first:
             _forward(signum)
         return
-    if _state["raised"]:
-        return  # already stopping: a second Ctrl-C does not cut the recording of the first
+    if not _state["armed"] or _state["raised"]:
+        return  # not in a run (a sweep worker between jobs), or already stopping: a second Ctrl-C does not cut the
+        # recording of the first
     if _state["deferring"]:
         _state["pending"] = signum
         return
@@ -80,34 +95,86 @@ def _forward(signum: int) -> None:
             pass
 
 
+def _unraisable(hook: Any) -> None:
+    """`sys.unraisablehook` while negrl's handler is installed: an `Interrupted` raised where Python ignores
+    exceptions (a finalizer: a `__del__`, a weakref callback) is raised again as soon as the finalizer has returned,
+    without the "Exception ignored" traceback; every other unraisable exception goes to Python's hook."""
+    err = hook.exc_value
+    if not (isinstance(err, Interrupted) and _state["raised"]):
+        _state["hook_before"](hook)
+        return
+    _state["raised"] = False
+    # the signal again, from a thread: its handler then runs in the main thread's next line, outside the finalizer
+    threading.Timer(RERAISE_AFTER, _thread.interrupt_main, args=(err.signum,)).start()
+
+
+def _install_handlers() -> dict[Any, Any]:
+    """negrl's handler for SIGINT and SIGTERM and its unraisable hook; returns what they replaced (`_restore`)."""
+    previous: dict[Any, Any] = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    previous["hook"] = _state["hook_before"] = sys.unraisablehook
+    for s in STOP_SIGNALS:
+        signal.signal(s, _handler)
+    sys.unraisablehook = _unraisable
+    return previous
+
+
+def _restore(previous: dict[Any, Any]) -> None:
+    """The handlers and unraisable hook `_install_handlers` replaced."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, previous[s])
+    sys.unraisablehook = previous["hook"]
+
+
 @contextmanager
 def stop_on_signals(forward: bool = False) -> Iterator[None]:
     """SIGINT and SIGTERM raise `Interrupted` inside the block; with `forward` (the parent of a sweep's worker
     processes) they are passed to the children instead, and the block goes on until the workers have stopped.
     The previous handlers are restored afterwards; `received()` stays set until the next block starts. A nested
-    block keeps the outer one's handlers; outside the main thread this is a no-op."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is _handler:
+    block keeps the outer one's handlers; inside a sweep worker (`install`) it raises, for its run, a signal the
+    worker received before the block, and any that arrives in it. Outside the main thread this is a no-op."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    was_forwarding = _state["forward"]
-    _state.update(received=None, raised=False, pending=None, forward=forward)  # a new run (or sweep) starts
-    for s in STOP_SIGNALS:
-        signal.signal(s, _handler)
+    if signal.getsignal(signal.SIGINT) is _handler:
+        if _state["armed"] or _state["forward"]:
+            yield  # inside a block that already stops on signals (a sweep run in this process)
+            return
+        with _armed():  # a local sweep's worker: the run it starts stops on signals
+            yield
+        return
+    previous = _install_handlers()
+    was = {k: _state[k] for k in ("forward", "armed")}
+    _state.update(received=None, raised=False, pending=None, forward=forward, armed=not forward)  # a new run starts
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        _state["forward"] = was_forwarding
+        _restore(previous)
+        _state.update(was)
+
+
+@contextmanager
+def _armed() -> Iterator[None]:
+    """Inside a sweep worker's run: a signal received since the worker started stops the run now, and one that
+    arrives in the block raises `Interrupted`; after it, signals are recorded only again."""
+    signum = _state["received"]
+    if signum is not None and not _state["raised"]:
+        _state["raised"] = True
+        raise Interrupted(signum)
+    _state["armed"] = True
+    try:
+        yield
+    finally:
+        _state["armed"] = False
 
 
 def install() -> None:
-    """SIGINT and SIGTERM raise `Interrupted` from now on in this process (a local sweep's worker process, which
-    runs jobs and nothing else: a signal between two jobs stops it too)."""
+    """From now on in this process (a local sweep's worker, from its start), SIGINT and SIGTERM are recorded
+    (`received`): the worker starts no further job, and the run it is running stops (`stop_on_signals`, around
+    every run). Between jobs, the worker goes on: a worker that died on a signal would have its pool kill the other
+    workers, mid-recording. The one call is enough; later ones do nothing."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not _handler:
-        for s in STOP_SIGNALS:
-            signal.signal(s, _handler)
+        _install_handlers()
+        _state.update(armed=False, forward=False)
 
 
 @contextmanager
@@ -132,4 +199,4 @@ def deferred(raise_pending: bool = True) -> Iterator[None]:
 
 def reset() -> None:
     """Forget a received signal (for tests that interrupt several runs in one process)."""
-    _state.update(received=None, raised=False, deferring=0, pending=None)
+    _state.update(received=None, raised=False, deferring=0, pending=None, armed=False)

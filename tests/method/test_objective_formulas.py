@@ -337,6 +337,9 @@ def test_ipo_tau_is_per_sequence_not_per_token():
     trl = ((lc / 4 - lr / 4 - 1 / (2 * 0.1)) ** 2).mean()  # TRL: each log-ratio divided by the length
     got = objective_loss("ipo", x, {"tau": 0.1}).item()
     assert got == pytest.approx(ours.item()) and got != pytest.approx(trl.item())
+    # TRL's tau is negrl's tau / L (L = 4 tokens here), scaled by 1 / L^2: a target margin L times larger, a weaker
+    # regularisation (docs/objectives.md)
+    assert trl.item() == pytest.approx(objective_loss("ipo", x, {"tau": 0.1 / 4}).item() / 16, rel=1e-12)
 
 
 def test_rmu_direction_is_fixed_with_the_norm_asked():
