@@ -107,6 +107,12 @@ class PasswordSplits:
     phase3_useful: np.ndarray
     eval_random: np.ndarray
 
+    def every_password(self) -> set[bytes]:
+        """Every password the run trains on or evaluates (the negatives, each positive stream, the random
+        evaluation set), as `_keys`."""
+        streams = (self.heldout, self.useful, self.phase1, self.dpo_chosen, self.phase3_random, self.eval_random)
+        return set(_keys(np.concatenate(streams)))
+
     @staticmethod
     def check_counts(sizes: DataSizes, n_held: int) -> None:
         """Both negative splits must fill an evaluation set."""
@@ -238,11 +244,11 @@ class PasswordData:
         return {name: self.vocab.encode(sets[name], self._eval_prefix_id(phase)) for name in EVAL_SETS}
 
     def candidates(self, phase: int, n: int) -> torch.Tensor:
-        """`n` distinct random passwords, none of them a negative or evaluated, with the phase's evaluation
-        prefix: exposure's candidates. Their own seeded stream, so drawing them changes no other password."""
-        s = self.splits
+        """`n` distinct random passwords the run never trains on or evaluates (none a negative, a trained positive
+        or in an evaluation set: as unseen as the random control), with the phase's evaluation prefix: exposure's
+        candidates. Their own seeded stream, so drawing them changes no other password."""
         rng = np.random.default_rng(np.random.SeedSequence(self.seed).spawn(CANDIDATE_STREAM + 1)[CANDIDATE_STREAM])
-        exclude = set(_keys(s.heldout)) | set(_keys(s.useful)) | set(_keys(s.eval_random))
+        exclude = self.splits.every_password()
         drawn = _draw_excluding(rng, n, self.sizes.password_length, self.vocab.n_letters, exclude, distinct=True)
         return self.vocab.encode(drawn, self._eval_prefix_id(phase))
 

@@ -375,6 +375,23 @@ def test_candidates_are_fresh_distinct_and_carry_the_phase_prefix():
     assert all((getattr(again, k) == getattr(data.splits, k)).all() for k in ("heldout", "useful", "eval_random"))
 
 
+def test_candidates_are_no_password_the_run_trains_on():
+    """Over a small space (2 letters, length 12: 4,096 passwords, 224 of them trained positives) about 1 candidate
+    in 18 was a phase-1, DPO-chosen or phase-3 random password, which the run pushes up: exposure's candidates must
+    be as unseen as the random control."""
+    from negrl.method.data import DataSizes
+
+    sizes = DataSizes(password_length=12, n_negatives=40, negative_repeats=2, n_phase1=64, useful_repeats=1,
+                      batch_size=16, eval_size=8)  # fmt: skip
+    data = PasswordData(PasswordVocab.builtin(2), sizes, 0.5, True, seed=0)
+    cand = {tuple(r) for r in data.candidates(3, 1000)[:, 1:].tolist()}
+    s = data.splits
+    trained = {tuple(r) for a in (s.phase1, s.dpo_chosen, s.phase3_random) for r in a.tolist()}
+    negatives_and_evaluated = {tuple(r) for a in (s.heldout, s.useful, s.eval_random) for r in a.tolist()}
+    assert len(cand) == 1000 and len(trained) > 200
+    assert not cand & trained and not cand & negatives_and_evaluated
+
+
 def test_extraction_can_be_switched_off(tmp_path):
     results = run(make_cfg(*FEW_STEPS, "extraction.enabled=false"), tmp_path)
     assert "extraction" not in results and "extraction" not in results["phases"]["3"]
