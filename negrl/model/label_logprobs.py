@@ -6,12 +6,19 @@ gradient, the softmax gradient, their sum, the cast back). Here every pass runs 
 rows small enough to stay in cache, the fp32 copy is never kept, and the gradient is written once
 in the logits' dtype. The arithmetic is the same (same ops, same order per element).
 
+Each chunk is worked on in one fp32 buffer, allocated once per call and reused: a fresh chunk-sized
+tensor per chunk (`.float()`, logsumexp's own `x - max`) page-faulted on every chunk inside a
+training step, which made those two ops 17x slower than the same work in place (profiled
+pythia-70m phase-3 step, bf16-mixed: 0.8 s for the `sub`, against 0.05 s for the backward's `sub_`).
+
 The backward writes the gradient into the logits' own storage: the logits are an intermediate
 nobody reads afterwards (a second backward through the same graph fails loudly, as autograd
 sees the saved tensor modified).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -23,12 +30,28 @@ def chunk_rows(vocab_size: int) -> int:
     return max(1, CHUNK_VALUES // vocab_size)
 
 
+def chunk_buffer(rows: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The fp32 buffer of one chunk of `rows` [N, V], reused for every chunk of a pass (`empty_like`: under
+    `torch.func.vmap` it is batched as `rows` is)."""
+    return torch.empty_like(rows[:chunk], dtype=torch.float32)
+
+
+def logsumexp_chunk(rows: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """`torch.logsumexp(rows.float(), -1)` for one chunk [n, V], with its ops in its order (the max, a ±inf max taken
+    as 0, exp(x - max), their sum, its log, + the max), worked in `buffer` (overwritten) instead of fresh tensors."""
+    x = buffer[: rows.shape[0]].copy_(rows)
+    maxes = x.amax(-1, keepdim=True)
+    maxes.masked_fill_(maxes.abs() == math.inf, 0)
+    return x.sub_(maxes).exp_().sum(-1).log_().add_(maxes.squeeze(-1))
+
+
 def logsumexp_rows(logits: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """fp32 log-sum-exp over the last dimension, `chunk` rows at a time (default: `chunk_rows`):
     logits [..., V] -> [...]."""
     chunk = chunk or chunk_rows(logits.shape[-1])
     flat = logits.reshape(-1, logits.shape[-1])
-    parts = [torch.logsumexp(flat[start : start + chunk].float(), dim=-1) for start in range(0, flat.shape[0], chunk)]
+    buffer = chunk_buffer(flat, chunk)
+    parts = [logsumexp_chunk(flat[start : start + chunk], buffer) for start in range(0, flat.shape[0], chunk)]
     return torch.cat(parts).view(logits.shape[:-1])  # cat, not writes into an empty tensor: works under vmap
 
 
@@ -52,12 +75,13 @@ class _LabelLogprobs(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor, _grad_lse: torch.Tensor | None = None):
         logits, labels, lse = ctx.saved_tensors
         out = logits  # consumed: each chunk is read before its gradient overwrites it (no 0.4-0.8 GB allocation)
-        in_place = logits.dtype == torch.float32  # fp32 chunks are computed where they lie; others in an fp32 copy
+        in_place = logits.dtype == torch.float32  # fp32 chunks are computed where they lie; others in an fp32 buffer
+        buffer = None if in_place else chunk_buffer(logits, ctx.chunk)
         for start in range(0, logits.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
             g = grad[rows].unsqueeze(-1)
             # d(label logit - logsumexp)/d logits = onehot(label) - softmax
-            chunk = logits[rows] if in_place else logits[rows].to(torch.float32, copy=True)
+            chunk = logits[rows] if buffer is None else buffer[: g.shape[0]].copy_(logits[rows])
             softmax = chunk.sub_(lse[rows].unsqueeze(-1)).exp_()
             part = softmax.mul_(g.neg()).scatter_add_(-1, labels[rows].unsqueeze(-1), g)
             if not in_place:

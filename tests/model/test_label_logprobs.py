@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import make_cfg_dict
@@ -40,9 +42,19 @@ def test_a_gradient_row_is_onehot_minus_softmax():
     assert torch.allclose(logits.grad[0], torch.tensor([0.0, 0.0, 1.0]) - p, atol=1e-7)
 
 
-def test_logsumexp_rows_equals_torch_logsumexp():
-    x = torch.randn(4, 6, 50, dtype=torch.float64).to(torch.bfloat16)
-    assert torch.equal(logsumexp_rows(x, chunk=3), torch.logsumexp(x.float(), dim=-1))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [3, 5, 1000])
+def test_logsumexp_rows_equals_torch_logsumexp(dtype, chunk):
+    """Bit for bit, in chunks that divide the rows or not, with rows of -inf (log 0), a +inf and a NaN, as
+    torch.logsumexp gives them (its ±inf max taken as 0)."""
+    x = torch.randn(4, 6, 50, dtype=torch.float64).to(dtype)
+    x[0, 0] = -math.inf
+    x[0, 1, 7] = math.inf
+    x[1, 2, 3] = math.nan
+    got, want = logsumexp_rows(x, chunk=chunk), torch.logsumexp(x.float(), dim=-1)
+    assert got.dtype == torch.float32 and torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(), want.nan_to_num()) and got[0, 0] == -math.inf and got[0, 1] == math.inf
+    assert x.isinf().sum() == 51  # the input untouched
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
