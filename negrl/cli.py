@@ -240,7 +240,7 @@ def stop_sweep_if_asked() -> None:
     process, the job returns and the worker starts no other."""
     signum = signals.received()
     if signum is not None and _LAUNCH["guarded"]:
-        raise signals.Interrupted(signum)
+        signals.stop(signum)
 
 
 def run_stacked_from_hydra(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float]:

@@ -129,10 +129,13 @@ class LocalLauncher(JoblibLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         self.joblib["initializer"] = signals.install
+        signum = signals.received()
+        if signum is not None:  # before any worker could get it (the sweep being composed): no job starts
+            signals.stop(signum)
         try:
             return super().launch(job_overrides, initial_job_idx)
         except Exception:
             signum = signals.received()
             if signum is None:
                 raise
-            raise signals.Interrupted(signum) from None
+        signals.stop(signum)  # out of the `except`: not chained to joblib's error

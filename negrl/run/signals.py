@@ -30,7 +30,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 #: armed: a signal raises `Interrupted` (else it is only recorded); hook_before: the unraisable hook negrl's replaced.
 _state: dict[str, Any] = {"received": None, "raised": False, "deferring": 0, "pending": None, "forward": False,
-                          "armed": False, "hook_before": sys.__unraisablehook__}  # fmt: skip
+                          "armed": False, "hook_before": sys.__unraisablehook__, "block": 0}  # fmt: skip
 #: How soon a signal whose `Interrupted` a finalizer swallowed is raised again (seconds): after the finalizer returns.
 RERAISE_AFTER = 0.01
 
@@ -66,12 +66,9 @@ def exit_code() -> int | None:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    first = _state["received"] is None
     _state["received"] = signum
     if _state["forward"]:  # a sweep's parent whose jobs run in worker processes: they stop, then it does
-        if first:
-            _forward(signum)
-        return
+        _forward(signum)  # every signal (a worker that started after the first gets the next)
     if not _state["armed"] or _state["raised"]:
         return  # not in a run (a sweep worker between jobs), or already stopping: a second Ctrl-C does not cut the
         # recording of the first
@@ -105,13 +102,22 @@ def _unraisable(hook: Any) -> None:
         return
     _state["raised"] = False
     # the signal again, from a thread: its handler then runs in the main thread's next line, outside the finalizer
-    threading.Timer(RERAISE_AFTER, _thread.interrupt_main, args=(err.signum,)).start()
+    threading.Timer(RERAISE_AFTER, _reraise, args=(err.signum, _state["block"])).start()
+
+
+def _reraise(signum: int, block: int) -> None:
+    """The signal a finalizer swallowed, to the main thread, if the block it arrived in is still running (a block
+    that ended, or a later one, is not stopped by it)."""
+    if _state["block"] == block and signal.getsignal(signum) is _handler:
+        _thread.interrupt_main(signum)
 
 
 def _install_handlers() -> dict[Any, Any]:
     """negrl's handler for SIGINT and SIGTERM and its unraisable hook; returns what they replaced (`_restore`)."""
     previous: dict[Any, Any] = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    previous["hook"] = _state["hook_before"] = sys.unraisablehook
+    previous["hook"] = sys.unraisablehook
+    if sys.unraisablehook is not _unraisable:  # (never itself: it would call itself)
+        _state["hook_before"] = sys.unraisablehook
     for s in STOP_SIGNALS:
         signal.signal(s, _handler)
     sys.unraisablehook = _unraisable
@@ -136,32 +142,35 @@ def stop_on_signals(forward: bool = False) -> Iterator[None]:
         yield
         return
     if signal.getsignal(signal.SIGINT) is _handler:
-        if _state["armed"] or _state["forward"]:
+        if _state["armed"]:
             yield  # inside a block that already stops on signals (a sweep run in this process)
             return
-        with _armed():  # a local sweep's worker: the run it starts stops on signals
+        # a local sweep's worker, or its parent running a job itself (joblib with one job at a time runs them in
+        # this process): the run stops on signals
+        with _armed():
             yield
         return
-    previous = _install_handlers()
     was = {k: _state[k] for k in ("forward", "armed")}
     _state.update(received=None, raised=False, pending=None, forward=forward, armed=not forward)  # a new run starts
+    _state["block"] += 1
+    previous = _install_handlers()  # after the reset: a signal from now on is this block's
     try:
         yield
     finally:
         _restore(previous)
+        _state["block"] += 1  # a re-raise still pending does nothing now
         _state.update(was)
 
 
 @contextmanager
 def _armed() -> Iterator[None]:
-    """Inside a sweep worker's run: a signal received since the worker started stops the run now, and one that
-    arrives in the block raises `Interrupted`; after it, signals are recorded only again."""
-    signum = _state["received"]
-    if signum is not None and not _state["raised"]:
-        _state["raised"] = True
-        raise Interrupted(signum)
-    _state["armed"] = True
+    """Inside a sweep worker's run (or one its parent runs itself): a signal received before it stops the run now,
+    and one that arrives in the block raises `Interrupted`; after it, signals are recorded only again."""
+    _state["armed"] = True  # first: a signal from now on raises, one before it is raised here
     try:
+        signum = _state["received"]
+        if signum is not None:  # received since the process started: no run starts
+            stop(signum)
         yield
     finally:
         _state["armed"] = False
@@ -199,4 +208,12 @@ def deferred(raise_pending: bool = True) -> Iterator[None]:
 
 def reset() -> None:
     """Forget a received signal (for tests that interrupt several runs in one process)."""
-    _state.update(received=None, raised=False, deferring=0, pending=None, armed=False)
+    _state.update(received=None, raised=False, deferring=0, pending=None)
+    _state["block"] += 1
+
+
+def stop(signum: int) -> None:
+    """Raise the received `signum` as `Interrupted` (a sweep that stops after a job), as the handler does: a second
+    signal then does not cut its unwinding."""
+    _state["raised"] = True
+    raise Interrupted(signum)

@@ -125,6 +125,40 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(unraisable):
     assert unraisable == []  # nothing printed
 
 
+def test_a_reraise_still_pending_when_its_block_ends_does_nothing(unraisable):
+    """SIGINT swallowed by a finalizer in a block's last moment: its re-raise comes after the block, where it must
+    not raise Python's KeyboardInterrupt (a traceback after the run's one line) nor stop a later block."""
+
+    class Pattern:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100_000):  # the handler runs here, inside the finalizer
+                pass
+
+    late = []
+    with signals.stop_on_signals():
+        Pattern()  # the block ends at once: the re-raise is still pending
+    try:
+        time.sleep(0.2)
+    except KeyboardInterrupt:
+        late.append("KeyboardInterrupt")
+    assert late == [] and signals.received() == signal.SIGINT and unraisable == []
+
+
+def test_a_sweeps_parent_running_a_job_itself_stops_it(monkeypatch):
+    """`hydra/launcher=local` with one job at a time: joblib runs the jobs in the sweep's own process, whose block
+    forwards signals to worker processes; the run's block there stops the run (it went on to its end)."""
+    forwarded = []
+    monkeypatch.setattr(signals, "_forward", forwarded.append)
+    with signals.stop_on_signals(forward=True):
+        with pytest.raises(signals.Interrupted), signals.stop_on_signals():  # the pipeline's, around one job
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # never reached
+        with pytest.raises(signals.Interrupted), signals.stop_on_signals():
+            pytest.fail("a job started after the signal")  # the next job: stopped as it starts (not reached)
+    assert forwarded == [signal.SIGTERM]
+
+
 def test_a_finalizers_other_exceptions_still_go_to_the_hook_before(unraisable):
     class Broken:
         def __del__(self):
@@ -200,7 +234,11 @@ def test_the_local_launcher_starts_its_workers_with_negrls_handler_and_ends_a_st
     monkeypatch.setattr(signals, "received", lambda: signal.SIGTERM)
     with pytest.raises(signals.Interrupted) as err:
         launcher.launch([["seed=0"]], 0)
-    assert err.value.code == 143 and err.value.__suppress_context__
+    assert err.value.code == 143 and err.value.__context__ is None
+    seen.clear()  # a signal before the launch (the sweep still being composed): no worker starts
+    with pytest.raises(signals.Interrupted):
+        launcher.launch([["seed=0"]], 0)
+    assert seen == {}
 
 
 def test_a_signal_while_the_results_are_made_is_recorded_failed_with_how_to_resume(tmp_path, monkeypatch):
