@@ -69,14 +69,14 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     _state["received"] = signum
     if _state["forward"]:  # a sweep's parent whose jobs run in worker processes: they stop, then it does
         _forward(signum)  # every signal (a worker that started after the first gets the next)
+    # Not in a run (a sweep worker between jobs), or already stopping: a second Ctrl-C does not cut the recording
+    # of the first.
     if not _state["armed"] or _state["raised"]:
-        return  # not in a run (a sweep worker between jobs), or already stopping: a second Ctrl-C does not cut the
-        # recording of the first
+        return
     if _state["deferring"]:
         _state["pending"] = signum
         return
-    _state["raised"] = True
-    raise Interrupted(signum)
+    stop(signum)
 
 
 def _forward(signum: int) -> None:
@@ -182,8 +182,8 @@ def install() -> None:
     every run). Between jobs, the worker goes on: a worker that died on a signal would have its pool kill the other
     workers, mid-recording. The one call is enough; later ones do nothing."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not _handler:
-        _install_handlers()
         _state.update(armed=False, forward=False)
+        _install_handlers()
 
 
 @contextmanager
@@ -202,8 +202,7 @@ def deferred(raise_pending: bool = True) -> Iterator[None]:
     if not _state["deferring"] and pending is not None:
         _state["pending"] = None
         if raise_pending:
-            _state["raised"] = True
-            raise Interrupted(pending)
+            stop(pending)
 
 
 def reset() -> None:
@@ -213,7 +212,7 @@ def reset() -> None:
 
 
 def stop(signum: int) -> None:
-    """Raise the received `signum` as `Interrupted` (a sweep that stops after a job), as the handler does: a second
-    signal then does not cut its unwinding."""
+    """Raise `signum` as `Interrupted`, marked raised: a second signal then does not cut its unwinding (the handler,
+    a deferred block's end, a run started after the signal, a sweep that stops after a job)."""
     _state["raised"] = True
     raise Interrupted(signum)

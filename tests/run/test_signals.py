@@ -93,6 +93,21 @@ def test_a_signal_as_a_run_is_recorded_complete_is_kept_not_raised():
     assert written == ["results.json complete", "the verdict"] and signals.received() == signal.SIGINT
 
 
+class SignalsInItsFinalizer:
+    """An object whose `__del__` sends this process `signum` and goes on long enough for the handler to run there
+    (Python then ignores what the handler raises); `seen` records that it entered, and whether it finished."""
+
+    def __init__(self, signum: int, seen: list):
+        self.signum, self.seen = signum, seen
+
+    def __del__(self):
+        self.seen.append("entered")
+        os.kill(os.getpid(), self.signum)
+        for _ in range(100_000):  # the handler runs here, inside the finalizer, and cuts it short
+            pass
+        self.seen.append("finished")
+
+
 @pytest.fixture
 def unraisable(monkeypatch) -> list:
     """The exceptions that reach the unraisable hook negrl's replaces (Python's prints them: "Exception ignored")."""
@@ -105,19 +120,10 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(unraisable):
     """SIGTERM handled while a `__del__` runs (transformers' tokenizer regexes have one, and a sweep job caught one
     as it loaded its model): Python ignores the finalizer's `Interrupted` and printed "Exception ignored ... Traceback",
     and the run went on to its end. Now the signal is raised again once the finalizer returns, silently."""
-    finalizer = []
-
-    class Pattern:
-        def __del__(self):
-            finalizer.append("entered")
-            os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(100_000):  # the handler runs here, inside the finalizer, and cuts it short
-                pass
-            finalizer.append("finished")
-
+    finalizer: list = []
     ran = []
     with pytest.raises(signals.Interrupted) as err, signals.stop_on_signals():
-        Pattern()  # finalized at once
+        SignalsInItsFinalizer(signal.SIGTERM, finalizer)  # finalized at once
         for step in range(500):
             ran.append(step)
             time.sleep(0.01)  # the run goes on only until the signal is raised again
@@ -128,16 +134,9 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(unraisable):
 def test_a_reraise_still_pending_when_its_block_ends_does_nothing(unraisable):
     """SIGINT swallowed by a finalizer in a block's last moment: its re-raise comes after the block, where it must
     not raise Python's KeyboardInterrupt (a traceback after the run's one line) nor stop a later block."""
-
-    class Pattern:
-        def __del__(self):
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(100_000):  # the handler runs here, inside the finalizer
-                pass
-
-    late = []
+    late: list = []
     with signals.stop_on_signals():
-        Pattern()  # the block ends at once: the re-raise is still pending
+        SignalsInItsFinalizer(signal.SIGINT, [])  # the block ends at once: the re-raise is still pending
     try:
         time.sleep(0.2)
     except KeyboardInterrupt:
