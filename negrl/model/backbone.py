@@ -18,12 +18,17 @@ from negrl.model.families import (
     decoder_layers,
     without_dropout,
 )
+from negrl.model.head_logprobs import LogitsBuffer, head_label_logprobs
 from negrl.model.hub import hub_reachable, hub_unreachable_message
 from negrl.model.label_logprobs import label_logprobs, logsumexp_rows
 
 ATTENTIONS = ("eager", "sdpa")  # Hugging Face attn_implementation values negrl accepts
 #: Names of the final norm in Hugging Face decoders (GPT-NeoX; Llama, Qwen, OLMo, SmolLM, Gemma; GPT-2).
 FINAL_NORMS = ("final_layer_norm", "norm", "ln_f")
+#: Families whose causal-LM forward is the decoder's last hidden state through the head and nothing after it (no
+#: soft-capping, no logit scale; tested against each family's own forward): on CPU their label log-probs take the
+#: head into the fused computation (negrl.model.head_logprobs).
+PLAIN_HEAD_FAMILIES = frozenset({"gpt_neox", "gpt2", "llama", "qwen2", "olmo2"})
 
 
 class Backbone(nn.Module):
@@ -40,6 +45,7 @@ class Backbone(nn.Module):
         self.bos_id, self.tied = bos_id, tied
         self.shared_at_load: bool | None = None  # whether the loaded model tied its embeddings (negrl.model.loading)
         self.mark_tunable()
+        self.logits_buffer = LogitsBuffer()  # the fused head's logits, kept between steps (negrl.model.head_logprobs)
         self.set_compute(fused_logprobs=True, attention="eager")
 
     def set_compute(self, fused_logprobs: bool, attention: str) -> None:
@@ -159,9 +165,13 @@ class Backbone(nn.Module):
     # ---- computation --------------------------------------------------------------
     def lm(self, inputs: torch.Tensor, **kwargs):
         """The model's output over `inputs` [B, t] (the BOS, if any, put before them as context)."""
-        if self.bos_id is not None:
-            inputs = torch.cat([inputs.new_full((inputs.shape[0], 1), self.bos_id), inputs], dim=1)
-        return self.model(input_ids=inputs, **kwargs)
+        return self.model(input_ids=self.with_context(inputs), **kwargs)
+
+    def with_context(self, inputs: torch.Tensor) -> torch.Tensor:
+        """`inputs` [B, t] with the BOS, if any, put before them."""
+        if self.bos_id is None:
+            return inputs
+        return torch.cat([inputs.new_full((inputs.shape[0], 1), self.bos_id), inputs], dim=1)
 
     @property
     def context_tokens(self) -> int:
@@ -173,14 +183,40 @@ class Backbone(nn.Module):
         logits = self.lm(inputs).logits
         return logits[:, self.context_tokens :] if self.context_tokens else logits
 
+    def hidden_states(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The decoder's last hidden states [B, t, d] over `inputs` [B, t] (after its final norm: what the head
+        reads), the BOS position dropped."""
+        hidden = self.model.get_decoder()(input_ids=self.with_context(inputs)).last_hidden_state
+        return hidden[:, self.context_tokens :] if self.context_tokens else hidden
+
+    def fuses_head(self, tokens: torch.Tensor) -> bool:
+        """Whether `token_logprobs` computes the head inside the fused log-probs (negrl.model.head_logprobs): fused
+        log-probs, on CPU (a GPU's caching allocator already reuses memory), outside torch.func transforms (stacked
+        seeds: their logits are batched), for a family whose logits are the head's output as it is (a bias-free
+        linear head, no adapter on it)."""
+        head = self.unembedding
+        return (
+            self.fused_logprobs
+            and tokens.device.type == "cpu"
+            and not torch._C._are_functorch_transforms_active()  # as torch.autograd.Function itself checks
+            and self.model.config.model_type in PLAIN_HEAD_FAMILIES
+            and type(head) is nn.Linear
+            and head.bias is None
+        )
+
     def token_logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Log-prob of every label under next-token prediction: tokens [B, T] -> [B, T-1], in fp32.
 
         Full-vocabulary log-softmax in fp32 from the logits in whatever dtype the model produced them.
         Fused (default): chunked over rows with a hand-written backward (`negrl.model.label_logprobs`), no
-        [B, T, V] fp32 tensor is kept; plain: gather minus logsumexp of the fp32 logits under autograd.
+        [B, T, V] fp32 tensor is kept, and on CPU the head's logits written into a buffer reused from step to step
+        (`negrl.model.head_logprobs`); plain: gather minus logsumexp of the fp32 logits under autograd.
         """
-        logits, labels = self.logits(tokens[:, :-1]), tokens[:, 1:]
+        labels = tokens[:, 1:]
+        if self.fuses_head(tokens):
+            hidden = self.hidden_states(tokens[:, :-1])
+            return head_label_logprobs(hidden, self.unembedding.weight, labels, self.logits_buffer)
+        logits = self.logits(tokens[:, :-1])
         if self.fused_logprobs:
             return label_logprobs(logits, labels)
         return plain_label_logprobs(logits.float(), labels)

@@ -74,19 +74,27 @@ class _LabelLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _grad_lse: torch.Tensor | None = None):
         logits, labels, lse = ctx.saved_tensors
-        out = logits  # consumed: each chunk is read before its gradient overwrites it (no 0.4-0.8 GB allocation)
-        in_place = logits.dtype == torch.float32  # fp32 chunks are computed where they lie; others in an fp32 buffer
-        buffer = None if in_place else chunk_buffer(logits, ctx.chunk)
-        for start in range(0, logits.shape[0], ctx.chunk):
-            rows = slice(start, start + ctx.chunk)
-            g = grad[rows].unsqueeze(-1)
-            # d(label logit - logsumexp)/d logits = onehot(label) - softmax
-            chunk = logits[rows] if buffer is None else buffer[: g.shape[0]].copy_(logits[rows])
-            softmax = chunk.sub_(lse[rows].unsqueeze(-1)).exp_()
-            part = softmax.mul_(g.neg()).scatter_add_(-1, labels[rows].unsqueeze(-1), g)
-            if not in_place:
-                out[rows] = part
-        return out, None, None
+        return label_logprobs_grad(logits, labels, lse, grad, ctx.chunk), None, None
+
+
+def label_logprobs_grad(
+    logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, grad: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """The gradient of `grad`-weighted label log-probs with respect to `logits` [N, V]: grad * (onehot(label) -
+    softmax), written into the logits' own storage (consumed: each chunk is read before its gradient overwrites it,
+    so no 0.4-0.8 GB allocation), which it returns. fp32 chunks are computed where they lie, others in one fp32
+    buffer."""
+    buffer = None if logits.dtype == torch.float32 else chunk_buffer(logits, chunk)
+    for start in range(0, logits.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        g = grad[rows].unsqueeze(-1)
+        # d(label logit - logsumexp)/d logits = onehot(label) - softmax
+        part = logits[rows] if buffer is None else buffer[: g.shape[0]].copy_(logits[rows])
+        softmax = part.sub_(lse[rows].unsqueeze(-1)).exp_()
+        part = softmax.mul_(g.neg()).scatter_add_(-1, labels[rows].unsqueeze(-1), g)
+        if buffer is not None:
+            logits[rows] = part
+    return logits
 
 
 def label_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
