@@ -99,10 +99,15 @@ def test_the_logits_buffer_is_reused_from_step_to_step_and_given_back():
     assert [t.data_ptr() for t in buffer.free.values()] == [address]
     with torch.no_grad():
         backbone.token_logprobs(tokens)  # no graph: given back at once
+    assert [t.data_ptr() for t in buffer.free.values()] == [address]
     with torch.inference_mode():
-        backbone.token_logprobs(tokens)  # its own tensor: an inference tensor cannot be written outside
-    assert [k[-1] for k in buffer.free] == [False, True]
-    step(backbone, tokens, False)  # after an evaluation
+        backbone.token_logprobs(tokens[:2])  # an evaluation's logits are not kept: an inference tensor ...
+    assert [t.data_ptr() for t in buffer.free.values()] == [address]
+    step(backbone, tokens[:2], False)  # ... could not be written by a training step
+    assert sorted(k[0][0] for k in buffer.free) == [22, 33]
+    with torch.inference_mode():
+        backbone.token_logprobs(tokens)  # a kept tensor can be written in inference mode, and is kept after
+    assert address in [t.data_ptr() for t in buffer.free.values()]
     assert backbone.frozen_copy().logits_buffer.free == {}  # a copy computes into its own
 
 
