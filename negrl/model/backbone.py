@@ -193,10 +193,12 @@ class Backbone(nn.Module):
         """Whether `token_logprobs` computes the head inside the fused log-probs (negrl.model.head_logprobs): fused
         log-probs, on CPU (a GPU's caching allocator already reuses memory), outside torch.func transforms (stacked
         seeds: their logits are batched), for a family whose logits are the head's output as it is (a bias-free
-        linear head, no adapter on it)."""
+        linear head, no adapter on it), without a BOS (its family's head runs over the BOS position too, and the
+        gradients' sums over rows are grouped, so rounded, by their count)."""
         head = self.unembedding
         return (
             self.fused_logprobs
+            and self.bos_id is None
             and tokens.device.type == "cpu"
             and not torch._C._are_functorch_transforms_active()  # as torch.autograd.Function itself checks
             and self.model.config.model_type in PLAIN_HEAD_FAMILIES
