@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 import torch
 
-from negrl.model.label_logprobs import chunk_rows, label_logprobs_grad, logsumexp_rows
+from negrl.model.label_logprobs import chunk_rows, label_logprobs_and_lse, label_logprobs_grad
 
 BufferKey = tuple[tuple[int, int], torch.dtype, torch.device]
 
@@ -60,17 +60,11 @@ def _logits_into(hidden: torch.Tensor, weight: torch.Tensor, buffer: LogitsBuffe
     return torch.mm(hidden, weight.t(), out=logits)
 
 
-def _label_logprobs_of(logits: torch.Tensor, labels: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(label log-probs, log-sum-exps) of logits [N, V], as `negrl.model.label_logprobs` computes them."""
-    lse = logsumexp_rows(logits, chunk)
-    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float() - lse, lse
-
-
 class _HeadLabelLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk: int, buffer: LogitsBuffer):
         logits = _logits_into(hidden, weight, buffer)
-        logprobs, lse = _label_logprobs_of(logits, labels, chunk)
+        logprobs, lse = label_logprobs_and_lse(logits, labels, chunk)
         ctx.save_for_backward(hidden, weight, labels, lse)
         ctx.logits, ctx.chunk, ctx.buffer = logits, chunk, buffer
         return logprobs
@@ -108,6 +102,6 @@ def head_label_logprobs(
             out = _HeadLabelLogprobs.apply(flat, weight, labels, chunk, buffer)
         else:
             logits = _logits_into(flat, weight, buffer)
-            out, _ = _label_logprobs_of(logits, labels, chunk)
+            out, _ = label_logprobs_and_lse(logits, labels, chunk)
             buffer.give(logits)
     return out.view(hidden.shape[:-1])

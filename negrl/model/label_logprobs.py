@@ -55,14 +55,20 @@ def logsumexp_rows(logits: torch.Tensor, chunk: int | None = None) -> torch.Tens
     return torch.cat(parts).view(logits.shape[:-1])  # cat, not writes into an empty tensor: works under vmap
 
 
+def label_logprobs_and_lse(
+    logits: torch.Tensor, labels: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label log-probs, log-sum-exps) of logits [N, V] at labels [N], in fp32, without autograd's graph."""
+    lse = logsumexp_rows(logits, chunk)
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float() - lse, lse
+
+
 class _LabelLogprobs(torch.autograd.Function):
     generate_vmap_rule = True  # under torch.func.vmap (negrl.stacked) each seed's rows are its own
 
     @staticmethod
     def forward(logits: torch.Tensor, labels: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lse = logsumexp_rows(logits, chunk)
-        picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
-        return picked - lse, lse
+        return label_logprobs_and_lse(logits, labels, chunk)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
